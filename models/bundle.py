@@ -1,0 +1,220 @@
+"""Our weight bundle: a directory with `config.json` and safetensors files; save, validate and load.
+
+    config.json        format, format_version, kind ("vqvae" | "gpt"), name, fps, class_names,
+                       vqvae (every VQVAEConfig setting), gpt (every GPTConfig setting; kind "gpt")
+    vqvae.safetensors  the VQ-VAE's tensors (names as in the official checkpoints, without "vqvae.")
+    gpt.safetensors    the prior's own tensors (kind "gpt"), without its VQ-VAE's
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .gpt import GPTConfig, VideoGPT
+from .vqvae import VQVAE, VQVAEConfig
+
+BUNDLE_FORMAT = "videogpt-serve-bundle"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+VQVAE_FILE = "vqvae.safetensors"
+GPT_FILE = "gpt.safetensors"
+DEFAULT_FPS = 8.0
+# A prior holds its frozen VQ-VAE under this prefix; bundles keep those tensors in VQVAE_FILE.
+VQVAE_PREFIX = "vqvae."
+
+
+@dataclass
+class BundleInfo:
+    """What a bundle says about its model besides the architecture."""
+
+    name: str
+    kind: str = "gpt"
+    fps: float = DEFAULT_FPS
+    class_names: list[str] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def config_from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build a config dataclass from JSON data: every field present, no unknown ones."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected an object of settings, got {type(data).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting '{unknown[0]}' (known: {', '.join(names)})")
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing setting '{missing[0]}'")
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_class_names(class_names: Any, class_cond_dim: int | None, where: str) -> list[str] | None:
+    if class_names is None:
+        return None
+    if not isinstance(class_names, list) or not all(isinstance(n, str) and n for n in class_names):
+        raise ConfigError(f"{where}: class_names must be a list of non-empty strings")
+    if class_cond_dim is None:
+        raise ConfigError(f"{where}: class_names are given but the model is not class-conditional")
+    if len(class_names) != class_cond_dim:
+        raise ConfigError(f"{where}: {len(class_names)} class_names for a model with {class_cond_dim} classes")
+    if len(set(class_names)) != len(class_names):
+        raise ConfigError(f"{where}: class_names must be unique")
+    return class_names
+
+
+def read_bundle_config(bundle_dir: str | Path) -> tuple[BundleInfo, VQVAEConfig, GPTConfig | None]:
+    """Parse and validate a bundle's config.json."""
+    path = Path(bundle_dir) / CONFIG_FILE
+    if not Path(bundle_dir).is_dir():
+        raise CheckpointError(f"{bundle_dir}: no such bundle directory")
+    if not path.is_file():
+        raise CheckpointError(f"{bundle_dir}: not a bundle (no {CONFIG_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
+        raise ConfigError(f"{path}: not a {BUNDLE_FORMAT} config (its 'format' field is missing or different)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{path}: format_version {raw.get('format_version')!r} is not supported "
+                          f"(this version reads {FORMAT_VERSION})")
+    kind = raw.get("kind")
+    if kind not in ("vqvae", "gpt"):
+        raise ConfigError(f"{path}: kind must be 'vqvae' or 'gpt', got {kind!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: name must be a non-empty string")
+    fps = raw.get("fps", DEFAULT_FPS)
+    if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not 0 < fps <= 240:
+        raise ConfigError(f"{path}: fps must be a number in (0, 240], got {fps!r}")
+    vq_config = config_from_dict(VQVAEConfig, raw.get("vqvae"), f"{path}: vqvae")
+    gpt_config = None
+    if kind == "gpt":
+        gpt_config = config_from_dict(GPTConfig, raw.get("gpt"), f"{path}: gpt")
+        try:
+            gpt_config.check_against(vq_config)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    n_classes = gpt_config.class_cond_dim if gpt_config else None
+    class_names = check_class_names(raw.get("class_names"), n_classes, str(path))
+    source = raw.get("source") or {}
+    info = BundleInfo(name=name, kind=kind, fps=float(fps), class_names=class_names, source=source)
+    return info, vq_config, gpt_config
+
+
+def check_tensors(expected: dict[str, torch.Tensor], got: dict[str, Any], where: str) -> None:
+    """Raise CheckpointError naming the first tensor that is missing, unexpected or of the wrong shape."""
+    for name, ref in expected.items():
+        if name not in got:
+            raise CheckpointError(f"{where}: missing tensor '{name}' (expected shape {list(ref.shape)})")
+        shape = list(got[name].shape)
+        if shape != list(ref.shape):
+            raise CheckpointError(f"{where}: tensor '{name}' has shape {shape}, the config expects {list(ref.shape)}")
+        if got[name].dtype.is_floating_point != ref.dtype.is_floating_point:
+            raise CheckpointError(f"{where}: tensor '{name}' has dtype {got[name].dtype}, expected {ref.dtype}")
+    for name in got:
+        if name not in expected:
+            raise CheckpointError(f"{where}: unexpected tensor '{name}' (not part of a model with this config)")
+
+
+def own_state(module: nn.Module, skip_prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """module's state dict without the tensors under skip_prefix (a prior's frozen "vqvae.")."""
+    state = module.state_dict()
+    return {k: v for k, v in state.items() if not (skip_prefix and k.startswith(skip_prefix))}
+
+
+def load_weights(module: nn.Module, tensors: dict[str, Any], where: str, skip_prefix: str | None = None) -> None:
+    """Validate tensors against module's state dict (less skip_prefix), then copy them in, cast to its dtypes.
+
+    Values may be tensors or anything with `.load()` returning one (checkpoint tensors read lazily).
+    """
+    expected = own_state(module, skip_prefix)
+    check_tensors(expected, tensors, where)
+    loaded = {}
+    for name, target in expected.items():
+        value = tensors[name]
+        loaded[name] = (value if isinstance(value, torch.Tensor) else value.load()).to(target.dtype)
+    # Not strict: the tensors under skip_prefix stay as they are; everything else was checked above.
+    module.load_state_dict(loaded, strict=False)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent}: bundle is missing {path.name}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_vqvae(bundle_dir: str | Path, device: str | torch.device = "cpu") -> VQVAE:
+    """The VQ-VAE of a bundle (a VQ-VAE bundle, or a GPT bundle's own), in eval mode."""
+    info, vq_config, _ = read_bundle_config(bundle_dir)
+    vq = VQVAE(vq_config)
+    load_weights(vq, _read_safetensors(Path(bundle_dir) / VQVAE_FILE), str(Path(bundle_dir) / VQVAE_FILE))
+    vq.info = info  # type: ignore[attr-defined]
+    return vq.to(device).eval()
+
+
+def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu") -> VideoGPT:
+    """The GPT prior of a bundle, carrying its VQ-VAE as `.vqvae`, in eval mode."""
+    info, _, gpt_config = read_bundle_config(bundle_dir)
+    if gpt_config is None:
+        raise CheckpointError(f"{bundle_dir}: this bundle holds only a VQ-VAE; load it with load_vqvae")
+    vq = load_vqvae(bundle_dir)
+    gpt = VideoGPT(gpt_config, vq)
+    path = Path(bundle_dir) / GPT_FILE
+    load_weights(gpt, _read_safetensors(path), str(path), skip_prefix=VQVAE_PREFIX)
+    gpt.info = info  # type: ignore[attr-defined]
+    return gpt.to(device).eval()
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo) -> Path:
+    """Write model (a VQ-VAE, or a prior with its VQ-VAE) as a bundle directory; returns the directory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, VideoGPT):
+        vq, gpt_config = model.vqvae, model.config
+        check_class_names(info.class_names, gpt_config.class_cond_dim, "class_names")
+        save_file(_contiguous(own_state(model, VQVAE_PREFIX)), str(out / GPT_FILE))
+    else:
+        vq, gpt_config = model, None
+        if info.class_names is not None:
+            raise ConfigError("a VQ-VAE bundle has no classes: class_names must be None")
+        (out / GPT_FILE).unlink(missing_ok=True)
+    save_file(_contiguous(vq.state_dict()), str(out / VQVAE_FILE))
+    config = {
+        "format": BUNDLE_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "gpt" if gpt_config else "vqvae",
+        "name": info.name,
+        "fps": info.fps,
+        "class_names": info.class_names,
+        "vqvae": vq.config.to_dict(),
+        "gpt": gpt_config.to_dict() if gpt_config else None,
+        "latent_shape": list(vq.latent_shape),
+        "n_tokens": math.prod(vq.latent_shape),
+        "source": info.source,
+    }
+    if gpt_config is None:
+        del config["gpt"]
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out

@@ -1,0 +1,264 @@
+"""The VideoGPT prior: a GPT over the VQ-VAE's codes with spatio-temporal position embeddings.
+
+Optional conditioning: a class (conditional layer norms) and/or the first frames of a video (a 3D ResNet
+encodes them; every layer cross-attends to that encoding).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, InputError
+from .layers import AddBroadcastPosEmbed, GeLU2, LayerNorm, MultiHeadAttention
+from .layout import causal_mask, sparse_block_grid
+from .resnet import FrameEncoder
+from .vqvae import VQVAE, VQVAEConfig
+
+ATTN_TYPES = ("full", "sparse")
+# The frame encoder halves the conditioning frames' height and width twice (the reference's R/4 grid).
+FRAME_ENCODER_STRIDE = (1, 4, 4)
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Every setting of the prior (its VQ-VAE has its own VQVAEConfig); defaults are the official ones."""
+
+    hidden_dim: int = 576
+    heads: int = 4
+    layers: int = 8
+    dropout: float = 0.2
+    attn_dropout: float = 0.3
+    attn_type: str = "sparse"
+    class_cond_dim: int | None = None
+    n_cond_frames: int = 0
+    resnet_widths: tuple[int, int, int] = (64, 128, 256)
+    resnet_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)
+    resnet_dim: int = 240
+    sparse_block_size: int = 32
+    sparse_local_blocks: int = 4
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resnet_widths", tuple(self.resnet_widths))
+        object.__setattr__(self, "resnet_blocks", tuple(self.resnet_blocks))
+        for name in ("hidden_dim", "heads", "layers", "resnet_dim", "sparse_block_size", "sparse_local_blocks"):
+            _require_int(name, getattr(self, name), 1)
+        _require_int("n_cond_frames", self.n_cond_frames, 0)
+        if self.hidden_dim % 3:
+            raise ConfigError(f"hidden_dim {self.hidden_dim} must be divisible by 3: the position embedding "
+                              "gives a third of it to each of the t, h and w axes")
+        if self.hidden_dim % self.heads:
+            raise ConfigError(f"hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
+        if self.attn_type not in ATTN_TYPES:
+            raise ConfigError(f"attn_type must be one of {', '.join(ATTN_TYPES)}, got {self.attn_type!r}")
+        for name in ("dropout", "attn_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+        if self.class_cond_dim is not None:
+            _require_int("class_cond_dim", self.class_cond_dim, 1)
+        if len(self.resnet_widths) != 3:
+            raise ConfigError(f"resnet_widths must have 3 entries, got {list(self.resnet_widths)}")
+        if len(self.resnet_blocks) != 4:
+            raise ConfigError(f"resnet_blocks must have 4 entries, got {list(self.resnet_blocks)}")
+        for name, values in (("resnet_widths", self.resnet_widths), ("resnet_blocks", self.resnet_blocks)):
+            for v in values:
+                _require_int(name, v, 1)
+        if self.resnet_dim % 3:
+            raise ConfigError(f"resnet_dim {self.resnet_dim} must be divisible by 3 (frame position embedding)")
+
+    @property
+    def frame_conditional(self) -> bool:
+        return self.n_cond_frames > 0
+
+    @property
+    def class_conditional(self) -> bool:
+        return self.class_cond_dim is not None
+
+    def check_against(self, vq: VQVAEConfig) -> None:
+        """Raise ConfigError where this prior cannot sit on a VQ-VAE of config vq."""
+        if self.n_cond_frames > vq.sequence_length:
+            raise ConfigError(f"n_cond_frames {self.n_cond_frames} exceeds the video length {vq.sequence_length}")
+        if self.frame_conditional and vq.resolution % FRAME_ENCODER_STRIDE[1]:
+            raise ConfigError(f"frame conditioning needs a resolution divisible by {FRAME_ENCODER_STRIDE[1]}, "
+                              f"got {vq.resolution}")
+        if self.attn_type == "sparse":
+            seq_len = math.prod(vq.latent_shape)
+            if seq_len % self.sparse_block_size:
+                raise ConfigError(f"sparse attention needs the latent size {seq_len} "
+                                  f"({'x'.join(map(str, vq.latent_shape))}) to be divisible by the block size "
+                                  f"{self.sparse_block_size}")
+            sparse_block_grid(vq.latent_shape, self.sparse_block_size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resnet_widths"] = list(self.resnet_widths)
+        d["resnet_blocks"] = list(self.resnet_blocks)
+        return d
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+class RightShift(nn.Module):
+    """Prepends the learned `sos` vector and drops the last position: position i sees codes before i."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.sos = nn.Parameter(torch.randn(dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sos = self.sos.to(x.dtype).expand(x.shape[0], 1, -1)
+        return torch.cat([sos, x[:, :-1]], dim=1)
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer layer: causal self-attention, optional frame cross-attention, MLP."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        c = config
+        self.attn_dropout = c.attn_dropout if c.attn_type == "full" else 0.0  # the sparse kernels have none
+        self.pre_attn_norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+        self.post_attn_dp = nn.Dropout(c.dropout)
+        self.attn = MultiHeadAttention(c.hidden_dim, c.hidden_dim, c.heads, c.layers)
+        if c.frame_conditional:
+            self.pre_enc_norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+            self.post_enc_dp = nn.Dropout(c.dropout)
+            self.enc_attn = MultiHeadAttention(c.hidden_dim, c.resnet_dim, c.heads, c.layers)
+        self.pre_fc_norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+        self.post_fc_dp = nn.Dropout(c.dropout)
+        self.fc_block = nn.Sequential(nn.Linear(c.hidden_dim, 4 * c.hidden_dim), GeLU2(),
+                                      nn.Linear(4 * c.hidden_dim, c.hidden_dim))
+
+    def forward(self, x: torch.Tensor, cond: Conditioning, mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, D) over the whole sequence; mask None means plain causal attention."""
+        h = self.pre_attn_norm(x, cond.class_onehot)
+        x = x + self.post_attn_dp(self.attn(h, h, mask=mask, is_causal=mask is None, dropout=self.attn_dropout))
+        if cond.frames is not None:
+            h = self.pre_enc_norm(x, cond.class_onehot)
+            x = x + self.post_enc_dp(self.enc_attn(h, cond.frames))
+        h = self.pre_fc_norm(x, cond.class_onehot)
+        return x + self.post_fc_dp(self.fc_block(h))
+
+
+class AttentionStack(nn.Module):
+    def __init__(self, config: GPTConfig, latent_shape: tuple[int, int, int]):
+        super().__init__()
+        self.right_shift = RightShift(config.hidden_dim)
+        self.pos_embd = AddBroadcastPosEmbed(latent_shape, config.hidden_dim)
+        self.attn_nets = nn.ModuleList(AttentionBlock(config) for _ in range(config.layers))
+
+
+@dataclass
+class Conditioning:
+    """What every layer reads besides the codes: one-hot classes (B, C) and the frame encoding (B, L, 240)."""
+
+    class_onehot: torch.Tensor | None = None
+    frames: torch.Tensor | None = None
+
+
+class VideoGPT(nn.Module):
+    """The prior over a frozen VQ-VAE's codes; `logits` is the teacher-forced forward pass."""
+
+    def __init__(self, config: GPTConfig, vqvae: VQVAE):
+        super().__init__()
+        config.check_against(vqvae.config)
+        self.config = config
+        self.vqvae = vqvae
+        for p in self.vqvae.parameters():
+            p.requires_grad_(False)
+        c, vq = config, vqvae.config
+        if c.frame_conditional:
+            self.resnet = FrameEncoder(c.resnet_widths, c.resnet_blocks, c.resnet_dim, FRAME_ENCODER_STRIDE)
+            grid = (c.n_cond_frames, *(vq.resolution // s for s in FRAME_ENCODER_STRIDE[1:]))
+            self.cond_pos_embd = AddBroadcastPosEmbed(grid, c.resnet_dim)
+        self.fc_in = nn.Linear(vq.embedding_dim, c.hidden_dim, bias=False)
+        nn.init.normal_(self.fc_in.weight, std=0.02)
+        self.attn_stack = AttentionStack(c, vq.latent_shape)
+        self.norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+        self.fc_out = nn.Linear(c.hidden_dim, vq.n_codes, bias=False)
+        nn.init.zeros_(self.fc_out.weight)
+        # Derived from the config, never saved: the official full-attention checkpoints' 512 MB of
+        # causal masks are exactly what this recomputes.
+        mask = None if c.attn_type == "full" else causal_mask(
+            vq.latent_shape, c.attn_type, c.sparse_block_size, c.sparse_local_blocks)
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.vqvae.latent_shape
+
+    @property
+    def n_codes(self) -> int:
+        return self.vqvae.n_codes
+
+    def train(self, mode: bool = True) -> VideoGPT:
+        super().train(mode)
+        self.vqvae.eval()  # the VQ-VAE is frozen: its batch norms keep their running statistics
+        return self
+
+    def condition(self, class_labels: torch.Tensor | None, cond_frames: torch.Tensor | None,
+                  batch: int) -> Conditioning:
+        """Validate the conditioning inputs for a batch of `batch` and turn them into what layers read."""
+        c, vq = self.config, self.vqvae.config
+        dtype = self.fc_in.weight.dtype
+        cond = Conditioning()
+        if c.class_conditional:
+            if class_labels is None:
+                raise InputError("this model is class-conditional: class_labels (B,) with values "
+                                 f"0..{c.class_cond_dim - 1} are required")
+            labels = torch.as_tensor(class_labels, device=self.fc_in.weight.device)
+            if labels.is_floating_point() or labels.dtype == torch.bool or tuple(labels.shape) != (batch,):
+                raise InputError(f"class_labels must be integers of shape ({batch},), "
+                                 f"got {labels.dtype} {tuple(labels.shape)}")
+            bad = labels[(labels < 0) | (labels >= c.class_cond_dim)]
+            if bad.numel():
+                raise InputError(f"class label {int(bad[0])} is out of range: "
+                                 f"this model has classes 0-{c.class_cond_dim - 1}")
+            cond.class_onehot = F.one_hot(labels.long(), c.class_cond_dim).to(dtype)
+        elif class_labels is not None:
+            raise InputError("this model is not class-conditional: pass class_labels=None")
+        if c.frame_conditional:
+            expected = (batch, 3, c.n_cond_frames, vq.resolution, vq.resolution)
+            if cond_frames is None:
+                raise InputError(f"this model is frame-conditional: cond_frames of shape {expected} are required")
+            if not isinstance(cond_frames, torch.Tensor) or not cond_frames.is_floating_point() \
+                    or tuple(cond_frames.shape) != expected:
+                got = tuple(cond_frames.shape) if isinstance(cond_frames, torch.Tensor) else type(cond_frames).__name__
+                raise InputError(f"cond_frames must be a float tensor of shape {expected} with values in "
+                                 f"[-0.5, 0.5], got {got}")
+            encoded = self.cond_pos_embd(self.resnet(cond_frames.to(dtype)))
+            cond.frames = encoded.flatten(1, -2)
+        elif cond_frames is not None:
+            raise InputError("this model is not frame-conditional: pass cond_frames=None")
+        return cond
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, t, h, w) -> input features (B, N, D) before the right shift."""
+        return self.fc_in(F.embedding(codes.flatten(1), self.vqvae.codebook.embeddings).to(self.fc_in.weight.dtype))
+
+    def forward(self, codes: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """Teacher-forced logits (B, t, h, w, n_codes) for unvalidated inputs (training)."""
+        stack = self.attn_stack
+        x = stack.right_shift(self.embed_codes(codes))
+        x = x + stack.pos_embd.table().flatten(0, -2)
+        for layer in stack.attn_nets:
+            x = layer(x, cond, self.attn_mask)
+        logits = self.fc_out(self.norm(x, cond.class_onehot))
+        return logits.view(*codes.shape, -1)
+
+    def logits(self, codes: torch.Tensor, class_labels: torch.Tensor | None = None,
+               cond_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits (B, t, h, w, n_codes) of codes (B, t, h, w), with the model's layout."""
+        self.vqvae.check_codes(codes)
+        cond = self.condition(class_labels, cond_frames, codes.shape[0])
+        return self.forward(codes.long(), cond)

@@ -1,0 +1,162 @@
+"""Building blocks shared by the VQ-VAE, the GPT prior and the frame encoder.
+
+Each module keeps the parameter names of the official VideoGPT code, so that official state dicts load
+as they are; the arithmetic follows REFERENCE.md (tests/fixtures/REFERENCE.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def same_padding(kernel_size: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, ...]:
+    """F.pad argument that pads k - s in total per axis, the odd element before (last axis first)."""
+    pad: list[int] = []
+    for k, s in zip(reversed(kernel_size), reversed(stride)):
+        total = k - s
+        pad += [total - total // 2, total // 2]
+    return tuple(pad)
+
+
+def _triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
+    return (value,) * 3 if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+
+
+class SamePadConv3d(nn.Module):
+    """Conv3d whose output size is input size / stride, padded as the reference pads."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int | tuple[int, ...] = 1, bias: bool = True):
+        super().__init__()
+        kernel, strides = _triple(kernel_size), _triple(stride)
+        self.pad_input = same_padding(kernel, strides)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, padding=0, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, self.pad_input))
+
+
+class SamePadConvTranspose3d(nn.Module):
+    """ConvTranspose3d whose output size is input size * stride, padded as the reference pads."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int | tuple[int, ...] = 1, bias: bool = True):
+        super().__init__()
+        kernel, strides = _triple(kernel_size), _triple(stride)
+        self.pad_input = same_padding(kernel, strides)
+        self.convt = nn.ConvTranspose3d(in_channels, out_channels, kernel, stride=strides, bias=bias,
+                                        padding=tuple(k - 1 for k in kernel))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convt(F.pad(x, self.pad_input))
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention over sequences: (B, Lq, dim_q) attends to (B, Lk, dim_kv).
+
+    Head sizes follow the reference: d_k = dim_q // heads for queries and keys, d_v = dim_kv // heads for
+    values, so a cross-attention to the 240-wide frame encoding has 240 // heads wide values.
+    """
+
+    def __init__(self, dim_q: int, dim_kv: int, n_head: int, n_layer: int = 1):
+        super().__init__()
+        self.n_head = n_head
+        self.d_k = dim_q // n_head
+        self.d_v = dim_kv // n_head
+        self.w_qs = nn.Linear(dim_q, n_head * self.d_k, bias=False)
+        self.w_ks = nn.Linear(dim_kv, n_head * self.d_k, bias=False)
+        self.w_vs = nn.Linear(dim_kv, n_head * self.d_v, bias=False)
+        self.fc = nn.Linear(n_head * self.d_v, dim_q, bias=True)
+        # The reference's initialisation, so that models trained here start where official ones did.
+        nn.init.normal_(self.w_qs.weight, std=1.0 / math.sqrt(dim_q))
+        nn.init.normal_(self.w_ks.weight, std=1.0 / math.sqrt(dim_kv))
+        nn.init.normal_(self.w_vs.weight, std=1.0 / math.sqrt(dim_kv))
+        nn.init.normal_(self.fc.weight, std=1.0 / math.sqrt(dim_q * n_layer))
+
+    def split_heads(self, x: torch.Tensor, head_dim: int) -> torch.Tensor:
+        """(B, L, heads * d) -> (B, heads, L, d), features split head-major."""
+        return x.view(*x.shape[:-1], self.n_head, head_dim).transpose(-3, -2)
+
+    def queries(self, q_in: torch.Tensor) -> torch.Tensor:
+        return self.split_heads(self.w_qs(q_in), self.d_k)
+
+    def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split_heads(self.w_ks(kv_in), self.d_k), self.split_heads(self.w_vs(kv_in), self.d_v)
+
+    def combine(self, heads_out: torch.Tensor) -> torch.Tensor:
+        """(B, heads, L, d_v) -> (B, L, dim_q) through the output projection."""
+        return self.fc(heads_out.transpose(-3, -2).flatten(-2))
+
+    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor | None = None,
+                is_causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
+        q = self.queries(q_in)
+        k, v = self.keys_values(kv_in)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                             dropout_p=dropout if self.training else 0.0)
+        return self.combine(out)
+
+
+class LayerNorm(nn.Module):
+    """The reference's layer norm: epsilon added to the reciprocal root; class-conditional gain/bias."""
+
+    def __init__(self, dim: int, class_cond_dim: int | None):
+        super().__init__()
+        self.conditional = class_cond_dim is not None
+        if self.conditional:
+            self.w = nn.Linear(class_cond_dim, dim, bias=False)
+            nn.init.constant_(self.w.weight, 1.0 / math.sqrt(class_cond_dim))
+            self.wb = nn.Linear(class_cond_dim, dim, bias=False)
+        else:
+            self.g = nn.Parameter(torch.ones(dim))
+            self.b = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditional:
+            # (B, D) broadcast over every position of x (B, ..., D).
+            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+            g = 1 + self.w(class_onehot).view(shape)
+            b = self.wb(class_onehot).view(shape)
+        else:
+            g, b = self.g, self.b
+        x_float = x.float()
+        mu = x_float.mean(dim=-1, keepdim=True)
+        s = (x_float - mu).square().mean(dim=-1, keepdim=True)
+        x_float = (x_float - mu) * (1e-5 + s.rsqrt())
+        return x_float.type_as(x) * g + b
+
+
+class GeLU2(nn.Module):
+    """x * sigmoid(1.702 x), the GELU approximation of the reference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (1.702 * x).sigmoid() * x
+
+
+class AddBroadcastPosEmbed(nn.Module):
+    """Adds concat(d_0[i], d_1[j], ...) at grid position (i, j, ...) of a channels-last tensor."""
+
+    def __init__(self, shape: tuple[int, ...], embd_dim: int):
+        super().__init__()
+        if embd_dim % len(shape) != 0:
+            raise ValueError(f"embedding width {embd_dim} is not divisible by {len(shape)} axes")
+        self.shape = tuple(shape)
+        self.emb = nn.ParameterDict({
+            f"d_{i}": nn.Parameter(torch.randn(size, embd_dim // len(shape)) * 0.01)
+            for i, size in enumerate(shape)
+        })
+
+    def table(self) -> torch.Tensor:
+        """The full embedding grid, (*shape, embd_dim)."""
+        n_dim = len(self.shape)
+        parts = []
+        for i, size in enumerate(self.shape):
+            e = self.emb[f"d_{i}"].view(*((1,) * i), size, *((1,) * (n_dim - i - 1)), -1)
+            parts.append(e.expand(*self.shape, -1))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.table()

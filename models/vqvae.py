@@ -1,0 +1,266 @@
+"""The VideoGPT VQ-VAE: 3D-conv encoder with axial attention, EMA codebook, 3D-conv decoder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, InputError
+from .layers import MultiHeadAttention, SamePadConv3d, SamePadConvTranspose3d
+
+
+@dataclass(frozen=True)
+class VQVAEConfig:
+    """Every setting of a VQ-VAE; the names are those of the official `args`."""
+
+    embedding_dim: int = 256
+    n_codes: int = 2048
+    n_hiddens: int = 240
+    n_res_layers: int = 4
+    downsample: tuple[int, int, int] = (4, 4, 4)
+    sequence_length: int = 16
+    resolution: int = 64
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "downsample", tuple(self.downsample))
+        for name in ("embedding_dim", "n_codes", "n_hiddens", "sequence_length", "resolution"):
+            _require_int(name, getattr(self, name), minimum=1)
+        _require_int("n_res_layers", self.n_res_layers, minimum=0)
+        if self.n_hiddens < 2:
+            raise ConfigError(f"n_hiddens must be at least 2 (the residual blocks halve it), got {self.n_hiddens}")
+        if len(self.downsample) != 3:
+            raise ConfigError(f"downsample must have 3 entries (t, h, w), got {list(self.downsample)}")
+        for d in self.downsample:
+            if not isinstance(d, int) or isinstance(d, bool) or d < 1 or d & (d - 1):
+                raise ConfigError(f"downsample entries must be powers of two, got {list(self.downsample)}")
+        if max(self.downsample) < 2:
+            raise ConfigError("downsample must shrink at least one axis (an entry of 2 or more)")
+        sizes = (self.sequence_length, self.resolution, self.resolution)
+        for axis, size, d in zip("thw", sizes, self.downsample):
+            if size % d:
+                raise ConfigError(f"downsample {list(self.downsample)} does not divide the video size "
+                                  f"{list(sizes)} on axis {axis}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        sizes = (self.sequence_length, self.resolution, self.resolution)
+        return tuple(s // d for s, d in zip(sizes, self.downsample))  # type: ignore[return-value]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["downsample"] = list(self.downsample)
+        return d
+
+
+def _require_int(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+
+
+class AxialBlock(nn.Module):
+    """Sum of three non-causal self-attentions along W, H and T of a channels-first video."""
+
+    def __init__(self, n_hiddens: int, n_head: int = 2):
+        super().__init__()
+        self.attn_w = MultiHeadAttention(n_hiddens, n_hiddens, n_head)
+        self.attn_h = MultiHeadAttention(n_hiddens, n_hiddens, n_head)
+        self.attn_t = MultiHeadAttention(n_hiddens, n_hiddens, n_head)
+
+    @staticmethod
+    def _along(attn: MultiHeadAttention, x: torch.Tensor, axis: int) -> torch.Tensor:
+        """Self-attention along grid axis (1 = T, 2 = H, 3 = W) of x (B, T, H, W, C).
+
+        The tensor layouts and the order of operations are the reference's, step for step: codes are an
+        argmin, and near-ties flip under a different but equally valid float rounding.
+        """
+        def heads_first(t: torch.Tensor, d: int) -> torch.Tensor:  # (B, T, H, W, heads*d) -> (B, heads, T, H, W, d)
+            return t.view(*t.shape[:-1], attn.n_head, d).movedim(-2, 1).contiguous()
+
+        def axis_last(t: torch.Tensor) -> torch.Tensor:  # the attended axis second to last
+            return t.movedim(axis + 1, -2).contiguous()
+
+        q = axis_last(heads_first(attn.w_qs(x), attn.d_k))
+        k = axis_last(heads_first(attn.w_ks(x), attn.d_k))
+        v = axis_last(heads_first(attn.w_vs(x), attn.d_v))
+        grid_shape = v.shape
+        q, k, v = q.flatten(end_dim=-3), k.flatten(end_dim=-3), v.flatten(end_dim=-3)
+        weights = F.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]), dim=-1)
+        out = torch.matmul(weights, v).view(grid_shape).movedim(-2, axis + 1).contiguous()
+        return attn.fc(out.movedim(1, -2).contiguous().flatten(start_dim=-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.movedim(1, -1).contiguous()
+        out = self._along(self.attn_w, x, 3) + self._along(self.attn_h, x, 2) + self._along(self.attn_t, x, 1)
+        return out.movedim(-1, 1).contiguous()
+
+
+class AttentionResidualBlock(nn.Module):
+    def __init__(self, n_hiddens: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.BatchNorm3d(n_hiddens),
+            nn.ReLU(),
+            SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False),
+            nn.BatchNorm3d(n_hiddens // 2),
+            nn.ReLU(),
+            SamePadConv3d(n_hiddens // 2, n_hiddens, 1, bias=False),
+            nn.BatchNorm3d(n_hiddens),
+            nn.ReLU(),
+            AxialBlock(n_hiddens, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+def _res_stack(n_hiddens: int, n_res_layers: int) -> nn.Sequential:
+    return nn.Sequential(*[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
+                         nn.BatchNorm3d(n_hiddens), nn.ReLU())
+
+
+def _stride_schedule(factors: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """Per stage, stride 2 on the axes that still have halvings left; as many stages as the most."""
+    remaining = [int(math.log2(f)) for f in factors]
+    stages = []
+    for _ in range(max(remaining)):
+        stages.append(tuple(2 if r > 0 else 1 for r in remaining))
+        remaining = [r - 1 for r in remaining]
+    return stages
+
+
+class Encoder(nn.Module):
+    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: tuple[int, int, int]):
+        super().__init__()
+        strides = _stride_schedule(downsample)
+        self.convs = nn.ModuleList(
+            SamePadConv3d(3 if i == 0 else n_hiddens, n_hiddens, 4, stride=s) for i, s in enumerate(strides))
+        self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, 3)
+        self.res_stack = _res_stack(n_hiddens, n_res_layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs:
+            x = F.relu(conv(x))
+        return self.res_stack(self.conv_last(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: tuple[int, int, int]):
+        super().__init__()
+        strides = _stride_schedule(upsample)
+        self.res_stack = _res_stack(n_hiddens, n_res_layers)
+        self.convts = nn.ModuleList(
+            SamePadConvTranspose3d(n_hiddens, 3 if i == len(strides) - 1 else n_hiddens, 4, stride=s)
+            for i, s in enumerate(strides))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_stack(x)
+        for i, convt in enumerate(self.convts):
+            x = convt(x)
+            if i < len(self.convts) - 1:
+                x = F.relu(x)
+        return x
+
+
+class Codebook(nn.Module):
+    """K code vectors, kept as exponential moving averages of the encoder outputs assigned to them."""
+
+    def __init__(self, n_codes: int, embedding_dim: int):
+        super().__init__()
+        self.register_buffer("embeddings", torch.randn(n_codes, embedding_dim))
+        self.register_buffer("N", torch.zeros(n_codes))
+        self.register_buffer("z_avg", self.embeddings.clone())
+        self.n_codes = n_codes
+
+    def nearest(self, flat: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code for each row of flat (M, E); first code on ties."""
+        # The reference's expansion of the squared distance, term for term, so codes match it exactly.
+        distances = ((flat ** 2).sum(dim=1, keepdim=True)
+                     - 2 * flat @ self.embeddings.t()
+                     + (self.embeddings.t() ** 2).sum(dim=0, keepdim=True))
+        return torch.argmin(distances, dim=1)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes (B, t, h, w) of a channels-first encoder output z (B, E, t, h, w)."""
+        flat = z.movedim(1, -1).flatten(end_dim=-2)
+        return self.nearest(flat).view(z.shape[0], *z.shape[2:])
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code vectors, channels first: (B, t, h, w) -> (B, E, t, h, w)."""
+        return F.embedding(codes, self.embeddings).movedim(-1, 1)
+
+
+class VQVAE(nn.Module):
+    """Encodes (B,3,T,H,W) video in [-0.5, 0.5] to (B,t,h,w) codes and decodes them back."""
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = Encoder(c.n_hiddens, c.n_res_layers, c.downsample)
+        self.decoder = Decoder(c.n_hiddens, c.n_res_layers, c.downsample)
+        self.pre_vq_conv = SamePadConv3d(c.n_hiddens, c.embedding_dim, 1)
+        self.post_vq_conv = SamePadConv3d(c.embedding_dim, c.n_hiddens, 1)
+        self.codebook = Codebook(c.n_codes, c.embedding_dim)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.config.latent_shape
+
+    @property
+    def n_codes(self) -> int:
+        return self.config.n_codes
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.config.embedding_dim
+
+    def check_video(self, video: torch.Tensor) -> None:
+        """Raise InputError unless video is a float (B, 3, T, R, R) batch of this model's size."""
+        c = self.config
+        expected = (3, c.sequence_length, c.resolution, c.resolution)
+        if not isinstance(video, torch.Tensor) or not video.is_floating_point():
+            raise InputError("video must be a float tensor (B, 3, T, H, W) with values in [-0.5, 0.5]")
+        if video.dim() != 5 or tuple(video.shape[1:]) != expected:
+            raise InputError(f"video has shape {tuple(video.shape)}; this VQ-VAE takes "
+                             f"(B, {', '.join(map(str, expected))})"
+                             f" (B videos, RGB, {c.sequence_length} frames of {c.resolution}x{c.resolution})")
+
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """Raise InputError unless codes is an integer (B, t, h, w) batch of valid code indices."""
+        shape = self.latent_shape
+        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
+            raise InputError("codes must be an integer tensor (B, t, h, w)")
+        if codes.dim() != 4 or tuple(codes.shape[1:]) != shape:
+            raise InputError(f"codes have shape {tuple(codes.shape)}; this model's latent grid is "
+                             f"(B, {', '.join(map(str, shape))})")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.n_codes):
+            raise InputError(f"codes must lie in 0..{self.n_codes - 1}, got values "
+                             f"{int(codes.min())}..{int(codes.max())}")
+
+    def encode_continuous(self, video: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation encoder output z, (B, E, t, h, w)."""
+        return self.pre_vq_conv(self.encoder(video))
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """float (B,3,T,H,W) in [-0.5, 0.5] -> long (B,t,h,w) codes."""
+        self.check_video(video)
+        return self.codebook.quantize(self.encode_continuous(video))
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors of codes, (B, E, t, h, w)."""
+        return self.codebook.lookup(codes)
+
+    def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, E, t, h, w) code vectors -> (B, 3, T, H, W) video, not clamped."""
+        return self.decoder(self.post_vq_conv(embeddings))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """long (B,t,h,w) codes -> float (B,3,T,H,W) video, not clamped."""
+        self.check_codes(codes)
+        return self.decode_embeddings(self.embed(codes.long()))

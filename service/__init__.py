@@ -1,0 +1,1 @@
+"""The FastAPI gateway and the command line. Nothing here imports torch at import time."""

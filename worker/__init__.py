@@ -1,0 +1,1 @@
+"""RQ workers: load bundles once, decode batches of jobs, encode and store mp4s."""
