@@ -9,6 +9,7 @@ checkpoints' causal masks) is never loaded.
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import collections
 import io
@@ -99,6 +100,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.reader = reader
 
     def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names first, as the stock unpickler would map them (protocol 2 writes "commands.call").
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         full = f"{module}.{name}"
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
