@@ -7,7 +7,7 @@ encodes them; every layer cross-attends to that encoding).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ from .errors import ConfigError, InputError
 from .layers import AddBroadcastPosEmbed, GeLU2, LayerNorm, MultiHeadAttention
 from .layout import causal_mask, sparse_block_grid
 from .resnet import FrameEncoder
+from .settings import Settings, require_int
 from .vqvae import VQVAE, VQVAEConfig
 
 ATTN_TYPES = ("full", "sparse")
@@ -25,7 +26,7 @@ FRAME_ENCODER_STRIDE = (1, 4, 4)
 
 
 @dataclass(frozen=True)
-class GPTConfig:
+class GPTConfig(Settings):
     """Every setting of the prior (its VQ-VAE has its own VQVAEConfig); defaults are the official ones."""
 
     hidden_dim: int = 576
@@ -46,8 +47,8 @@ class GPTConfig:
         object.__setattr__(self, "resnet_widths", tuple(self.resnet_widths))
         object.__setattr__(self, "resnet_blocks", tuple(self.resnet_blocks))
         for name in ("hidden_dim", "heads", "layers", "resnet_dim", "sparse_block_size", "sparse_local_blocks"):
-            _require_int(name, getattr(self, name), 1)
-        _require_int("n_cond_frames", self.n_cond_frames, 0)
+            require_int(name, getattr(self, name), 1)
+        require_int("n_cond_frames", self.n_cond_frames, 0)
         if self.hidden_dim % 3:
             raise ConfigError(f"hidden_dim {self.hidden_dim} must be divisible by 3: the position embedding "
                               "gives a third of it to each of the t, h and w axes")
@@ -60,14 +61,14 @@ class GPTConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
                 raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
         if self.class_cond_dim is not None:
-            _require_int("class_cond_dim", self.class_cond_dim, 1)
+            require_int("class_cond_dim", self.class_cond_dim, 1)
         if len(self.resnet_widths) != 3:
             raise ConfigError(f"resnet_widths must have 3 entries, got {list(self.resnet_widths)}")
         if len(self.resnet_blocks) != 4:
             raise ConfigError(f"resnet_blocks must have 4 entries, got {list(self.resnet_blocks)}")
         for name, values in (("resnet_widths", self.resnet_widths), ("resnet_blocks", self.resnet_blocks)):
             for v in values:
-                _require_int(name, v, 1)
+                require_int(name, v, 1)
         if self.resnet_dim % 3:
             raise ConfigError(f"resnet_dim {self.resnet_dim} must be divisible by 3 (frame position embedding)")
 
@@ -94,18 +95,6 @@ class GPTConfig:
                                   f"{self.sparse_block_size}")
             sparse_block_grid(vq.latent_shape, self.sparse_block_size)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["resnet_widths"] = list(self.resnet_widths)
-        d["resnet_blocks"] = list(self.resnet_blocks)
-        return d
-
-
-def _require_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
 
 
 class RightShift(nn.Module):

@@ -26,6 +26,20 @@ def _triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
     return (value,) * 3 if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
 
 
+def halving_strides(factors: tuple[int, ...], stages: int | None = None) -> list[tuple[int, ...]]:
+    """Per stage, stride 2 on the axes whose power-of-two factor still has halvings left.
+
+    (2, 4, 4) -> [(2, 2, 2), (1, 2, 2)]; `stages` pads with stride-1 stages (default: as many as needed).
+    """
+    remaining = [int(math.log2(f)) for f in factors]
+    count = max(remaining) if stages is None else stages
+    strides = []
+    for _ in range(count):
+        strides.append(tuple(2 if r > 0 else 1 for r in remaining))
+        remaining = [r - 1 for r in remaining]
+    return strides
+
+
 class SamePadConv3d(nn.Module):
     """Conv3d whose output size is input size / stride, padded as the reference pads."""
 

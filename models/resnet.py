@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layers import halving_strides
 
 
 class NormReLU(nn.Module):
@@ -71,11 +71,7 @@ class FrameEncoder(nn.Module):
         super().__init__()
         w0, w1, w2 = widths
         self.stem = nn.Sequential(nn.Conv3d(3, w0, kernel_size=3, padding=1, bias=False), NormReLU(w0))
-        remaining = [int(math.log2(s)) for s in stride]
-        group_strides = []
-        for _ in range(3):
-            group_strides.append(tuple(2 if r > 0 else 1 for r in remaining))
-            remaining = [r - 1 for r in remaining]
+        group_strides = halving_strides(stride, stages=3)
         self.group1 = BlockGroup(w0, w0, blocks[0], stride=1)
         self.group2 = BlockGroup(w0, w1, blocks[1], stride=group_strides[0])
         self.group3 = BlockGroup(w1, w2, blocks[2], stride=group_strides[1])

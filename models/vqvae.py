@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, InputError
-from .layers import MultiHeadAttention, SamePadConv3d, SamePadConvTranspose3d
+from .layers import MultiHeadAttention, SamePadConv3d, SamePadConvTranspose3d, halving_strides
+from .settings import Settings, require_int
 
 
 @dataclass(frozen=True)
-class VQVAEConfig:
+class VQVAEConfig(Settings):
     """Every setting of a VQ-VAE; the names are those of the official `args`."""
 
     embedding_dim: int = 256
@@ -28,8 +29,8 @@ class VQVAEConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "downsample", tuple(self.downsample))
         for name in ("embedding_dim", "n_codes", "n_hiddens", "sequence_length", "resolution"):
-            _require_int(name, getattr(self, name), minimum=1)
-        _require_int("n_res_layers", self.n_res_layers, minimum=0)
+            require_int(name, getattr(self, name), 1)
+        require_int("n_res_layers", self.n_res_layers, 0)
         if self.n_hiddens < 2:
             raise ConfigError(f"n_hiddens must be at least 2 (the residual blocks halve it), got {self.n_hiddens}")
         if len(self.downsample) != 3:
@@ -50,17 +51,6 @@ class VQVAEConfig:
         sizes = (self.sequence_length, self.resolution, self.resolution)
         return tuple(s // d for s, d in zip(sizes, self.downsample))  # type: ignore[return-value]
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["downsample"] = list(self.downsample)
-        return d
-
-
-def _require_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
 
 
 class AxialBlock(nn.Module):
@@ -124,20 +114,10 @@ def _res_stack(n_hiddens: int, n_res_layers: int) -> nn.Sequential:
                          nn.BatchNorm3d(n_hiddens), nn.ReLU())
 
 
-def _stride_schedule(factors: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """Per stage, stride 2 on the axes that still have halvings left; as many stages as the most."""
-    remaining = [int(math.log2(f)) for f in factors]
-    stages = []
-    for _ in range(max(remaining)):
-        stages.append(tuple(2 if r > 0 else 1 for r in remaining))
-        remaining = [r - 1 for r in remaining]
-    return stages
-
-
 class Encoder(nn.Module):
     def __init__(self, n_hiddens: int, n_res_layers: int, downsample: tuple[int, int, int]):
         super().__init__()
-        strides = _stride_schedule(downsample)
+        strides = halving_strides(downsample)
         self.convs = nn.ModuleList(
             SamePadConv3d(3 if i == 0 else n_hiddens, n_hiddens, 4, stride=s) for i, s in enumerate(strides))
         self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, 3)
@@ -152,7 +132,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, n_hiddens: int, n_res_layers: int, upsample: tuple[int, int, int]):
         super().__init__()
-        strides = _stride_schedule(upsample)
+        strides = halving_strides(upsample)
         self.res_stack = _res_stack(n_hiddens, n_res_layers)
         self.convts = nn.ModuleList(
             SamePadConvTranspose3d(n_hiddens, 3 if i == len(strides) - 1 else n_hiddens, 4, stride=s)
