@@ -4,6 +4,7 @@ from .bundle import BundleInfo, load_gpt, load_vqvae, read_bundle_config, save_b
 from .errors import CheckpointError, ConfigError, InputError, ModelError, UnsafeCheckpointError
 from .gpt import GPTConfig, VideoGPT
 from .official import convert_official_checkpoint
+from .sampling import SamplingCancelled, sample, sample_seed
 from .vqvae import VQVAE, VQVAEConfig
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "GPTConfig",
     "InputError",
     "ModelError",
+    "SamplingCancelled",
     "UnsafeCheckpointError",
     "VQVAEConfig",
     "VideoGPT",
@@ -21,5 +23,7 @@ __all__ = [
     "load_gpt",
     "load_vqvae",
     "read_bundle_config",
+    "sample",
+    "sample_seed",
     "save_bundle",
 ]

@@ -1,0 +1,242 @@
+"""Fast autoregressive sampling: a static KV cache, one token position per step for a whole batch.
+
+Each step embeds only the newest code, attends only to what the position may read (the prefix for full
+attention; the allowed blocks for the strided sparse layout) and reads the frame encoding's keys and values,
+computed once per batch. Every sample has its own temperature, top-k, top-p and seed; its random numbers
+come from its own generator, so a seed gives the same video whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .gpt import Conditioning, VideoGPT
+from .layout import sparse_block_layout
+
+MAX_SEED = 2**63 - 1
+PROGRESS_INTERVAL_S = 0.2
+STOP_POLL_INTERVAL_S = 0.05
+
+
+class SamplingCancelled(Exception):
+    """should_stop() answered True; decoding stopped at the step given by `done_steps`."""
+
+    def __init__(self, done_steps: int, total_steps: int):
+        super().__init__(f"sampling cancelled after {done_steps} of {total_steps} steps")
+        self.done_steps = done_steps
+        self.total_steps = total_steps
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a request seeded with `seed` (distinct streams, not seed + index)."""
+    digest = hashlib.sha256(f"videogpt-serve:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & MAX_SEED
+
+
+def _per_sample(name: str, value: object, n: int) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise InputError(f"{name} has {len(value)} entries for {n} samples")
+        return list(value)
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        if len(value) != n:
+            raise InputError(f"{name} has {len(value)} entries for {n} samples")
+        return value.tolist()
+    return [value] * n
+
+
+@dataclass
+class SamplingControls:
+    """Per-sample sampling settings, validated; top_k 0 and top_p 1.0 mean no truncation."""
+
+    temperature: torch.Tensor  # (n,) float
+    top_k: torch.Tensor  # (n,) long
+    top_p: torch.Tensor  # (n,) float
+    seeds: list[int]
+
+    @classmethod
+    def build(cls, n: int, temperature: object = 1.0, top_k: object = None, top_p: object = None,
+              seed: object = None) -> SamplingControls:
+        temps, ks, ps = (_per_sample(name, v, n) for name, v in
+                         (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)))
+        for t in temps:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise InputError(f"temperature must be a number > 0, got {t!r}")
+        for k in ks:
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+                raise InputError(f"top_k must be an integer >= 1 (or None for no limit), got {k!r}")
+        for p in ps:
+            if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1):
+                raise InputError(f"top_p must be a number in (0, 1] (or None for no limit), got {p!r}")
+        if seed is None:
+            seeds = [int.from_bytes(os.urandom(8), "little") & MAX_SEED for _ in range(n)]
+        elif isinstance(seed, (list, tuple)):
+            seeds = _per_sample("seed", seed, n)
+        else:
+            seeds = [seed]
+        for s in seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+                raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {s!r}")
+        if not isinstance(seed, (list, tuple)) and seed is not None:
+            seeds = [sample_seed(seed, i) for i in range(n)]
+        return cls(temperature=torch.tensor(temps, dtype=torch.float32),
+                   top_k=torch.tensor([k or 0 for k in ks], dtype=torch.long),
+                   top_p=torch.tensor([1.0 if p is None else p for p in ps], dtype=torch.float32),
+                   seeds=seeds)
+
+    def uniforms(self, steps: int) -> torch.Tensor:
+        """(n, steps) uniform numbers in [0, 1), each row from its sample's own generator."""
+        rows = [torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+                for s in self.seeds]
+        return torch.stack(rows)
+
+
+def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Logits (B, K) with the tokens outside each row's top-k, then outside its top-p nucleus, set to -inf.
+
+    top-p keeps the smallest set of most likely tokens whose probability (after top-k) reaches top_p.
+    """
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(logits.shape[-1], device=logits.device)
+    limit = torch.where(top_k > 0, top_k, logits.shape[-1]).to(logits.device)
+    removed = ranks[None, :] >= limit[:, None]
+    probs = F.softmax(sorted_logits.masked_fill(removed, float("-inf")), dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    removed |= mass_before >= top_p.to(logits.device)[:, None]
+    removed[:, 0] = False  # the most likely token always stays
+    return logits.scatter(-1, order, sorted_logits.masked_fill(removed, float("-inf")))
+
+
+def draw(logits: torch.Tensor, controls: SamplingControls, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row of logits (B, K), by inverse CDF at each row's uniform number (B,)."""
+    logits = logits.float() / controls.temperature.to(logits.device)[:, None]
+    if bool((controls.top_k > 0).any()) or bool((controls.top_p < 1).any()):
+        logits = filter_logits(logits, controls.top_k, controls.top_p)
+    cdf = F.softmax(logits, dim=-1, dtype=torch.float64).cumsum(dim=-1)
+    target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
+    picks = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return picks.clamp_(max=logits.shape[-1] - 1)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per head over every key given: (B, H, 1, d) over (B, H, L, d).
+
+    Plain matmuls: for a single query they beat torch's fused CPU kernel many times over.
+    """
+    weights = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1])).softmax(dim=-1)
+    return torch.matmul(weights, v)
+
+
+class CachedDecoder:
+    """Runs the prior one raster position at a time over a preallocated KV cache."""
+
+    def __init__(self, gpt: VideoGPT, cond: Conditioning, batch: int):
+        self.gpt = gpt
+        self.cond = cond
+        c = gpt.config
+        layers = gpt.attn_stack.attn_nets
+        self.seq_len = math.prod(gpt.latent_shape)
+        weight = gpt.fc_in.weight
+        self.dtype, self.device = weight.dtype, weight.device
+        d_k, d_v = layers[0].attn.d_k, layers[0].attn.d_v
+        shape = (len(layers), batch, c.heads, self.seq_len)
+        self.keys = torch.zeros(*shape, d_k, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros(*shape, d_v, dtype=self.dtype, device=self.device)
+        # Code -> input feature, and the position table: looked up per step instead of recomputed.
+        self.token_features = gpt.fc_in(gpt.vqvae.codebook.embeddings.to(self.dtype))
+        self.positions = gpt.attn_stack.pos_embd.table().flatten(0, -2)
+        self.sos = gpt.attn_stack.right_shift.sos.to(self.dtype)
+        self.cross = [layer.enc_attn.keys_values(cond.frames) for layer in layers] if cond.frames is not None else None
+        self.block_reads = None
+        if c.attn_type == "sparse":
+            self.block = c.sparse_block_size
+            layout = sparse_block_layout(gpt.latent_shape, self.block, c.sparse_local_blocks)
+            self.block_reads = [row.nonzero().flatten().to(self.device) for row in layout]
+
+    def _readable(self, cache: torch.Tensor, pos: int) -> torch.Tensor:
+        """Cache entries (B, H, L, d) that position pos may read, in position order."""
+        if self.block_reads is None:
+            return cache[:, :, : pos + 1]
+        blocks = self.block_reads[pos // self.block]
+        B, H, _, d = cache.shape
+        gathered = cache.view(B, H, -1, self.block, d).index_select(2, blocks).flatten(2, 3)
+        # The current block comes last; its positions after pos are not written yet.
+        return gathered[:, :, : gathered.shape[2] - (self.block - 1 - pos % self.block)]
+
+    @torch.no_grad()
+    def step(self, pos: int, previous: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, n_codes) at raster position pos, given the codes (B,) at pos - 1 (None at 0)."""
+        batch = self.keys.shape[1]
+        x = self.sos.expand(batch, -1) if previous is None else self.token_features[previous]
+        x = (x + self.positions[pos])[:, None, :]  # (B, 1, D)
+        onehot = self.cond.class_onehot
+        for i, layer in enumerate(self.gpt.attn_stack.attn_nets):
+            attn = layer.attn
+            h = layer.pre_attn_norm(x, onehot)
+            q = attn.queries(h)
+            k, v = attn.keys_values(h)
+            self.keys[i, :, :, pos] = k[:, :, 0]
+            self.values[i, :, :, pos] = v[:, :, 0]
+            out = _attend(q, self._readable(self.keys[i], pos), self._readable(self.values[i], pos))
+            x = x + attn.combine(out)
+            if self.cross is not None:
+                h = layer.pre_enc_norm(x, onehot)
+                out = _attend(layer.enc_attn.queries(h), *self.cross[i])
+                x = x + layer.enc_attn.combine(out)
+            x = x + layer.fc_block(layer.pre_fc_norm(x, onehot))
+        return self.gpt.fc_out(self.gpt.norm(x, onehot))[:, 0]
+
+
+def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None:
+    if value is None:
+        return None
+    return torch.as_tensor(value, device=device)
+
+
+@torch.no_grad()
+def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: torch.Tensor | None = None,
+           temperature: object = 1.0, top_k: object = None, top_p: object = None, seed: object = None,
+           progress: Callable[[int, int], None] | None = None,
+           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
+
+    temperature, top_k, top_p and seed are one value for all samples or a sequence of n (one per sample,
+    as when the worker batches several requests). An int seed gives sample i the seed `sample_seed(seed, i)`;
+    a sequence gives each sample its own. progress(done, total) is called at most every 0.2 s and at the end;
+    should_stop() is polled about every 50 ms, and SamplingCancelled is raised when it answers True.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"n must be an integer >= 1, got {n!r}")
+    controls = SamplingControls.build(n, temperature, top_k, top_p, seed)
+    device = gpt.fc_in.weight.device
+    cond = gpt.condition(_as_batch_tensor(class_labels, device),
+                         None if cond_frames is None else cond_frames.to(device), n)
+    decoder = CachedDecoder(gpt, cond, n)
+    total = decoder.seq_len
+    uniforms = controls.uniforms(total)
+    codes = torch.zeros(n, total, dtype=torch.long, device=device)
+    previous = None
+    last_progress = last_poll = time.monotonic()
+    for pos in range(total):
+        if should_stop is not None and time.monotonic() - last_poll >= STOP_POLL_INTERVAL_S:
+            last_poll = time.monotonic()
+            if should_stop():
+                raise SamplingCancelled(pos, total)
+        logits = decoder.step(pos, previous)
+        previous = draw(logits, controls, uniforms[:, pos])
+        codes[:, pos] = previous
+        if progress is not None and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
+            last_progress = time.monotonic()
+            progress(pos + 1, total)
+    if progress is not None:
+        progress(total, total)
+    return codes.view(n, *gpt.latent_shape)
