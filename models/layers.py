@@ -128,19 +128,23 @@ class LayerNorm(nn.Module):
             self.g = nn.Parameter(torch.ones(dim))
             self.b = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None) -> torch.Tensor:
-        if self.conditional:
-            # (B, D) broadcast over every position of x (B, ..., D).
-            shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
-            g = 1 + self.w(class_onehot).view(shape)
-            b = self.wb(class_onehot).view(shape)
-        else:
-            g, b = self.g, self.b
+    def gain_bias(self, class_onehot: torch.Tensor | None, ndim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and bias, shaped (B, 1, ..., D) for inputs of ndim dimensions when class-conditional."""
+        if not self.conditional:
+            return self.g, self.b
+        shape = (class_onehot.shape[0],) + (1,) * (ndim - 2) + (-1,)
+        return 1 + self.w(class_onehot).view(shape), self.wb(class_onehot).view(shape)
+
+    @staticmethod
+    def normalize(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         x_float = x.float()
         mu = x_float.mean(dim=-1, keepdim=True)
         s = (x_float - mu).square().mean(dim=-1, keepdim=True)
         x_float = (x_float - mu) * (1e-5 + s.rsqrt())
         return x_float.type_as(x) * g + b
+
+    def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None) -> torch.Tensor:
+        return self.normalize(x, *self.gain_bias(class_onehot, x.dim()))
 
 
 class GeLU2(nn.Module):

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from .errors import InputError
 from .gpt import Conditioning, VideoGPT
-from .layout import sparse_block_layout
+from .layers import LayerNorm
+from .layout import causal_mask, sparse_block_layout
 
 MAX_SEED = 2**63 - 1
 PROGRESS_INTERVAL_S = 0.2
@@ -127,40 +128,55 @@ def draw(logits: torch.Tensor, controls: SamplingControls, uniforms: torch.Tenso
     return picks.clamp_(max=logits.shape[-1] - 1)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention of one query per head over every key given: (B, H, 1, d) over (B, H, L, d).
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of one query per head over the keys given: (B, H, 1, d) over (B, H, L, d).
 
     Plain matmuls: for a single query they beat torch's fused CPU kernel many times over.
     """
-    weights = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1])).softmax(dim=-1)
-    return torch.matmul(weights, v)
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1), v)
 
 
 class CachedDecoder:
-    """Runs the prior one raster position at a time over a preallocated KV cache."""
+    """Runs the prior one raster position at a time over a preallocated KV cache.
+
+    `step` (the CPU path) reads only the cache entries a position may see. `step_static` attends over the
+    whole cache under a mask row instead, so every step has the same shapes and addresses: the form a CUDA
+    graph can capture and replay (see `graph_step`).
+    """
 
     def __init__(self, gpt: VideoGPT, cond: Conditioning, batch: int):
         self.gpt = gpt
-        self.cond = cond
+        self.frames = cond.frames
         c = gpt.config
-        layers = gpt.attn_stack.attn_nets
+        self.layers = gpt.attn_stack.attn_nets
         self.seq_len = math.prod(gpt.latent_shape)
         weight = gpt.fc_in.weight
         self.dtype, self.device = weight.dtype, weight.device
-        d_k, d_v = layers[0].attn.d_k, layers[0].attn.d_v
-        shape = (len(layers), batch, c.heads, self.seq_len)
+        d_k, d_v = self.layers[0].attn.d_k, self.layers[0].attn.d_v
+        shape = (len(self.layers), batch, c.heads, self.seq_len)
         self.keys = torch.zeros(*shape, d_k, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(*shape, d_v, dtype=self.dtype, device=self.device)
-        # Code -> input feature, and the position table: looked up per step instead of recomputed.
+        # Computed once per batch rather than every step: code -> input feature, the position table, the
+        # class-conditional gains and biases, and the frame encoding's keys and values in every layer.
         self.token_features = gpt.fc_in(gpt.vqvae.codebook.embeddings.to(self.dtype))
         self.positions = gpt.attn_stack.pos_embd.table().flatten(0, -2)
         self.sos = gpt.attn_stack.right_shift.sos.to(self.dtype)
-        self.cross = [layer.enc_attn.keys_values(cond.frames) for layer in layers] if cond.frames is not None else None
+        onehot = cond.class_onehot
+        self.norms = [
+            {name: getattr(layer, name).gain_bias(onehot) for name in ("pre_attn_norm", "pre_enc_norm", "pre_fc_norm")
+             if hasattr(layer, name)} for layer in self.layers]
+        self.final_norm = gpt.norm.gain_bias(onehot)
+        self.cross = [layer.enc_attn.keys_values(cond.frames) for layer in self.layers] \
+            if cond.frames is not None else None
         self.block_reads = None
         if c.attn_type == "sparse":
             self.block = c.sparse_block_size
             layout = sparse_block_layout(gpt.latent_shape, self.block, c.sparse_local_blocks)
             self.block_reads = [row.nonzero().flatten().to(self.device) for row in layout]
+        self._read_mask: torch.Tensor | None = None
 
     def _readable(self, cache: torch.Tensor, pos: int) -> torch.Tensor:
         """Cache entries (B, H, L, d) that position pos may read, in position order."""
@@ -172,28 +188,74 @@ class CachedDecoder:
         # The current block comes last; its positions after pos are not written yet.
         return gathered[:, :, : gathered.shape[2] - (self.block - 1 - pos % self.block)]
 
+    def _layers(self, x: torch.Tensor, attend_self: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor],
+                                                                 torch.Tensor]) -> torch.Tensor:
+        """The transformer over one position x (B, 1, D); attend_self(layer, q, k, v) does the cache part."""
+        for i, layer in enumerate(self.layers):
+            norms = self.norms[i]
+            h = LayerNorm.normalize(x, *norms["pre_attn_norm"])
+            k, v = layer.attn.keys_values(h)
+            x = x + layer.attn.combine(attend_self(i, layer.attn.queries(h), k, v))
+            if self.cross is not None:
+                h = LayerNorm.normalize(x, *norms["pre_enc_norm"])
+                x = x + layer.enc_attn.combine(_attend(layer.enc_attn.queries(h), *self.cross[i]))
+            x = x + layer.fc_block(LayerNorm.normalize(x, *norms["pre_fc_norm"]))
+        return self.gpt.fc_out(LayerNorm.normalize(x, *self.final_norm))[:, 0]
+
     @torch.no_grad()
     def step(self, pos: int, previous: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, n_codes) at raster position pos, given the codes (B,) at pos - 1 (None at 0)."""
         batch = self.keys.shape[1]
         x = self.sos.expand(batch, -1) if previous is None else self.token_features[previous]
-        x = (x + self.positions[pos])[:, None, :]  # (B, 1, D)
-        onehot = self.cond.class_onehot
-        for i, layer in enumerate(self.gpt.attn_stack.attn_nets):
-            attn = layer.attn
-            h = layer.pre_attn_norm(x, onehot)
-            q = attn.queries(h)
-            k, v = attn.keys_values(h)
+        x = (x + self.positions[pos])[:, None, :]
+
+        def attend_self(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self.keys[i, :, :, pos] = k[:, :, 0]
             self.values[i, :, :, pos] = v[:, :, 0]
-            out = _attend(q, self._readable(self.keys[i], pos), self._readable(self.values[i], pos))
-            x = x + attn.combine(out)
-            if self.cross is not None:
-                h = layer.pre_enc_norm(x, onehot)
-                out = _attend(layer.enc_attn.queries(h), *self.cross[i])
-                x = x + layer.enc_attn.combine(out)
-            x = x + layer.fc_block(layer.pre_fc_norm(x, onehot))
-        return self.gpt.fc_out(self.gpt.norm(x, onehot))[:, 0]
+            return _attend(q, self._readable(self.keys[i], pos), self._readable(self.values[i], pos))
+
+        return self._layers(x, attend_self)
+
+    @torch.no_grad()
+    def step_static(self, pos: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """`step` with fixed shapes: pos a (1,) long tensor, previous (B,) codes (ignored at position 0)."""
+        if self._read_mask is None:
+            c = self.gpt.config
+            self._read_mask = causal_mask(self.gpt.latent_shape, c.attn_type, c.sparse_block_size,
+                                          c.sparse_local_blocks).to(self.device)
+        x = torch.where(pos == 0, self.sos, self.token_features[previous])
+        x = (x + self.positions.index_select(0, pos))[:, None, :]
+        mask = self._read_mask.index_select(0, pos)  # (1, N): what pos may read
+
+        def attend_self(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            self.keys[i].index_copy_(2, pos, k)
+            self.values[i].index_copy_(2, pos, v)
+            return _attend(q, self.keys[i], self.values[i], mask)
+
+        return self._layers(x, attend_self)
+
+    def graph_step(self) -> Callable[[int, torch.Tensor | None], torch.Tensor]:
+        """A CUDA-graph replay of `step_static` with the signature of `step` (CUDA only)."""
+        pos = torch.zeros(1, dtype=torch.long, device=self.device)
+        previous = torch.zeros(self.keys.shape[1], dtype=torch.long, device=self.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph, as capture requires
+            for _ in range(2):
+                self.step_static(pos, previous)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.step_static(pos, previous)
+
+        def replay(step_pos: int, step_previous: torch.Tensor | None) -> torch.Tensor:
+            pos.fill_(step_pos)
+            if step_previous is not None:
+                previous.copy_(step_previous)
+            graph.replay()
+            return logits
+
+        return replay
 
 
 def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None:
@@ -206,13 +268,15 @@ def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None
 def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: torch.Tensor | None = None,
            temperature: object = 1.0, top_k: object = None, top_p: object = None, seed: object = None,
            progress: Callable[[int, int], None] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> torch.Tensor:
+           should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
 
     temperature, top_k, top_p and seed are one value for all samples or a sequence of n (one per sample,
     as when the worker batches several requests). An int seed gives sample i the seed `sample_seed(seed, i)`;
     a sequence gives each sample its own. progress(done, total) is called at most every 0.2 s and at the end;
     should_stop() is polled about every 50 ms, and SamplingCancelled is raised when it answers True.
+    On CUDA the decode step is captured once as a CUDA graph and replayed (cuda_graph=False turns it off);
+    the model's dtype (cast it with `gpt.to(torch.bfloat16)`) is the sampler's.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n must be an integer >= 1, got {n!r}")
@@ -221,6 +285,9 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     cond = gpt.condition(_as_batch_tensor(class_labels, device),
                          None if cond_frames is None else cond_frames.to(device), n)
     decoder = CachedDecoder(gpt, cond, n)
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
+    step = decoder.graph_step() if cuda_graph else decoder.step
     total = decoder.seq_len
     uniforms = controls.uniforms(total)
     codes = torch.zeros(n, total, dtype=torch.long, device=device)
@@ -231,7 +298,7 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
             last_poll = time.monotonic()
             if should_stop():
                 raise SamplingCancelled(pos, total)
-        logits = decoder.step(pos, previous)
+        logits = step(pos, previous)
         previous = draw(logits, controls, uniforms[:, pos])
         codes[:, pos] = previous
         if progress is not None and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:

@@ -23,11 +23,17 @@ def fixture_models(tmp_path_factory, fixtures_dir):
             for name in GPT_FIXTURES}
 
 
-def forced_step_logits(gpt, codes, labels, frames):
-    """Per-step logits of the cached decoder made to emit `codes`."""
+def forced_step_logits(gpt, codes, labels, frames, static=False):
+    """Per-step logits of the cached decoder made to emit `codes` (static: the CUDA-graph form of the step)."""
     decoder = CachedDecoder(gpt, gpt.condition(labels, frames, codes.shape[0]), codes.shape[0])
     flat = codes.flatten(1)
-    steps = [decoder.step(pos, None if pos == 0 else flat[:, pos - 1]) for pos in range(flat.shape[1])]
+    steps = []
+    for pos in range(flat.shape[1]):
+        previous = flat[:, pos - 1] if pos else None
+        if static:
+            steps.append(decoder.step_static(torch.tensor([pos]), flat[:, 0] * 0 if previous is None else previous))
+        else:
+            steps.append(decoder.step(pos, previous))
     return torch.stack(steps, dim=1).view(*codes.shape, -1)
 
 
@@ -39,14 +45,15 @@ def test_cached_decoding_equals_the_golden_step_logits(fixture_models, fixtures_
     assert (got - g["step_logits"]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cached_decoding_equals_teacher_forcing(case):
+def test_cached_decoding_equals_teacher_forcing(case, static):
     vq_config, gpt_config = CASES[case]
     gpt = random_gpt(vq_config, gpt_config, seed=11)
     codes, labels, frames = inputs_for(gpt, batch=3, seed=4)
     with torch.no_grad():
         expected = gpt.logits(codes, labels, frames)
-    assert (forced_step_logits(gpt, codes, labels, frames) - expected).abs().max() < 1e-4
+    assert (forced_step_logits(gpt, codes, labels, frames, static) - expected).abs().max() < 1e-4
 
 
 def test_same_seed_same_codes_and_different_seeds_differ(fixture_models):
