@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,9 +40,10 @@ def build(name: str, device: str, dtype: torch.dtype) -> VideoGPT:
 
 
 def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated, or on CPU the process's peak RSS (each case runs in its own process)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux: the process's peak RSS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def run(name: str, batch: int, device: str, dtype: torch.dtype) -> dict:
@@ -63,6 +65,8 @@ def run(name: str, batch: int, device: str, dtype: torch.dtype) -> dict:
         "tokens_per_s": round(batch * steps / elapsed, 1),
         "seconds_per_batch": round(elapsed, 2),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "kv_cache_mb": round(2 * gpt.config.layers * batch * steps * gpt.config.hidden_dim
+                             * gpt.fc_in.weight.element_size() / 2**20, 1),
         "params_m": round(sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("vqvae.")) / 1e6, 2),
     }
 
@@ -74,11 +78,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.configs:
         for batch in args.batches:
-            print(json.dumps(run(name, batch, args.device, getattr(torch, args.dtype))), flush=True)
+            if args.in_process:
+                print(json.dumps(run(name, batch, args.device, getattr(torch, args.dtype))), flush=True)
+            else:  # a fresh process per case, so peak memory is that case's
+                subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches", str(batch),
+                                "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)],
+                               check=True)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,18 @@ def test_seeds_of_a_request_are_distinct_streams():
     u = controls.uniforms(100)
     assert u.shape == (2, 100) and not torch.equal(u[0], u[1])
     assert math.isclose(float(u.mean()), 0.5, abs_tol=0.1)
+
+
+def test_bfloat16_sampling_runs_and_tracks_float32(fixture_models):
+    """The reduced-precision path (the GPU option) on CPU: same arithmetic, bf16 tensors."""
+    import copy
+
+    gpt = fixture_models["gpt_classcond_full"]
+    half = copy.deepcopy(gpt).to(torch.bfloat16)
+    codes = sample(half, 2, class_labels=[1, 2], seed=5)
+    assert codes.shape == (2, 4, 8, 8) and 0 <= int(codes.min()) and int(codes.max()) < gpt.n_codes
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        full = gpt.logits(codes, labels)
+    got = forced_step_logits(half, codes, labels, None).float()
+    assert (got - full).abs().max() < 0.1 * full.abs().max()
