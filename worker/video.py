@@ -8,7 +8,10 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from models.data.frames import frames_to_tensor, pad_frames, read_frames, resize_crop
+
+__all__ = ["frames_to_model_input", "read_frames", "tile", "to_uint8_frames", "upscale", "write_mp4"]
 
 MP4_CONTENT_TYPE = "video/mp4"
 
@@ -61,38 +64,9 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, scale: int = 1) 
     return {"frames": t, "width": w, "height": h, "fps": fps, "content_type": MP4_CONTENT_TYPE}
 
 
-def read_frames(path: str | Path, max_frames: int) -> np.ndarray:
-    """Up to max_frames RGB frames (T, H, W, 3) uint8 of an image, GIF or video file, decoded by ffmpeg."""
-    reader = imageio_ffmpeg.read_frames(str(path))
-    meta = reader.__next__()
-    w, h = meta["size"]
-    frames = []
-    try:
-        for raw in reader:
-            frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3))
-            if len(frames) >= max_frames:
-                break
-    finally:
-        reader.close()
-    if not frames:
-        raise ValueError(f"{path}: no frames could be decoded")
-    return np.stack(frames)
-
-
 def frames_to_model_input(frames: np.ndarray, n_frames: int, resolution: int) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (3, n_frames, R, R) in [-0.5, 0.5]: the first frames, resized and center-cropped.
 
-    The shorter side is scaled to R (area filter when shrinking), then the centre R x R is cut out; a
-    clip shorter than n_frames repeats its last frame.
+    A clip shorter than n_frames repeats its last frame.
     """
-    if len(frames) < n_frames:
-        frames = np.concatenate([frames, np.repeat(frames[-1:], n_frames - len(frames), axis=0)])
-    clip = torch.from_numpy(np.ascontiguousarray(frames[:n_frames])).permute(0, 3, 1, 2).float() / 255.0
-    h, w = clip.shape[-2:]
-    scale = resolution / min(h, w)
-    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
-    mode = "area" if scale < 1 else "bilinear"
-    clip = F.interpolate(clip, size=size, mode=mode, **({} if mode == "area" else {"align_corners": False}))
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    clip = clip[:, :, top: top + resolution, left: left + resolution].clamp(0, 1)
-    return (clip - 0.5).permute(1, 0, 2, 3).contiguous()
+    return frames_to_tensor(resize_crop(pad_frames(frames, n_frames), resolution))

@@ -1,0 +1,107 @@
+"""moving-digits: labelled videos of one handwritten digit gliding and bouncing on a dark background.
+
+The glyphs are scikit-learn's bundled 8x8 `load_digits` images (no download), scaled up by an integer
+factor with nearest-neighbour, tinted with one bright colour per video. Each video is a pure function of
+(seed, split, index), so datasets are reproducible without storing them.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .frames import frames_to_tensor
+
+CLASS_NAMES = [str(d) for d in range(10)]
+SPLITS = ("train", "test")
+# Glyphs 0..TRAIN_GLYPHS-1 draw the training videos, the rest the test videos: held-out handwriting.
+TRAIN_GLYPHS = 1500
+
+
+@lru_cache(maxsize=1)
+def _glyphs() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class MovingDigitsSpec:
+    """The video format: frames, square resolution, glyph scale and speed range (pixels per frame)."""
+
+    frames: int = 16
+    resolution: int = 64
+    scale: int = 3
+    min_speed: float = 1.0
+    max_speed: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.scale < 1 or 8 * self.scale > self.resolution:
+            raise ValueError(f"glyphs of 8x{self.scale} pixels do not fit in {self.resolution}x{self.resolution}")
+
+
+def _bounce(start: float, velocity: float, limit: float, steps: int) -> np.ndarray:
+    """Positions of a point moving at constant speed inside [0, limit], reflected at the walls."""
+    raw = start + velocity * np.arange(steps)
+    if limit <= 0:
+        return np.zeros(steps)
+    period = 2 * limit
+    folded = np.mod(raw, period)
+    return np.where(folded > limit, period - folded, folded)
+
+
+def render(glyph: np.ndarray, colour: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+           spec: MovingDigitsSpec) -> np.ndarray:
+    """(T, R, R, 3) uint8 frames of glyph (8x8 in [0, 1]) at integer positions (xs, ys)."""
+    big = np.kron(glyph, np.ones((spec.scale, spec.scale), dtype=np.float32))
+    size = big.shape[0]
+    frames = np.zeros((spec.frames, spec.resolution, spec.resolution, 3), dtype=np.float32)
+    for t, (x, y) in enumerate(zip(np.rint(xs).astype(int), np.rint(ys).astype(int))):
+        frames[t, y: y + size, x: x + size] = big[..., None] * colour
+    return np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8)
+
+
+def moving_digit(seed: int, split: str, index: int,
+                 spec: MovingDigitsSpec = MovingDigitsSpec()) -> tuple[np.ndarray, int]:
+    """Video `index` of `split`: ((T, R, R, 3) uint8 frames, digit label)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    images, targets = _glyphs()
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    pool = range(TRAIN_GLYPHS) if split == "train" else range(TRAIN_GLYPHS, len(images))
+    g = int(rng.integers(pool.start, pool.stop))
+    hue, saturation = rng.random(), rng.uniform(0.4, 1.0)
+    colour = np.array(colorsys.hsv_to_rgb(hue, saturation, 1.0), dtype=np.float32)
+    limit = spec.resolution - 8 * spec.scale
+    angle = rng.uniform(0, 2 * np.pi)
+    speed = rng.uniform(spec.min_speed, spec.max_speed)
+    xs = _bounce(rng.uniform(0, limit), speed * np.cos(angle), limit, spec.frames)
+    ys = _bounce(rng.uniform(0, limit), speed * np.sin(angle), limit, spec.frames)
+    return render(images[g], colour, xs, ys, spec), int(targets[g])
+
+
+class MovingDigits(Dataset):
+    """`length` videos of one split, as dicts {"video": (3, T, R, R) in [-0.5, 0.5], "label": long}."""
+
+    class_names = CLASS_NAMES
+
+    def __init__(self, split: str = "train", length: int = 10000, seed: int = 0,
+                 spec: MovingDigitsSpec = MovingDigitsSpec()):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split, self.length, self.seed, self.spec = split, length, seed, spec
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        frames, label = moving_digit(self.seed, self.split, index, self.spec)
+        return {"video": frames_to_tensor(frames), "label": torch.tensor(label)}
