@@ -245,6 +245,15 @@ class VideoGPT(nn.Module):
         logits = self.fc_out(self.norm(x, cond.class_onehot))
         return logits.view(*codes.shape, -1)
 
+    def training_loss(self, video: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the codes of video (B, 3, T, H, W), conditioned on its first frames and/or labels."""
+        with torch.no_grad():
+            codes = self.vqvae.encode(video)
+        frames = video[:, :, : self.config.n_cond_frames] if self.config.frame_conditional else None
+        labels = class_labels if self.config.class_conditional else None
+        logits = self.forward(codes, self.condition(labels, frames, video.shape[0]))
+        return F.cross_entropy(logits.flatten(0, -2), codes.flatten())
+
     def logits(self, codes: torch.Tensor, class_labels: torch.Tensor | None = None,
                cond_frames: torch.Tensor | None = None) -> torch.Tensor:
         """Teacher-forced logits (B, t, h, w, n_codes) of codes (B, t, h, w), with the model's layout."""

@@ -170,6 +170,54 @@ class Codebook(nn.Module):
         flat = z.movedim(1, -1).flatten(end_dim=-2)
         return self.nearest(flat).view(z.shape[0], *z.shape[2:])
 
+    @property
+    def needs_init(self) -> bool:
+        """A codebook that never saw data (all counts zero) starts from the first batch's encoder outputs."""
+        return not bool(self.N.any())
+
+    def _sample_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """n_codes random rows of flat; with fewer rows than codes, jittered repeats (as the reference)."""
+        rows, width = flat.shape
+        if rows < self.n_codes:
+            flat = flat.repeat((self.n_codes + rows - 1) // rows, 1)
+            flat = flat + torch.randn_like(flat) * (0.01 / math.sqrt(width))
+        return flat[torch.randperm(flat.shape[0], device=flat.device)[: self.n_codes]]
+
+    @torch.no_grad()
+    def _initialise(self, flat: torch.Tensor) -> None:
+        initial = self._sample_rows(flat)
+        self.embeddings.copy_(initial)
+        self.z_avg.copy_(initial)
+        self.N.fill_(1.0)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
+        """EMA of counts and sums (decay 0.99); codes used less than once are restarted at encoder outputs."""
+        onehot = F.one_hot(codes, self.n_codes).type_as(flat)
+        self.N.mul_(0.99).add_(onehot.sum(dim=0), alpha=0.01)
+        self.z_avg.mul_(0.99).add_((flat.t() @ onehot).t(), alpha=0.01)
+        total = self.N.sum()
+        weights = (self.N + 1e-7) / (total + self.n_codes * 1e-7) * total
+        self.embeddings.copy_(self.z_avg / weights.unsqueeze(1))
+        used = (self.N >= 1).float().unsqueeze(1)
+        self.embeddings.mul_(used).add_(self._sample_rows(flat) * (1 - used))
+
+    def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Quantise z (B, E, t, h, w) for training: straight-through embeddings, codes, commitment loss,
+        perplexity; in training mode the codebook also takes its EMA step."""
+        flat = z.movedim(1, -1).flatten(end_dim=-2)
+        if self.training and self.needs_init:
+            self._initialise(flat.detach())
+        codes = self.nearest(flat.detach())
+        embeddings = self.lookup(codes.view(z.shape[0], *z.shape[2:]))
+        commitment = 0.25 * F.mse_loss(z, embeddings.detach())
+        if self.training:
+            self._update(flat.detach(), codes)
+        usage = F.one_hot(codes, self.n_codes).float().mean(dim=0)
+        perplexity = torch.exp(-(usage * torch.log(usage + 1e-10)).sum())
+        return {"embeddings": (embeddings - z).detach() + z, "codes": codes.view(z.shape[0], *z.shape[2:]),
+                "commitment_loss": commitment, "perplexity": perplexity}
+
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Code vectors, channels first: (B, t, h, w) -> (B, E, t, h, w)."""
         return F.embedding(codes, self.embeddings).movedim(-1, 1)
@@ -239,6 +287,18 @@ class VQVAE(nn.Module):
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, E, t, h, w) code vectors -> (B, 3, T, H, W) video, not clamped."""
         return self.decoder(self.post_vq_conv(embeddings))
+
+    def training_losses(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The reference's objective: MSE(x̂, x) / 0.06 + 0.25 MSE(z, sg(e)); the codebook learns by EMA."""
+        vq = self.codebook(self.encode_continuous(video))
+        reconstruction = self.decode_embeddings(vq["embeddings"])
+        recon_loss = F.mse_loss(reconstruction, video) / 0.06
+        with torch.no_grad():  # PSNR of the displayed (clamped) video, pixel values in [0, 1]
+            mse = F.mse_loss(reconstruction.clamp(-0.5, 0.5), video)
+            psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
+        return {"loss": recon_loss + vq["commitment_loss"], "recon_loss": recon_loss,
+                "commitment_loss": vq["commitment_loss"], "perplexity": vq["perplexity"], "psnr": psnr,
+                "reconstruction": reconstruction}
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """long (B,t,h,w) codes -> float (B,3,T,H,W) video, not clamped."""

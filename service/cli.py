@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 
 def _class_names(value: str | None) -> list[str] | None:
@@ -55,7 +56,6 @@ def _class_label(value: str, class_names: list[str] | None) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
     import numpy as np
     import torch
@@ -108,6 +108,110 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_settings(args: argparse.Namespace):
+    from models.training import TrainSettings
+
+    return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         device=args.device or _default_device())
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _datasets(args: argparse.Namespace, frames: int, resolution: int):
+    from models.data import open_dataset
+
+    train_set = open_dataset(args.data, "train", frames, resolution, args.train_size, args.seed)
+    val_set = open_dataset(args.data, "test", frames, resolution, args.train_size, args.seed)
+    return train_set, val_set
+
+
+def _checkpoint_path(args: argparse.Namespace) -> str:
+    return args.checkpoint or str(args.out).rstrip("/") + ".train.pt"
+
+
+def cmd_train_vqvae(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import VQVAE, BundleInfo, VQVAEConfig, save_bundle
+    from models.training import train
+
+    settings = _train_settings(args)
+    torch.manual_seed(settings.seed)
+    config = VQVAEConfig(embedding_dim=args.embedding_dim, n_codes=args.n_codes, n_hiddens=args.n_hiddens,
+                         n_res_layers=args.n_res_layers, downsample=tuple(args.downsample),
+                         sequence_length=args.frames, resolution=args.resolution)
+    train_set, val_set = _datasets(args, config.sequence_length, config.resolution)
+    model = VQVAE(config)
+    metrics = train(model, lambda batch: _without_tensors(model.training_losses(batch["video"])), train_set, val_set,
+                    settings, _checkpoint_path(args))
+    save_bundle(model, args.out, BundleInfo(name=args.name or Path(args.out).name, kind="vqvae", fps=args.fps,
+                                            source={"trained_on": args.data, "steps": settings.steps,
+                                                    "validation": metrics}))
+    print(f"wrote VQ-VAE bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _without_tensors(out: dict) -> dict:
+    """Scalars only (drops the reconstruction)."""
+    return {k: v for k, v in out.items() if v.dim() == 0}
+
+
+def cmd_train_gpt(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import BundleInfo, GPTConfig, VideoGPT, load_vqvae, save_bundle
+    from models.training import train
+
+    settings = _train_settings(args)
+    torch.manual_seed(settings.seed)
+    vqvae = load_vqvae(args.vqvae)
+    vq_config = vqvae.config
+    train_set, val_set = _datasets(args, vq_config.sequence_length, vq_config.resolution)
+    class_names = getattr(train_set, "class_names", None) or None
+    if args.class_cond and not class_names:
+        raise ValueError(f"--class-cond needs classes, and {args.data} has none (use class sub-folders)")
+    config = GPTConfig(hidden_dim=args.hidden_dim, heads=args.heads, layers=args.layers, dropout=args.dropout,
+                       attn_dropout=args.attn_dropout, attn_type=args.attn_type,
+                       class_cond_dim=len(class_names) if args.class_cond else None,
+                       n_cond_frames=args.n_cond_frames, resnet_widths=tuple(args.resnet_widths),
+                       resnet_blocks=tuple(args.resnet_blocks), resnet_dim=args.resnet_dim)
+    model = VideoGPT(config, vqvae)
+
+    def loss_fn(batch: dict) -> dict:
+        return {"loss": model.training_loss(batch["video"], batch["label"] if args.class_cond else None)}
+
+    metrics = train(model, loss_fn, train_set, val_set, settings, _checkpoint_path(args))
+    info = BundleInfo(name=args.name or Path(args.out).name, kind="gpt", fps=args.fps,
+                      class_names=list(class_names) if args.class_cond else None,
+                      source={"trained_on": args.data, "steps": settings.steps, "vqvae": str(args.vqvae),
+                              "validation": metrics})
+    save_bundle(model, args.out, info)
+    print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="moving-digits",
+                   help="'moving-digits' (generated) or a folder ROOT/{train,test}/[<class>/]*.mp4")
+    p.add_argument("--out", required=True, help="bundle directory to write when training ends")
+    p.add_argument("--checkpoint", help="training state, resumed when it exists (default: OUT.train.pt)")
+    p.add_argument("--name", help="model name (default: the bundle directory's name)")
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--train-size", type=int, default=20000, help="moving-digits: training videos (test: a tenth)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="videogpt-serve", description="Generate short videos with VideoGPT models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -141,6 +245,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train-vqvae", help="train a VQ-VAE and write a bundle",
+                       description="Train a VQ-VAE on moving-digits or a video folder (EMA codebook with data "
+                                   "init and dead-code restart, as the reference).")
+    _add_training_options(p)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--embedding-dim", type=int, default=64)
+    p.add_argument("--n-codes", type=int, default=512)
+    p.add_argument("--n-hiddens", type=int, default=64)
+    p.add_argument("--n-res-layers", type=int, default=2)
+    p.add_argument("--downsample", type=int, nargs=3, default=[4, 8, 8], metavar=("T", "H", "W"))
+    p.set_defaults(func=cmd_train_vqvae)
+
+    p = sub.add_parser("train-gpt", help="train a GPT prior on a VQ-VAE bundle's codes and write a bundle",
+                       description="Train the prior (unconditional, --class-cond and/or --n-cond-frames N).")
+    _add_training_options(p)
+    p.add_argument("--vqvae", required=True, help="VQ-VAE bundle (or a GPT bundle, whose VQ-VAE is taken)")
+    p.add_argument("--class-cond", action="store_true", help="condition on the dataset's classes")
+    p.add_argument("--n-cond-frames", type=int, default=0, help="condition on the first N frames")
+    p.add_argument("--hidden-dim", type=int, default=144)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--attn-dropout", type=float, default=0.1)
+    p.add_argument("--attn-type", choices=["full", "sparse"], default="full")
+    p.add_argument("--resnet-widths", type=int, nargs=3, default=[16, 32, 64])
+    p.add_argument("--resnet-blocks", type=int, nargs=4, default=[1, 1, 1, 1])
+    p.add_argument("--resnet-dim", type=int, default=96)
+    p.set_defaults(func=cmd_train_gpt)
 
     p = sub.add_parser("info", help="print a bundle's settings")
     p.add_argument("bundle", help="bundle directory")

@@ -12,15 +12,20 @@ import torch.nn.functional as F
 
 def read_frames(path: str | Path, max_frames: int) -> np.ndarray:
     """Up to max_frames RGB frames (T, H, W, 3) uint8 of an image, GIF or video file, decoded by ffmpeg."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
     reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    w, h = meta["size"]
     frames = []
     try:
+        meta = next(reader)
+        w, h = meta["size"]
         for raw in reader:
             frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(h, w, 3))
             if len(frames) >= max_frames:
                 break
+    except (RuntimeError, OSError, StopIteration) as exc:
+        last = [line for line in str(exc).splitlines() if line.strip()][-1:] or [type(exc).__name__]
+        raise ValueError(f"{path}: cannot be decoded as an image or video ({last[0].strip()})") from None
     finally:
         reader.close()
     if not frames:
