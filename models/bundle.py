@@ -183,24 +183,30 @@ def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Vide
     return gpt.to(device).eval()
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """CPU copies for safetensors; floating tensors stored in dtype when given (loading casts them back)."""
+    return {k: v.detach().to("cpu", dtype=dtype if dtype and v.is_floating_point() else v.dtype).contiguous()
+            for k, v in state.items()}
 
 
-def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo) -> Path:
-    """Write model (a VQ-VAE, or a prior with its VQ-VAE) as a bundle directory; returns the directory."""
+def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
+                storage_dtype: torch.dtype | None = None) -> Path:
+    """Write model (a VQ-VAE, or a prior with its VQ-VAE) as a bundle directory; returns the directory.
+
+    storage_dtype (e.g. torch.float16) halves the files of shipped models; loading casts back to float32.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, VideoGPT):
         vq, gpt_config = model.vqvae, model.config
         check_class_names(info.class_names, gpt_config.class_cond_dim, "class_names")
-        save_file(_contiguous(own_state(model, VQVAE_PREFIX)), str(out / GPT_FILE))
+        save_file(_contiguous(own_state(model, VQVAE_PREFIX), storage_dtype), str(out / GPT_FILE))
     else:
         vq, gpt_config = model, None
         if info.class_names is not None:
             raise ConfigError("a VQ-VAE bundle has no classes: class_names must be None")
         (out / GPT_FILE).unlink(missing_ok=True)
-    save_file(_contiguous(vq.state_dict()), str(out / VQVAE_FILE))
+    save_file(_contiguous(vq.state_dict(), storage_dtype), str(out / VQVAE_FILE))
     config = {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,

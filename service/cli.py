@@ -151,7 +151,8 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
                     settings, _checkpoint_path(args))
     save_bundle(model, args.out, BundleInfo(name=args.name or Path(args.out).name, kind="vqvae", fps=args.fps,
                                             source={"trained_on": args.data, "steps": settings.steps,
-                                                    "validation": metrics}))
+                                                    "validation": metrics}),
+                storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote VQ-VAE bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
@@ -190,7 +191,7 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                       class_names=list(class_names) if args.class_cond else None,
                       source={"trained_on": args.data, "steps": settings.steps, "vqvae": str(args.vqvae),
                               "validation": metrics})
-    save_bundle(model, args.out, info)
+    save_bundle(model, args.out, info, storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
@@ -210,6 +211,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=int, default=20000, help="moving-digits: training videos (test: a tenth)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32",
+                   help="storage precision of the bundle's weights (float16 halves the files)")
 
 
 def build_parser() -> argparse.ArgumentParser:
