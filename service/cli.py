@@ -196,6 +196,62 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_dirs(paths: list[str]) -> list[Path]:
+    """The bundle directories among paths, looking one level into folders that hold bundles."""
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if (path / "config.json").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(p for p in path.iterdir() if (p / "config.json").is_file())
+    if not found:
+        raise ValueError(f"no bundle (a directory with config.json) in {', '.join(paths)}")
+    return found
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import load_gpt, load_vqvae, read_bundle_config
+    from models.classifier import load_classifier, save_classifier
+    from models.data import MovingDigitsSpec
+    from models.evaluation import check_bars, evaluate, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundles = _bundle_dirs(args.bundles)
+    models = {}
+    for path in bundles:
+        _, _, gpt_config = read_bundle_config(path)
+        if gpt_config is None:
+            continue
+        mode = "class" if gpt_config.class_conditional else "frames" if gpt_config.frame_conditional \
+            else "unconditional"
+        models[mode] = load_gpt(path)
+    vqvae = load_vqvae(bundles[0])
+    c = vqvae.config
+    spec = MovingDigitsSpec(frames=c.sequence_length, resolution=c.resolution, scale=max(1, round(c.resolution / 21)))
+    classifier_path = Path(args.classifier or bundles[0].parent / "classifier.safetensors")
+    if classifier_path.is_file():
+        classifier = load_classifier(classifier_path)
+    else:
+        print(f"training the evaluation classifier ({classifier_path} not found)", file=sys.stderr)
+        classifier = train_classifier(spec, steps=args.classifier_steps, seed=args.seed)
+        save_classifier(classifier, classifier_path)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = evaluate(models, vqvae, classifier, spec, n=args.n, batch=args.batch, seed=args.seed,
+                      sheet_path=out / "contact_sheet.png", log=lambda line: print(line, file=sys.stderr))
+    report["bundles"] = {mode: str(path) for mode, path in zip(models, bundles)}
+    report["bars"] = check_bars(report)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    for bar in report["bars"]:
+        print(f"{'ok  ' if bar['met'] else 'MISS'} {bar['metric']:40s} {bar['value']:.3f} (bar {bar['bar']})")
+    print(f"wrote {out / 'report.json'} and {out / 'contact_sheet.png'}")
+    return 0
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="moving-digits",
                    help="'moving-digits' (generated) or a folder ROOT/{train,test}/[<class>/]*.mp4")
@@ -278,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resnet-blocks", type=int, nargs=4, default=[1, 1, 1, 1])
     p.add_argument("--resnet-dim", type=int, default=96)
     p.set_defaults(func=cmd_train_gpt)
+
+    p = sub.add_parser("eval", help="measure the sample quality of moving-digits bundles",
+                       description="Generate videos in every mode the bundles serve and score them with a video "
+                                   "classifier trained on real moving-digits data; writes report.json and "
+                                   "contact_sheet.png (rows: real, reconstruction, then one per mode).")
+    p.add_argument("bundles", nargs="+", help="GPT bundle directories, or a folder holding them")
+    p.add_argument("--out", default="eval", help="output folder (default ./eval)")
+    p.add_argument("--n", type=int, default=200, help="videos per mode (default 200)")
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classifier", help="classifier .safetensors (default: classifier.safetensors beside the "
+                                        "bundles; trained and saved there when missing)")
+    p.add_argument("--classifier-steps", type=int, default=600)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="print a bundle's settings")
     p.add_argument("bundle", help="bundle directory")

@@ -58,3 +58,20 @@ def pad_frames(frames: np.ndarray, count: int) -> np.ndarray:
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (3, T, H, W) float in [-0.5, 0.5], the models' input."""
     return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div(255.0).sub(0.5)
+
+
+def write_png(image: np.ndarray, path: str | Path) -> None:
+    """An (H, W, 3) uint8 image as an 8-bit RGB PNG (no image library needed)."""
+    import struct
+    import zlib
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w, _ = image.shape
+    raw = b"".join(b"\x00" + image[y].tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
+                           + chunk(b"IEND", b""))

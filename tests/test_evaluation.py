@@ -1,0 +1,71 @@
+"""The quality measures measure what they say; `eval` writes a report and a contact sheet."""
+
+import json
+
+import torch
+
+from models.data import MovingDigitsSpec, moving_digit
+from models.data.frames import frames_to_tensor, read_frames
+from models.evaluation import check_bars, frechet_distance, motion_stats, psnr
+from service.cli import main
+
+
+def test_psnr_of_known_errors():
+    a = torch.zeros(2, 3, 4, 8, 8)
+    b = a.clone()
+    b[0] += 0.1  # MSE 0.01 -> 20 dB
+    values = psnr(b, a)
+    assert abs(float(values[0]) - 20.0) < 1e-4 and float(values[1]) > 90
+
+
+def test_frechet_distance_is_zero_for_equal_sets_and_grows_with_shift():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 4, generator=gen)
+    assert abs(frechet_distance(x, x)) < 1e-6
+    assert abs(frechet_distance(x, x + 2.0) - 16.0) < 1e-6  # |mean shift|^2 = 4 * 2^2
+    assert frechet_distance(x, x * 3) > 1.0
+
+
+def test_motion_of_real_digits_and_of_a_still_or_doubled_one():
+    spec = MovingDigitsSpec(resolution=32, scale=2)
+    videos = torch.stack([frames_to_tensor(moving_digit(0, "test", i, spec)[0]) for i in range(8)])
+    displacement, one_digit = motion_stats(videos, 16)
+    assert float(displacement.mean()) > 1.0 and bool(one_digit.all())
+    still = videos[:1, :, :1].expand(-1, -1, 16, -1, -1)
+    assert float(motion_stats(still, 16)[0]) < 1e-4
+    doubled = videos[:1].clone()
+    doubled[..., :8, :8] = 0.5  # a second bright blob in the corner
+    doubled[..., -8:, -8:] = 0.5
+    assert not bool(motion_stats(doubled, 16)[1])
+
+
+def test_check_bars_reports_met_and_missed():
+    bars = check_bars({"reconstruction": {"psnr_db": 30.0}, "class": {"classifier_agreement": 0.5}})
+    assert {b["metric"]: b["met"] for b in bars} == {"reconstruction.psnr_db": True,
+                                                     "class.classifier_agreement": False}
+
+
+def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
+    common = ["--steps", "2", "--batch-size", "4", "--train-size", "40", "--val-every", "2"]
+    assert main(["train-vqvae", "--out", str(tmp_path / "work" / "vq"), "--frames", "16", "--resolution", "32",
+                 "--n-hiddens", "8", "--embedding-dim", "8", "--n-codes", "16", "--n-res-layers", "0",
+                 "--downsample", "8", "8", "8", *common]) == 0
+    gpt_args = ["--vqvae", str(tmp_path / "work" / "vq"), "--hidden-dim", "12", "--heads", "2", "--layers", "1",
+                *common]
+    assert main(["train-gpt", *gpt_args, "--class-cond", "--out", str(tmp_path / "b" / "class")]) == 0
+    assert main(["train-gpt", *gpt_args, "--n-cond-frames", "1", "--resnet-widths", "4", "4", "4",
+                 "--resnet-dim", "12", "--out", str(tmp_path / "b" / "frames")]) == 0
+    assert main(["train-gpt", *gpt_args, "--out", str(tmp_path / "b" / "unconditional")]) == 0
+    assert main(["eval", str(tmp_path / "b"), "--out", str(tmp_path / "eval"), "--n", "6", "--batch", "3",
+                 "--classifier-steps", "2"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report) >= {"real", "reconstruction", "class", "frames", "unconditional", "bars"}
+    assert 0 <= report["class"]["classifier_agreement"] <= 1
+    assert "first_frame_psnr_db" in report["frames"]
+    assert (tmp_path / "b" / "classifier.safetensors").exists()
+    sheet = (tmp_path / "eval" / "contact_sheet.png").read_bytes()
+    assert sheet.startswith(b"\x89PNG")
+    out = capsys.readouterr().out
+    assert "reconstruction.psnr_db" in out and ("MISS" in out or "ok" in out)
+    image = read_frames(tmp_path / "eval" / "contact_sheet.png", 1)[0]  # ffmpeg decodes it
+    assert image.shape[1] >= 512 and image.shape[2] == 3 and image.max() > 0
