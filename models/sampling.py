@@ -43,16 +43,23 @@ def sample_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") & MAX_SEED
 
 
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.dim() == 1)
+
+
 def _per_sample(name: str, value: object, n: int) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise InputError(f"{name} has {len(value)} entries for {n} samples")
-        return list(value)
-    if isinstance(value, torch.Tensor) and value.dim() == 1:
-        if len(value) != n:
-            raise InputError(f"{name} has {len(value)} entries for {n} samples")
-        return value.tolist()
-    return [value] * n
+    """value as n per-sample entries: a sequence of n as it is, anything else repeated."""
+    if not _is_sequence(value):
+        return [value] * n
+    if len(value) != n:  # type: ignore[arg-type]
+        raise InputError(f"{name} has {len(value)} entries for {n} samples")  # type: ignore[arg-type]
+    return value.tolist() if isinstance(value, torch.Tensor) else list(value)  # type: ignore[union-attr]
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return seed
 
 
 @dataclass
@@ -80,15 +87,10 @@ class SamplingControls:
                 raise InputError(f"top_p must be a number in (0, 1] (or None for no limit), got {p!r}")
         if seed is None:
             seeds = [int.from_bytes(os.urandom(8), "little") & MAX_SEED for _ in range(n)]
-        elif isinstance(seed, (list, tuple)):
-            seeds = _per_sample("seed", seed, n)
+        elif _is_sequence(seed):
+            seeds = [_check_seed(s) for s in _per_sample("seed", seed, n)]
         else:
-            seeds = [seed]
-        for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
-                raise InputError(f"seed must be an integer in 0..{MAX_SEED}, got {s!r}")
-        if not isinstance(seed, (list, tuple)) and seed is not None:
-            seeds = [sample_seed(seed, i) for i in range(n)]
+            seeds = [sample_seed(_check_seed(seed), i) for i in range(n)]
         return cls(temperature=torch.tensor(temps, dtype=torch.float32),
                    top_k=torch.tensor([k or 0 for k in ks], dtype=torch.long),
                    top_p=torch.tensor([1.0 if p is None else p for p in ps], dtype=torch.float32),
