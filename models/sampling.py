@@ -183,16 +183,16 @@ class CachedDecoder:
 
     def __init__(self, gpt: VideoGPT, cond: Conditioning, batch: int):
         self.gpt = gpt
-        self.frames = cond.frames
         c = gpt.config
         self.layers = gpt.attn_stack.attn_nets
         self.seq_len = math.prod(gpt.latent_shape)
         weight = gpt.fc_in.weight
         self.dtype, self.device = weight.dtype, weight.device
-        d_k, d_v = self.layers[0].attn.d_k, self.layers[0].attn.d_v
-        shape = (len(self.layers), batch, c.heads, self.seq_len)
-        self.keys = torch.zeros(*shape[:-1], d_k, self.seq_len, dtype=self.dtype, device=self.device)
-        self.values = torch.zeros(*shape, d_v, dtype=self.dtype, device=self.device)
+        attn = self.layers[0].attn
+        per_layer = (len(self.layers), batch, c.heads)
+        # (layer, B, H, d_k, N) keys, transposed; (layer, B, H, N, d_v) values.
+        self.keys = torch.zeros(*per_layer, attn.d_k, self.seq_len, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros(*per_layer, self.seq_len, attn.d_v, dtype=self.dtype, device=self.device)
         # Computed once per batch rather than every step: code -> input feature, the position table, the
         # class-conditional gains and biases, and the frame encoding's keys and values in every layer.
         self.token_features = gpt.fc_in(gpt.vqvae.codebook.embeddings.to(self.dtype))
