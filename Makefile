@@ -28,6 +28,7 @@ clean:
 
 # Retrain the shipped moving-digits models from scratch (CPU; see the README for the time it takes).
 # Training state goes to build/train-digits (resumable); the bundles to weights/moving-digits.
+# Provisional settings: the quality bars of the shipped-model issue are not met by these yet.
 DIGITS := weights/moving-digits
 DIGITS_WORK := build/train-digits
 DIGITS_DATA := --data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0

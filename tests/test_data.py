@@ -51,6 +51,12 @@ def test_labels_cover_all_digits_and_test_uses_other_glyphs():
         dataset[3]
 
 
+def test_zero_saturation_gives_white_digits():
+    frames, _ = moving_digit(0, "train", 1, MovingDigitsSpec(min_saturation=0.0, max_saturation=0.0))
+    lit = frames.max(axis=-1) > 0
+    assert np.array_equal(frames[..., 0][lit], frames[..., 2][lit])
+
+
 def test_glyph_must_fit():
     with pytest.raises(ValueError, match="do not fit"):
         MovingDigitsSpec(resolution=16, scale=3)

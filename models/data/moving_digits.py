@@ -40,6 +40,9 @@ class MovingDigitsSpec:
     scale: int = 3
     min_speed: float = 1.0
     max_speed: float = 3.0
+    # Colour saturation range of the digit (value is always 1): 0 gives white digits.
+    min_saturation: float = 0.4
+    max_saturation: float = 1.0
 
     def __post_init__(self) -> None:
         if self.scale < 1 or 8 * self.scale > self.resolution:
@@ -76,7 +79,7 @@ def moving_digit(seed: int, split: str, index: int,
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     pool = range(TRAIN_GLYPHS) if split == "train" else range(TRAIN_GLYPHS, len(images))
     g = int(rng.integers(pool.start, pool.stop))
-    hue, saturation = rng.random(), rng.uniform(0.4, 1.0)
+    hue, saturation = rng.random(), rng.uniform(spec.min_saturation, spec.max_saturation)
     colour = np.array(colorsys.hsv_to_rgb(hue, saturation, 1.0), dtype=np.float32)
     limit = spec.resolution - 8 * spec.scale
     angle = rng.uniform(0, 2 * np.pi)
