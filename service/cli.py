@@ -221,14 +221,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     bundles = _bundle_dirs(args.bundles)
-    models = {}
+    models, sources = {}, {}
     for path in bundles:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
             continue
         mode = "class" if gpt_config.class_conditional else "frames" if gpt_config.frame_conditional \
             else "unconditional"
-        models[mode] = load_gpt(path)
+        models[mode], sources[mode] = load_gpt(path), str(path)
     vqvae = load_vqvae(bundles[0])
     c = vqvae.config
     spec = MovingDigitsSpec(frames=c.sequence_length, resolution=c.resolution, scale=max(1, round(c.resolution / 21)))
@@ -243,7 +243,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     report = evaluate(models, vqvae, classifier, spec, n=args.n, batch=args.batch, seed=args.seed,
                       sheet_path=out / "contact_sheet.png", log=lambda line: print(line, file=sys.stderr))
-    report["bundles"] = {mode: str(path) for mode, path in zip(models, bundles)}
+    report["bundles"] = sources
     report["bars"] = check_bars(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for bar in report["bars"]:
