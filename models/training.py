@@ -81,7 +81,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Datase
           checkpoint: str | Path, progress: bool = True) -> dict[str, float]:
     """Train model in place for settings.steps steps, resuming from `checkpoint` when it exists.
 
-    loss_fn(batch) returns a dict with "loss" (optimised) and any other scalars to show and validate.
+    loss_fn(batch) returns a dict with "loss" (optimised) and other scalars to show and validate;
+    entries that are not scalars (a reconstruction, say) are ignored.
     Returns the last validation figures.
     """
     from tqdm import tqdm

@@ -65,7 +65,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or _default_device()
     gpt = load_gpt(args.bundle, device=device)
     if args.dtype != "float32":
         gpt = gpt.to(getattr(torch, args.dtype))
@@ -147,19 +147,14 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
                          sequence_length=args.frames, resolution=args.resolution)
     train_set, val_set = _datasets(args, config.sequence_length, config.resolution)
     model = VQVAE(config)
-    metrics = train(model, lambda batch: _without_tensors(model.training_losses(batch["video"])), train_set, val_set,
-                    settings, _checkpoint_path(args))
+    metrics = train(model, lambda batch: model.training_losses(batch["video"]), train_set, val_set, settings,
+                    _checkpoint_path(args))
     save_bundle(model, args.out, BundleInfo(name=args.name or Path(args.out).name, kind="vqvae", fps=args.fps,
                                             source={"trained_on": args.data, "steps": settings.steps,
                                                     "validation": metrics}),
                 storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote VQ-VAE bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
-
-
-def _without_tensors(out: dict) -> dict:
-    """Scalars only (drops the reconstruction)."""
-    return {k: v for k, v in out.items() if v.dim() == 0}
 
 
 def cmd_train_gpt(args: argparse.Namespace) -> int:
@@ -231,7 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         models[mode], sources[mode] = load_gpt(path), str(path)
     vqvae = load_vqvae(bundles[0])
     c = vqvae.config
-    spec = MovingDigitsSpec(frames=c.sequence_length, resolution=c.resolution, scale=max(1, round(c.resolution / 21)))
+    spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
     classifier_path = Path(args.classifier or bundles[0].parent / "classifier.safetensors")
     if classifier_path.is_file():
         classifier = load_classifier(classifier_path)

@@ -15,7 +15,6 @@ def open_dataset(source: str, split: str, frames: int, resolution: int, length: 
         if resolution % 8 or resolution < 16:
             raise ValueError("moving-digits needs a resolution that is a multiple of 8 and at least 16, "
                              f"got {resolution}")
-        # glyph scale 3 at 64x64 (24-pixel digits), 2 at 32x32
-        spec = MovingDigitsSpec(frames=frames, resolution=resolution, scale=max(1, round(resolution / 21)))
+        spec = MovingDigitsSpec.for_video(frames, resolution)
         return MovingDigits(split, length=length if split == "train" else max(1, length // 10), seed=seed, spec=spec)
     return VideoFolder(source, split, frames, resolution)

@@ -44,6 +44,11 @@ class MovingDigitsSpec:
     min_saturation: float = 0.4
     max_saturation: float = 1.0
 
+    @classmethod
+    def for_video(cls, frames: int, resolution: int) -> MovingDigitsSpec:
+        """The spec for videos of this size: glyph scale 3 at 64x64 (24-pixel digits), 2 at 32x32."""
+        return cls(frames=frames, resolution=resolution, scale=max(1, round(resolution / 21)))
+
     def __post_init__(self) -> None:
         if self.scale < 1 or 8 * self.scale > self.resolution:
             raise ValueError(f"glyphs of 8x{self.scale} pixels do not fit in {self.resolution}x{self.resolution}")
