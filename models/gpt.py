@@ -1,7 +1,9 @@
 """The VideoGPT prior: a GPT over the VQ-VAE's codes with spatio-temporal position embeddings.
 
 Optional conditioning: a class (conditional layer norms) and/or the first frames of a video (a 3D ResNet
-encodes them; every layer cross-attends to that encoding).
+encodes them; every layer cross-attends to that encoding). A model trained with condition dropout also
+generates without them: class label -1 (or no labels) is "no class", a zero one-hot that leaves the layer
+norms plain; absent frames skip the cross-attention branch. One such prior serves every mode.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class GPTConfig(Settings):
     resnet_dim: int = 240
     sparse_block_size: int = 32
     sparse_local_blocks: int = 4
+    # Training-time probability of dropping each condition of a sample; > 0 makes the conditions optional.
+    condition_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resnet_widths", tuple(self.resnet_widths))
@@ -56,7 +60,7 @@ class GPTConfig(Settings):
             raise ConfigError(f"hidden_dim {self.hidden_dim} must be divisible by heads {self.heads}")
         if self.attn_type not in ATTN_TYPES:
             raise ConfigError(f"attn_type must be one of {', '.join(ATTN_TYPES)}, got {self.attn_type!r}")
-        for name in ("dropout", "attn_dropout"):
+        for name in ("dropout", "attn_dropout", "condition_dropout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
                 raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
@@ -71,6 +75,25 @@ class GPTConfig(Settings):
                 require_int(name, v, 1)
         if self.resnet_dim % 3:
             raise ConfigError(f"resnet_dim {self.resnet_dim} must be divisible by 3 (frame position embedding)")
+        if self.condition_dropout and not (self.class_conditional or self.frame_conditional):
+            raise ConfigError("condition_dropout needs a condition to drop: set class_cond_dim or n_cond_frames")
+
+    @property
+    def conditions_optional(self) -> bool:
+        """Whether the model was trained to generate with any of its conditions left out."""
+        return self.condition_dropout > 0
+
+    @property
+    def modes(self) -> list[str]:
+        """The generation modes this prior serves: unconditional, class, frames."""
+        if not (self.class_conditional or self.frame_conditional):
+            return ["unconditional"]
+        modes = ["unconditional"] if self.conditions_optional else []
+        if self.class_conditional:
+            modes.append("class")
+        if self.frame_conditional:
+            modes.append("frames")
+        return modes
 
     @property
     def frame_conditional(self) -> bool:
@@ -134,7 +157,7 @@ class AttentionBlock(nn.Module):
         x = x + self.post_attn_dp(self.attn(h, h, mask=mask, is_causal=mask is None, dropout=self.attn_dropout))
         if cond.frames is not None:
             h = self.pre_enc_norm(x, cond.class_onehot)
-            x = x + self.post_enc_dp(self.enc_attn(h, cond.frames))
+            x = x + cond.gate_frames(self.post_enc_dp(self.enc_attn(h, cond.frames)))
         h = self.pre_fc_norm(x, cond.class_onehot)
         return x + self.post_fc_dp(self.fc_block(h))
 
@@ -149,10 +172,21 @@ class AttentionStack(nn.Module):
 
 @dataclass
 class Conditioning:
-    """What every layer reads besides the codes: one-hot classes (B, C) and the frame encoding (B, L, 240)."""
+    """What every layer reads besides the codes: one-hot classes (B, C) and the frame encoding (B, L, 240).
+
+    frames_present (B, 1, 1), when set, is 1 for the samples that have frames and 0 for those that do not
+    (their cross-attention branch is zeroed); None means every sample has them.
+    """
 
     class_onehot: torch.Tensor | None = None
     frames: torch.Tensor | None = None
+    frames_present: torch.Tensor | None = None
+
+    def gate_frames(self, branch: torch.Tensor) -> torch.Tensor:
+        """The cross-attention branch (B, ..., D) with the samples that have no frames zeroed."""
+        if self.frames_present is None:
+            return branch
+        return branch * self.frames_present.view(-1, *(1,) * (branch.dim() - 1)).to(branch.dtype)
 
 
 class VideoGPT(nn.Module):
@@ -196,40 +230,74 @@ class VideoGPT(nn.Module):
         return self
 
     def condition(self, class_labels: torch.Tensor | None, cond_frames: torch.Tensor | None,
-                  batch: int) -> Conditioning:
-        """Validate the conditioning inputs for a batch of `batch` and turn them into what layers read."""
-        c, vq = self.config, self.vqvae.config
-        dtype = self.fc_in.weight.dtype
+                  batch: int, frames_present: torch.Tensor | None = None) -> Conditioning:
+        """Validate the conditioning inputs for a batch of `batch` and turn them into what layers read.
+
+        With optional conditions (condition_dropout > 0), class label -1 and class_labels=None mean "no
+        class", cond_frames=None means no frames, and frames_present (B,) bools pick the samples of
+        cond_frames that have frames (the others' frames are ignored).
+        """
+        c = self.config
         cond = Conditioning()
         if c.class_conditional:
-            if class_labels is None:
-                raise InputError("this model is class-conditional: class_labels (B,) with values "
-                                 f"0..{c.class_cond_dim - 1} are required")
-            labels = torch.as_tensor(class_labels, device=self.fc_in.weight.device)
-            if labels.is_floating_point() or labels.dtype == torch.bool or tuple(labels.shape) != (batch,):
-                raise InputError(f"class_labels must be integers of shape ({batch},), "
-                                 f"got {labels.dtype} {tuple(labels.shape)}")
-            bad = labels[(labels < 0) | (labels >= c.class_cond_dim)]
-            if bad.numel():
-                raise InputError(f"class label {int(bad[0])} is out of range: "
-                                 f"this model has classes 0-{c.class_cond_dim - 1}")
-            cond.class_onehot = F.one_hot(labels.long(), c.class_cond_dim).to(dtype)
+            cond.class_onehot = self._class_onehot(class_labels, batch)
         elif class_labels is not None:
             raise InputError("this model is not class-conditional: pass class_labels=None")
         if c.frame_conditional:
-            expected = (batch, 3, c.n_cond_frames, vq.resolution, vq.resolution)
-            if cond_frames is None:
-                raise InputError(f"this model is frame-conditional: cond_frames of shape {expected} are required")
-            if not isinstance(cond_frames, torch.Tensor) or not cond_frames.is_floating_point() \
-                    or tuple(cond_frames.shape) != expected:
-                got = tuple(cond_frames.shape) if isinstance(cond_frames, torch.Tensor) else type(cond_frames).__name__
-                raise InputError(f"cond_frames must be a float tensor of shape {expected} with values in "
-                                 f"[-0.5, 0.5], got {got}")
-            encoded = self.cond_pos_embd(self.resnet(cond_frames.to(dtype)))
-            cond.frames = encoded.flatten(1, -2)
-        elif cond_frames is not None:
+            cond.frames, cond.frames_present = self._frame_encoding(cond_frames, frames_present, batch)
+        elif cond_frames is not None or frames_present is not None:
             raise InputError("this model is not frame-conditional: pass cond_frames=None")
         return cond
+
+    def _class_onehot(self, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+        c = self.config
+        device, dtype = self.fc_in.weight.device, self.fc_in.weight.dtype
+        lowest = -1 if c.conditions_optional else 0
+        if class_labels is None:
+            if not c.conditions_optional:
+                raise InputError("this model is class-conditional: class_labels (B,) with values "
+                                 f"0..{c.class_cond_dim - 1} are required")
+            return torch.zeros(batch, c.class_cond_dim, dtype=dtype, device=device)
+        labels = torch.as_tensor(class_labels, device=device)
+        if labels.is_floating_point() or labels.dtype == torch.bool or tuple(labels.shape) != (batch,):
+            raise InputError(f"class_labels must be integers of shape ({batch},), "
+                             f"got {labels.dtype} {tuple(labels.shape)}")
+        bad = labels[(labels < lowest) | (labels >= c.class_cond_dim)]
+        if bad.numel():
+            raise InputError(f"class label {int(bad[0])} is out of range: "
+                             f"this model has classes 0-{c.class_cond_dim - 1}"
+                             + (" (-1: no class)" if lowest < 0 else ""))
+        labels = labels.long()
+        onehot = F.one_hot(labels.clamp_min(0), c.class_cond_dim) * (labels >= 0).unsqueeze(1)
+        return onehot.to(dtype)
+
+    def _frame_encoding(self, cond_frames: torch.Tensor | None, frames_present: torch.Tensor | None,
+                        batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        c, vq = self.config, self.vqvae.config
+        expected = (batch, 3, c.n_cond_frames, vq.resolution, vq.resolution)
+        if cond_frames is None:
+            if not c.conditions_optional:
+                raise InputError(f"this model is frame-conditional: cond_frames of shape {expected} are required")
+            if frames_present is not None and bool(torch.as_tensor(frames_present).any()):
+                raise InputError("frames_present marks samples with frames, but cond_frames is None")
+            return None, None
+        if not isinstance(cond_frames, torch.Tensor) or not cond_frames.is_floating_point() \
+                or tuple(cond_frames.shape) != expected:
+            got = tuple(cond_frames.shape) if isinstance(cond_frames, torch.Tensor) else type(cond_frames).__name__
+            raise InputError(f"cond_frames must be a float tensor of shape {expected} with values in "
+                             f"[-0.5, 0.5], got {got}")
+        present = None
+        if frames_present is not None:
+            if not c.conditions_optional:
+                raise InputError("frames_present needs a model trained with condition dropout")
+            present = torch.as_tensor(frames_present, device=cond_frames.device)
+            if present.dtype != torch.bool or tuple(present.shape) != (batch,):
+                raise InputError(f"frames_present must be bools of shape ({batch},), "
+                                 f"got {present.dtype} {tuple(present.shape)}")
+            present = None if bool(present.all()) else present
+        dtype = self.fc_in.weight.dtype
+        encoded = self.cond_pos_embd(self.resnet(cond_frames.to(device=self.fc_in.weight.device, dtype=dtype)))
+        return encoded.flatten(1, -2), present
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, t, h, w) -> input features (B, N, D) before the right shift."""
@@ -249,9 +317,17 @@ class VideoGPT(nn.Module):
         """Cross-entropy of the codes of video (B, 3, T, H, W), conditioned on its first frames and/or labels."""
         with torch.no_grad():
             codes = self.vqvae.encode(video)
-        frames = video[:, :, : self.config.n_cond_frames] if self.config.frame_conditional else None
-        labels = class_labels if self.config.class_conditional else None
-        logits = self.forward(codes, self.condition(labels, frames, video.shape[0]))
+        c, batch = self.config, video.shape[0]
+        frames = video[:, :, : c.n_cond_frames] if c.frame_conditional else None
+        labels = class_labels if c.class_conditional else None
+        present = None
+        if self.training and c.conditions_optional:
+            # Each condition is dropped independently, so all four combinations are trained.
+            if labels is not None:
+                labels = labels.masked_fill(torch.rand(batch, device=labels.device) < c.condition_dropout, -1)
+            if frames is not None:
+                present = torch.rand(batch, device=video.device) >= c.condition_dropout
+        logits = self.forward(codes, self.condition(labels, frames, batch, present))
         return F.cross_entropy(logits.flatten(0, -2), codes.flatten())
 
     def logits(self, codes: torch.Tensor, class_labels: torch.Tensor | None = None,

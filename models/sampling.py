@@ -205,6 +205,7 @@ class CachedDecoder:
             for layer in self.layers]
         self.final_norm = gpt.norm.gain_bias(onehot, ndim=2)
         self.cross = None
+        self.cond = cond
         if cond.frames is not None:
             self.cross = [(k.transpose(-1, -2).contiguous(), v)
                           for k, v in (layer.enc_attn.keys_values(cond.frames) for layer in self.layers)]
@@ -245,7 +246,7 @@ class CachedDecoder:
             if self.cross is not None:
                 h = LayerNorm.normalize(x, *norms["pre_enc_norm"])
                 q = w["cross_q"](h).view(batch, self.heads, 1, -1)
-                x = x + w["cross_out"](_attend(q, *self.cross[i]).reshape(batch, -1))
+                x = x + self.cond.gate_frames(w["cross_out"](_attend(q, *self.cross[i]).reshape(batch, -1)))
             h = LayerNorm.normalize(x, *norms["pre_fc_norm"])
             x = x + w["mlp_out"](layer.fc_block[1](w["mlp_in"](h)))
         return self.logits_out(LayerNorm.normalize(x, *self.final_norm))
@@ -313,8 +314,8 @@ def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None
 
 @torch.no_grad()
 def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: torch.Tensor | None = None,
-           temperature: object = 1.0, top_k: object = None, top_p: object = None, seed: object = None,
-           progress: Callable[[int, int], None] | None = None,
+           frames_present: object = None, temperature: object = 1.0, top_k: object = None,
+           top_p: object = None, seed: object = None, progress: Callable[[int, int], None] | None = None,
            should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
 
@@ -322,6 +323,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     as when the worker batches several requests). An int seed gives sample i the seed `sample_seed(seed, i)`;
     a sequence gives each sample its own. progress(done, total) is called at most every 0.2 s and at the end;
     should_stop() is polled about every 50 ms, and SamplingCancelled is raised when it answers True.
+    With a prior trained with condition dropout, label -1 is "no class" and frames_present (n bools) says
+    which samples of cond_frames have frames: one batch can mix modes.
     On CUDA the decode step is captured once as a CUDA graph and replayed (cuda_graph=False turns it off);
     the model's dtype (cast it with `gpt.to(torch.bfloat16)`) is the sampler's.
     """
@@ -330,7 +333,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     controls = SamplingControls.build(n, temperature, top_k, top_p, seed)
     device = gpt.fc_in.weight.device
     cond = gpt.condition(_as_batch_tensor(class_labels, device),
-                         None if cond_frames is None else cond_frames.to(device), n)
+                         None if cond_frames is None else cond_frames.to(device), n,
+                         _as_batch_tensor(frames_present, device))
     decoder = CachedDecoder(gpt, cond, n)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"

@@ -19,6 +19,9 @@ Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Batch], dict[str, torch.Tensor]]
 
 
+SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     steps: int = 5000
@@ -30,6 +33,9 @@ class TrainSettings:
     checkpoint_every: int = 250
     seed: int = 0
     device: str = "cpu"
+    # "constant", or "cosine": linear warm-up over warmup_steps, then a cosine decay to zero at `steps`.
+    schedule: str = "constant"
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "val_batches", "checkpoint_every"):
@@ -37,6 +43,20 @@ class TrainSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update number `step` (0-based): a function of the step, so resuming needs no
+        scheduler state."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def collate(items: list[Batch]) -> Batch:
@@ -107,6 +127,8 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Datase
     bar = tqdm(total=settings.steps, initial=step, disable=not progress, dynamic_ncols=True)
     stream = batches(train_set, settings.batch_size, settings.seed, step)
     while step < settings.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr_at(step)
         out = loss_fn(_to(next(stream), settings.device))
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -112,7 +112,8 @@ def _train_settings(args: argparse.Namespace):
     from models.training import TrainSettings
 
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, schedule=args.schedule,
+                         warmup_steps=args.warmup,
                          device=args.device or _default_device())
 
 
@@ -175,7 +176,8 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                        attn_dropout=args.attn_dropout, attn_type=args.attn_type,
                        class_cond_dim=len(class_names) if args.class_cond else None,
                        n_cond_frames=args.n_cond_frames, resnet_widths=tuple(args.resnet_widths),
-                       resnet_blocks=tuple(args.resnet_blocks), resnet_dim=args.resnet_dim)
+                       resnet_blocks=tuple(args.resnet_blocks), resnet_dim=args.resnet_dim,
+                       condition_dropout=args.condition_dropout)
     model = VideoGPT(config, vqvae)
 
     def loss_fn(batch: dict) -> dict:
@@ -221,9 +223,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
             continue
-        mode = "class" if gpt_config.class_conditional else "frames" if gpt_config.frame_conditional \
-            else "unconditional"
-        models[mode], sources[mode] = load_gpt(path), str(path)
+        gpt = load_gpt(path)
+        for mode in gpt_config.modes:  # a prior trained with condition dropout serves several
+            models[mode], sources[mode] = gpt, str(path)
     vqvae = load_vqvae(bundles[0])
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
@@ -257,6 +259,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning rate: constant, or cosine decay to zero at the last step")
+    p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--train-size", type=int, default=20000, help="moving-digits: training videos (test: a tenth)")
@@ -319,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqvae", required=True, help="VQ-VAE bundle (or a GPT bundle, whose VQ-VAE is taken)")
     p.add_argument("--class-cond", action="store_true", help="condition on the dataset's classes")
     p.add_argument("--n-cond-frames", type=int, default=0, help="condition on the first N frames")
+    p.add_argument("--condition-dropout", type=float, default=0.0,
+                   help="probability of dropping each condition in training: one prior then also serves "
+                        "the modes without it (unconditional with both)")
     p.add_argument("--hidden-dim", type=int, default=144)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)

@@ -39,6 +39,25 @@ def test_one_bright_digit_moves_and_stays_inside(spec):
         assert steps.mean() >= 0.5, "the digit moves"
 
 
+def test_integer_velocity_moves_whole_pixels_at_a_constant_speed():
+    spec = MovingDigitsSpec(resolution=32, scale=2, min_speed=1.0, max_speed=1.5)
+    seen = set()
+    for i in range(40):
+        frames, _ = moving_digit(0, "train", i, spec)
+        lit = frames.max(axis=-1) > 0
+        # the glyph's lit pixels keep their shape: frame t is frame 0 shifted by whole pixels
+        shifts = []
+        for t in range(1, len(frames)):
+            matches = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)
+                       if np.array_equal(np.roll(lit[t - 1], (dy, dx), axis=(0, 1)), lit[t])]
+            assert matches, f"video {i}: frame {t} is not a whole-pixel shift of frame {t - 1}"
+            shifts.append(matches[0])
+        moves = [s for s in shifts if s != (0, 0)]
+        assert moves and all(max(abs(dx), abs(dy)) == 1 for dx, dy in moves)
+        seen.add(shifts[0])
+    assert len(seen) >= 6, "all eight directions are drawn"
+
+
 def test_labels_cover_all_digits_and_test_uses_other_glyphs():
     labels = {moving_digit(0, "train", i)[1] for i in range(200)}
     assert labels == set(range(10))

@@ -23,9 +23,9 @@ def fixture_models(tmp_path_factory, fixtures_dir):
             for name in GPT_FIXTURES}
 
 
-def forced_step_logits(gpt, codes, labels, frames, static=False):
+def forced_step_logits(gpt, codes, labels, frames, static=False, frames_present=None):
     """Per-step logits of the cached decoder made to emit `codes` (static: the CUDA-graph form of the step)."""
-    decoder = CachedDecoder(gpt, gpt.condition(labels, frames, codes.shape[0]), codes.shape[0])
+    decoder = CachedDecoder(gpt, gpt.condition(labels, frames, codes.shape[0], frames_present), codes.shape[0])
     flat = codes.flatten(1)
     steps = []
     for pos in range(flat.shape[1]):

@@ -112,6 +112,21 @@ def test_train_commands_write_bundles_that_sample(tmp_path, capsys):
     assert "wrote GPT bundle" in capsys.readouterr().out
 
 
+def test_learning_rate_schedules():
+    constant = TrainSettings(steps=100, lr=1e-3, warmup_steps=10)
+    assert constant.lr_at(0) == pytest.approx(1e-4) and constant.lr_at(9) == pytest.approx(1e-3)
+    assert constant.lr_at(50) == constant.lr_at(99) == 1e-3
+    cosine = TrainSettings(steps=110, lr=1e-3, schedule="cosine", warmup_steps=10)
+    assert cosine.lr_at(10) == pytest.approx(1e-3)
+    assert cosine.lr_at(60) == pytest.approx(5e-4)
+    rates = [cosine.lr_at(s) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-5
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        TrainSettings(schedule="linear")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        TrainSettings(steps=10, warmup_steps=10)
+
+
 def test_bad_training_settings():
     with pytest.raises(ValueError, match="steps must be at least 1"):
         TrainSettings(steps=0)

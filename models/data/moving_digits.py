@@ -39,10 +39,13 @@ class MovingDigitsSpec:
     resolution: int = 64
     scale: int = 3
     min_speed: float = 1.0
-    max_speed: float = 3.0
+    max_speed: float = 1.5
     # Colour saturation range of the digit (value is always 1): 0 gives white digits.
     min_saturation: float = 0.4
     max_saturation: float = 1.0
+    # Whole pixels per frame on each axis from a whole-pixel start: the glyph moves the same steps every
+    # frame (sub-pixel velocities rounded to the pixel grid jitter: 1, 2, 1, 2 px...).
+    integer_velocity: bool = True
 
     @classmethod
     def for_video(cls, frames: int, resolution: int) -> MovingDigitsSpec:
@@ -75,6 +78,17 @@ def render(glyph: np.ndarray, colour: np.ndarray, xs: np.ndarray, ys: np.ndarray
     return np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8)
 
 
+@lru_cache(maxsize=8)
+def _integer_velocities(min_speed: float, max_speed: float) -> tuple[tuple[int, int], ...]:
+    """Every whole-pixel velocity (vx, vy) whose speed lies in [min_speed, max_speed]."""
+    reach = int(max_speed)
+    found = tuple((vx, vy) for vx in range(-reach, reach + 1) for vy in range(-reach, reach + 1)
+                  if min_speed <= np.hypot(vx, vy) <= max_speed)
+    if not found:
+        raise ValueError(f"no whole-pixel velocity has a speed in [{min_speed}, {max_speed}]")
+    return found
+
+
 def moving_digit(seed: int, split: str, index: int,
                  spec: MovingDigitsSpec = MovingDigitsSpec()) -> tuple[np.ndarray, int]:
     """Video `index` of `split`: ((T, R, R, 3) uint8 frames, digit label)."""
@@ -87,10 +101,17 @@ def moving_digit(seed: int, split: str, index: int,
     hue, saturation = rng.random(), rng.uniform(spec.min_saturation, spec.max_saturation)
     colour = np.array(colorsys.hsv_to_rgb(hue, saturation, 1.0), dtype=np.float32)
     limit = spec.resolution - 8 * spec.scale
-    angle = rng.uniform(0, 2 * np.pi)
-    speed = rng.uniform(spec.min_speed, spec.max_speed)
-    xs = _bounce(rng.uniform(0, limit), speed * np.cos(angle), limit, spec.frames)
-    ys = _bounce(rng.uniform(0, limit), speed * np.sin(angle), limit, spec.frames)
+    if spec.integer_velocity:
+        choices = _integer_velocities(spec.min_speed, spec.max_speed)
+        vx, vy = choices[int(rng.integers(len(choices)))]
+        x0, y0 = rng.integers(0, limit + 1, size=2)
+    else:
+        angle = rng.uniform(0, 2 * np.pi)
+        speed = rng.uniform(spec.min_speed, spec.max_speed)
+        vx, vy = speed * np.cos(angle), speed * np.sin(angle)
+        x0, y0 = rng.uniform(0, limit, size=2)
+    xs = _bounce(x0, vx, limit, spec.frames)
+    ys = _bounce(y0, vy, limit, spec.frames)
     return render(images[g], colour, xs, ys, spec), int(targets[g])
 
 
