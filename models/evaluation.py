@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from media import write_png
+
 from .classifier import VideoClassifier
 from .data import MovingDigits, MovingDigitsSpec
-from .data.frames import write_png
 from .gpt import VideoGPT
 from .sampling import sample
 from .training import TrainSettings, train

@@ -60,8 +60,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from media import pad_frames, read_frames, tile, write_mp4
     from models import load_gpt, sample
-    from worker.video import frames_to_model_input, read_frames, tile, to_uint8_frames, write_mp4
+    from models.data.frames import frames_to_tensor
+    from worker.video import to_uint8_frames
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,8 +77,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         labels = [_class_label(args.label, info.class_names)] * args.n
     frames = None
     if args.frames:
-        clip = frames_to_model_input(read_frames(args.frames, c.n_cond_frames or 1), c.n_cond_frames,
-                                     gpt.vqvae.config.resolution)
+        n = c.n_cond_frames or 1
+        clip = frames_to_tensor(pad_frames(read_frames(args.frames, n, gpt.vqvae.config.resolution), n))
         frames = clip.unsqueeze(0).expand(args.n, -1, -1, -1, -1).to(device)
     start = time.perf_counter()
     shown = [0.0]
@@ -249,6 +251,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.settings import ServiceSettings
+    from worker.main import run_worker
+
+    _configure_logging()
+    run_worker(ServiceSettings(), burst=args.burst)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _configure_logging()
+    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level="warning", proxy_headers=True)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from service.up import up
+
+    return up(args.host, args.port, args.redis_port, Path(args.data_dir), args.bundle or [])
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from service.client import data_uri, generate
+
+    request: dict = {"mode": args.mode, "num_samples": args.n, "temperature": args.temperature}
+    for key, value in (("model", args.model), ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
+                       ("fps", args.fps)):
+        if value is not None:
+            request[key] = value
+    if args.label is not None:
+        request["class_label"] = int(args.label) if args.label.lstrip("-").isdigit() else args.label
+    if args.frames:
+        request["cond_frames"] = data_uri(Path(args.frames))
+    generate(args.url, request, Path(args.output), timeout_s=args.timeout, api_key=args.api_key)
+    return 0
+
+
+def _configure_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="moving-digits",
                    help="'moving-digits' (generated) or a folder ROOT/{train,test}/[<class>/]*.mp4")
@@ -356,7 +404,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a bundle's settings")
     p.add_argument("bundle", help="bundle directory")
     p.set_defaults(func=cmd_info)
+
+    _add_service_commands(sub)
     return parser
+
+
+def _add_service_commands(sub) -> None:
+    p = sub.add_parser("worker", help="serve generation jobs from Redis (settings: VGS_* environment variables)")
+    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("gateway", help="run the HTTP API (settings: VGS_* environment variables)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("up", help="Redis, one worker and the gateway together on this machine (Ctrl-C stops)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--redis-port", type=int, default=6380, help="port of the private redis-server (default 6380)")
+    p.add_argument("--data-dir", default="data", help="Redis data and outputs (default ./data)")
+    p.add_argument("--bundle", action="append", help="bundle directory to serve (repeatable; default: "
+                                                     "VGS_BUNDLES or weights/moving-digits)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("generate", help="ask a running gateway for videos and download them")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--model")
+    p.add_argument("--mode", choices=["unconditional", "class", "frames"], default="unconditional")
+    p.add_argument("--label", help="class index or name (mode class)")
+    p.add_argument("--frames", help="image, GIF or video file (mode frames)")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--fps", type=float)
+    p.add_argument("--api-key", help="API key, when the gateway requires one")
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("-o", "--output", default="out.mp4")
+    p.set_defaults(func=cmd_generate)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

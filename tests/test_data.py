@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from media import write_mp4
 from models.data import EmptyDatasetError, MovingDigits, MovingDigitsSpec, VideoFolder, moving_digit
-from worker.video import write_mp4
 
 
 def centroids(frames):

@@ -4,8 +4,9 @@ import json
 
 import torch
 
+from media import read_frames
 from models.data import MovingDigitsSpec, moving_digit
-from models.data.frames import frames_to_tensor, read_frames
+from models.data.frames import frames_to_tensor
 from models.evaluation import check_bars, frechet_distance, motion_stats, psnr
 from service.cli import main
 

@@ -1,5 +1,7 @@
 """Codebook learning as the reference, a training loop that resumes exactly, and the train commands."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -120,7 +122,7 @@ def test_learning_rate_schedules():
     assert cosine.lr_at(10) == pytest.approx(1e-3)
     assert cosine.lr_at(60) == pytest.approx(5e-4)
     rates = [cosine.lr_at(s) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(rates, rates[1:])) and rates[-1] < 1e-5
+    assert all(a >= b for a, b in itertools.pairwise(rates)) and rates[-1] < 1e-5
     with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
         TrainSettings(schedule="linear")
     with pytest.raises(ValueError, match="warmup_steps"):

@@ -9,7 +9,9 @@ import imageio_ffmpeg
 import torch
 from torch.utils.data import Dataset
 
-from .frames import frames_to_tensor, pad_frames, read_frames, resize_crop
+from media import pad_frames, read_frames
+
+from .frames import frames_to_tensor
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
@@ -54,5 +56,5 @@ class VideoFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, start, label = self.clips[index]
         # pad_frames: the container may have promised more frames than it holds
-        frames = pad_frames(read_frames(path, start + self.frames)[start:], self.frames)
-        return {"video": frames_to_tensor(resize_crop(frames, self.resolution)), "label": torch.tensor(label)}
+        frames = pad_frames(read_frames(path, start + self.frames, self.resolution)[start:], self.frames)
+        return {"video": frames_to_tensor(frames), "label": torch.tensor(label)}

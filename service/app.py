@@ -1,0 +1,250 @@
+"""The HTTP gateway: validates requests, queues jobs on Redis, reports their state, serves local outputs.
+
+It never imports torch: models are known from what workers publish in Redis (service.catalog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+import redis
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from rq import Queue
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .catalog import Catalog
+from .jobs import TERMINAL, JobStore, new_job_id
+from .requests import ApiError, body_fingerprint, validate_request
+from .schemas import ErrorResponse, GenerateRequest, Job, ModelInfo, ModelList
+from .settings import ServiceSettings, get_settings
+from .storage import LocalStorage, open_storage
+
+WORKER_TASK = "worker.tasks.run_job"
+EVENT_POLL_S = 0.25
+EVENT_KEEPALIVE_S = 15.0
+ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422, 429, 503)}
+
+
+def _version() -> str:
+    try:
+        return version("videogpt-serve")
+    except PackageNotFoundError:
+        return "0"
+
+
+class Gateway:
+    """The gateway's connections and the operations its routes share."""
+
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=3, socket_connect_timeout=2,
+                                          health_check_interval=15)
+        self.jobs = JobStore(self.redis, settings.namespace, settings.job_ttl_s)
+        self.catalog = Catalog(self.redis, settings.namespace)
+        self.storage = open_storage(settings)
+
+    def job_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A job record as the API shows it: output keys become fresh signed URLs."""
+        outputs = []
+        for out in record.get("outputs") or []:
+            shown = {k: v for k, v in out.items() if k != "key"}
+            shown["url"] = self.storage.url(out["key"], self.settings.url_ttl_s)
+            outputs.append(shown)
+        view = {k: record.get(k) for k in ("id", "model", "status", "progress", "created_at", "started_at",
+                                           "finished_at", "request", "error", "attempts")}
+        view["outputs"] = outputs
+        view["metrics"] = record.get("metrics") or {}
+        view["attempts"] = record.get("attempts") or 0
+        return view
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        record = self.jobs.get(job_id) if len(job_id) <= 64 else None
+        if record is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired)")
+        return record
+
+    def submit(self, req: GenerateRequest, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        """(job record, created): a new queued job, or the one an earlier request with this key made."""
+        fingerprint = body_fingerprint(req)
+        job_id = new_job_id()
+        idem_key = None
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 200:
+                raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 characters",
+                               "Idempotency-Key")
+            idem_key = f"{self.settings.namespace}:idem:{idempotency_key}"
+            claim = json.dumps({"job": job_id, "fingerprint": fingerprint})
+            if not self.redis.set(idem_key, claim, nx=True, ex=self.settings.job_ttl_s):
+                return self._replay(idem_key, fingerprint), False
+        try:
+            record, frames = validate_request(req, self.catalog.models(), self.settings)
+            model = record["model"]
+            created = self.jobs.create(job_id, model, record, frames)
+            Queue(self.jobs.queue_name(model), connection=self.redis).enqueue(
+                WORKER_TASK, job_id, job_timeout=-1, result_ttl=60, failure_ttl=self.settings.job_ttl_s)
+        except BaseException:
+            if idem_key is not None:
+                self.redis.delete(idem_key)  # a request that made no job may be retried with its key
+            raise
+        return created, True
+
+    def _replay(self, idem_key: str, fingerprint: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 2.0
+        while True:
+            claim = self.redis.get(idem_key)
+            if claim is None:
+                raise ApiError(409, "conflict", "a request with this Idempotency-Key failed just now; retry it")
+            claim = json.loads(claim)
+            if claim["fingerprint"] != fingerprint:
+                raise ApiError(409, "conflict", "this Idempotency-Key was used with a different request body")
+            record = self.jobs.get(claim["job"])
+            if record is not None:
+                return record
+            if time.monotonic() > deadline:  # the first request is still being validated
+                raise ApiError(409, "conflict", "the request with this Idempotency-Key is still being accepted")
+            time.sleep(0.05)
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def _validation_field(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    gw = Gateway(settings)
+    app = FastAPI(title="videogpt-serve", version=_version(), responses=ERRORS,
+                  description="Generate short videos with VideoGPT models: POST /v1/generate, poll the job or "
+                              "stream its events, download the mp4 by URL.")
+    app.state.gateway = gw
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = _validation_field(tuple(first.get("loc", ())))
+        message = f"{field}: {first.get('msg', 'invalid')}"
+        return _error_response(ApiError(422, "invalid_request", message, field))
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def redis_down(request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(ApiError(503, "unavailable", "the job store (Redis) is unreachable; retry shortly",
+                                        headers={"Retry-After": "5"}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.post("/v1/generate", status_code=202, response_model=Job, tags=["jobs"])
+    def generate(req: GenerateRequest, response: Response,
+                 idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Queue a generation job; 202 with the job and its Location."""
+        record, _ = gw.submit(req, idempotency_key)
+        response.headers["Location"] = f"/v1/jobs/{record['id']}"
+        return gw.job_view(record)
+
+    @app.get("/v1/jobs/{job_id}", response_model=Job, tags=["jobs"])
+    def get_job(job_id: str) -> dict[str, Any]:
+        """A job's status, progress, outputs (signed URLs), error and timings."""
+        return gw.job_view(gw.get_job(job_id))
+
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
+    def cancel_job(job_id: str) -> dict[str, Any]:
+        """Cancel: a queued job never runs, a running one stops within about a second."""
+        gw.get_job(job_id)
+        gw.jobs.request_cancel(job_id)
+        return gw.job_view(gw.get_job(job_id))
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"],
+             responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
+    async def job_events(job_id: str) -> StreamingResponse:
+        """Server-sent events: `status` events (the job) on every change, until a terminal state."""
+        await asyncio.to_thread(gw.get_job, job_id)
+
+        async def stream():
+            last, last_sent = None, time.monotonic()
+            while True:
+                record = await asyncio.to_thread(gw.jobs.get, job_id)
+                if record is None:
+                    yield "event: error\ndata: {\"code\": \"not_found\"}\n\n"
+                    return
+                view = gw.job_view(record)
+                state = (view["status"], view["progress"])
+                if state != last:
+                    last, last_sent = state, time.monotonic()
+                    yield f"event: status\ndata: {json.dumps(view)}\n\n"
+                    if view["status"] in TERMINAL:
+                        return
+                elif time.monotonic() - last_sent > EVENT_KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(EVENT_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/models", response_model=ModelList, tags=["models"])
+    def list_models() -> dict[str, Any]:
+        """Every model a worker has announced, and whether a worker serving it is up now."""
+        models = []
+        for info in gw.catalog.models().values():
+            shown = {k: info.get(k) for k in ModelInfo.model_fields if k not in ("worker_up", "workers")}
+            models.append({**shown, "worker_up": info["workers_up"] > 0, "workers": info["workers_up"]})
+        return {"models": models, "default_model": settings.default_model}
+
+    @app.get("/v1/files/{key:path}", tags=["files"], response_class=FileResponse,
+             responses={200: {"content": {"video/mp4": {}}}, 403: {"model": ErrorResponse}})
+    def get_file(key: str, expires: Annotated[int, Query()], sig: Annotated[str, Query(max_length=128)]):
+        """An output file, for a signed URL that has not expired (local storage)."""
+        storage = gw.storage
+        if not isinstance(storage, LocalStorage):
+            raise ApiError(404, "not_found", "outputs are not served by the gateway with this storage")
+        try:
+            path = storage.path(key)
+        except ValueError as exc:
+            raise ApiError(404, "not_found", str(exc)) from None
+        refused = storage.verify(key, expires, sig)
+        if refused:
+            raise ApiError(403, "forbidden", refused)
+        if not path.is_file():
+            raise ApiError(404, "not_found", "this output no longer exists (expired)")
+        return FileResponse(path, media_type="video/mp4")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
+    def readyz() -> dict[str, Any]:
+        """Redis answers and at least one worker is up."""
+        gw.redis.ping()
+        workers = gw.catalog.workers()
+        if not workers:
+            raise ApiError(503, "unavailable", "no worker is up", headers={"Retry-After": "5"})
+        return {"status": "ready", "workers": len(workers)}
+
+    @app.get("/", tags=["health"])
+    def discovery() -> dict[str, Any]:
+        """What this server is and where to go next."""
+        return {"name": "videogpt-serve", "version": _version(), "docs": "/docs", "openapi": "/openapi.json",
+                "endpoints": {"generate": "POST /v1/generate", "job": "GET /v1/jobs/{id}",
+                              "events": "GET /v1/jobs/{id}/events", "cancel": "POST /v1/jobs/{id}/cancel",
+                              "models": "GET /v1/models", "health": "GET /healthz", "ready": "GET /readyz"}}
+
+    return app

@@ -1,0 +1,93 @@
+"""The v1 API's request and response bodies (they are also the OpenAPI schema at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Mode = Literal["unconditional", "class", "frames"]
+Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
+MAX_SEED = 2**63 - 1
+
+
+class GenerateRequest(BaseModel):
+    """What to generate. Fields a mode does not use must be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=128, description="model name (default: the server's default)")
+    mode: Mode = Field(description="unconditional, class (needs class_label) or frames (needs cond_frames)")
+    class_label: int | str | None = Field(None, description="class index or class name (mode class)")
+    cond_frames: str | None = Field(
+        None, description="mode frames: a data URI (data:image/png;base64,...) of a PNG/JPEG image, a GIF or an "
+                          "mp4; its first frames condition the model, resized and cropped to its resolution")
+    num_samples: int = Field(1, ge=1, description="videos to generate (at most the server's max_samples)")
+    temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
+    top_k: int | None = Field(None, ge=1, le=1_000_000, description="keep the k most likely codes")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed and settings: same videos")
+    fps: float | None = Field(None, gt=0, le=120, allow_inf_nan=False, description="default: the model's")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Output(BaseModel):
+    url: str
+    content_type: str
+    frames: int
+    width: int
+    height: int
+    fps: float
+
+
+class JobMetrics(BaseModel):
+    queue_seconds: float | None = None
+    sampling_seconds: float | None = None
+    decode_seconds: float | None = None
+    encode_seconds: float | None = None
+    store_seconds: float | None = None
+    tokens_per_second: float | None = None
+    batch_samples: int | None = Field(None, description="samples decoded together in this job's batch")
+    batch_jobs: int | None = Field(None, description="jobs in this job's batch")
+
+
+class Job(BaseModel):
+    id: str
+    model: str
+    status: Status
+    progress: float = Field(ge=0, le=1)
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    request: dict = Field(description="the validated request (cond_frames summarised)")
+    outputs: list[Output] = Field(default_factory=list)
+    error: ErrorBody | None = None
+    metrics: JobMetrics = Field(default_factory=JobMetrics)
+    attempts: int = 0
+
+
+class ModelInfo(BaseModel):
+    name: str
+    modes: list[Mode]
+    class_names: list[str] | None = None
+    n_cond_frames: int
+    frames: int
+    resolution: int
+    fps: float
+    latent_shape: list[int]
+    worker_up: bool
+    workers: int
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    default_model: str | None = None

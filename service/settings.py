@@ -1,0 +1,56 @@
+"""Configuration of the gateway and the workers, from VGS_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Every setting has a default that works on one machine (`make run`); the README lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="VGS_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Prefix of every Redis key and RQ queue of this deployment: two deployments can share one Redis.
+    namespace: str = "vgs"
+
+    # Gateway
+    public_url: str = Field("http://127.0.0.1:8000", description="base of the URLs handed to clients")
+    default_model: str | None = None
+    max_samples: int = Field(8, ge=1, description="most samples one request may ask for")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_cond_frames_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="decoded size of a data URI")
+    max_decoded_frames: int = Field(64, ge=1, description="frames a conditioning file may hold")
+    max_decoded_pixels: int = Field(4096 * 4096, ge=1, description="width x height of a conditioning file")
+    decode_timeout_s: float = Field(10.0, gt=0)
+    job_ttl_s: int = Field(24 * 3600, ge=60, description="how long job records and outputs are kept")
+
+    # Storage of outputs: "local" (a directory the gateway serves) or "s3".
+    storage: str = Field("local", pattern="^(local|s3)$")
+    storage_dir: Path = Path("data/outputs")
+    url_signing_key: str = Field("change-me", min_length=8, description="HMAC key of local output URLs")
+    url_ttl_s: int = Field(3600, ge=1, description="lifetime of output URLs")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "videogpt-outputs"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+
+    # Workers
+    bundles: list[Path] = Field(default_factory=lambda: [Path("weights/moving-digits")],
+                                description="bundle directories a worker loads at start")
+    device: str | None = None
+    batch_size: int = Field(8, ge=1, description="most samples decoded together")
+    batch_wait_s: float = Field(0.2, ge=0, description="how long a batch waits for companions")
+    upscale: int = Field(0, ge=0, description="integer upscaling of outputs; 0: up to about 256 pixels")
+    heartbeat_s: float = Field(5.0, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServiceSettings:
+    return ServiceSettings()

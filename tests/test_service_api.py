@@ -1,0 +1,250 @@
+"""The serving path end to end: real Redis, a real gateway process, real worker processes, real ffmpeg."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import subprocess
+import time
+
+import httpx
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from service_stack import make_stack, write_bundle
+
+from media import png_bytes
+from service.catalog import Catalog
+
+TERMINAL = ("succeeded", "failed", "canceled")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("stack")
+    bundles = [write_bundle(tmp / "bundles", "tiny"),
+               write_bundle(tmp / "bundles", "slow", latent=(8, 16, 16), layers=2, seed=1)]
+    s = make_stack(tmp, bundles, VGS_DEFAULT_MODEL="tiny", VGS_MAX_SAMPLES="8")
+    s.start_gateway()
+    s.start_worker()
+    try:
+        s.wait_ready()
+        # a model that no worker serves: its jobs stay queued
+        Catalog(s.redis.client(), "vgs").publish_model(
+            {"name": "ghost", "modes": ["unconditional"], "class_names": None, "n_classes": 0,
+             "n_cond_frames": 0, "frames": 4, "resolution": 16, "fps": 4.0, "latent_shape": [2, 4, 4]})
+        yield s
+    finally:
+        s.stop()
+        s.redis.stop()
+
+
+@pytest.fixture
+def api(stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        yield client
+
+
+def wait(api, job_id, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in TERMINAL or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
+def submit(api, **body):
+    answer = api.post("/v1/generate", json=body)
+    assert answer.status_code == 202, answer.text
+    return answer
+
+
+def probe(data: bytes, tmp_path) -> tuple[dict, int, str]:
+    path = tmp_path / "probe.mp4"
+    path.write_bytes(data)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    count = sum(1 for _ in reader)
+    info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                          capture_output=True, text=True).stderr
+    return meta, count, info
+
+
+def png_data_uri(height=40, width=56) -> str:
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[10:30, 20:40] = (250, 200, 40)
+    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+
+
+@pytest.mark.parametrize("body", [
+    {"mode": "unconditional", "num_samples": 2},
+    {"mode": "class", "class_label": "three"},
+    {"mode": "class", "class_label": 1, "model": "tiny", "top_k": 5, "temperature": 0.8, "seed": 7},
+    {"mode": "frames", "cond_frames": png_data_uri(), "top_p": 0.9},
+], ids=["unconditional", "class-name", "class-index", "frames"])
+def test_each_mode_end_to_end(api, body, tmp_path):
+    answer = submit(api, **body)
+    job = answer.json()
+    assert answer.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] in ("queued", "running", "succeeded")
+    job = wait(api, job["id"])
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == 1.0 and job["started_at"] and job["finished_at"]
+    assert len(job["outputs"]) == body.get("num_samples", 1)
+    for out in job["outputs"]:
+        assert out["content_type"] == "video/mp4" and out["frames"] == 4 and out["fps"] == 4.0
+        video = httpx.get(out["url"], timeout=30)
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        meta, count, info = probe(video.content, tmp_path)
+        assert count == 4
+        assert tuple(meta["size"]) == (out["width"], out["height"]) == (256, 256)  # 16 px upscaled to 256
+        assert "h264" in info and "yuv420p" in info
+    metrics = job["metrics"]
+    for key in ("queue_seconds", "sampling_seconds", "decode_seconds", "encode_seconds", "tokens_per_second"):
+        assert metrics[key] is not None and metrics[key] >= 0
+    request = job["request"]
+    assert request["model"] == "tiny" and isinstance(request["seed"], int)
+    if body["mode"] == "class":
+        assert request["class_label"] == 3 if body["class_label"] == "three" else 1
+    if body["mode"] == "frames":
+        assert request["cond_frames"]["content_type"] == "image/png" and "cond_frames" not in json.dumps(
+            {k: v for k, v in request.items() if k != "cond_frames"})
+
+
+def test_same_seed_same_video_and_other_seed_differs(api):
+    def video(seed):
+        job = wait(api, submit(api, mode="class", class_label=2, seed=seed).json()["id"])
+        return httpx.get(job["outputs"][0]["url"]).content
+
+    assert video(11) == video(11)
+    assert video(11) != video(12)
+
+
+def test_models_health_and_discovery(api):
+    models = {m["name"]: m for m in api.get("/v1/models").json()["models"]}
+    tiny = models["tiny"]
+    assert tiny["modes"] == ["unconditional", "class", "frames"] and tiny["worker_up"] and tiny["workers"] == 1
+    assert tiny["class_names"][3] == "three" and tiny["n_cond_frames"] == 1
+    assert (tiny["frames"], tiny["resolution"], tiny["fps"], tiny["latent_shape"]) == (4, 16, 4.0, [2, 4, 4])
+    assert models["ghost"]["worker_up"] is False
+    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/readyz").status_code == 200
+    assert api.get("/").json()["endpoints"]["generate"] == "POST /v1/generate"
+    schema = api.get("/openapi.json").json()
+    assert "/v1/generate" in schema["paths"] and "/v1/jobs/{job_id}/events" in schema["paths"]
+
+
+@pytest.mark.parametrize("body, field, text", [
+    ({"mode": "class", "class_label": 1, "model": "nope"}, "model", "unknown model 'nope'"),
+    ({"mode": "class", "class_label": 9}, "class_label", "out of range"),
+    ({"mode": "class", "class_label": "nine"}, "class_label", "unknown class name 'nine'"),
+    ({"mode": "class"}, "class_label", "needs class_label"),
+    ({"mode": "unconditional", "class_label": 1}, "class_label", "only for mode 'class'"),
+    ({"mode": "frames", "model": "ghost", "cond_frames": "data:image/png;base64,AAAA"}, "mode",
+     "does not do mode 'frames'"),
+    ({"mode": "sideways"}, "mode", "Input should be"),
+    ({"mode": "frames"}, "cond_frames", "needs cond_frames"),
+    ({"mode": "frames", "cond_frames": "http://example.com/a.png"}, "cond_frames", "data URI"),
+    ({"mode": "frames", "cond_frames": "data:image/png;base64,!!!!"}, "cond_frames", "not valid base64"),
+    ({"mode": "frames", "cond_frames": "data:image/png;base64," + base64.b64encode(b"not a png").decode()},
+     "cond_frames", "cannot be decoded"),
+    ({"mode": "frames", "cond_frames": "data:text/plain;base64,aGVsbG8="}, "cond_frames", "not supported"),
+    ({"mode": "unconditional", "num_samples": 9}, "num_samples", "over this server's limit of 8"),
+    ({"mode": "unconditional", "num_samples": 0}, "num_samples", "greater than or equal to 1"),
+    ({"mode": "unconditional", "temperature": 0}, "temperature", "greater than 0"),
+    ({"mode": "unconditional", "top_k": 0}, "top_k", "greater than or equal to 1"),
+    ({"mode": "unconditional", "top_p": 1.5}, "top_p", "less than or equal to 1"),
+    ({"mode": "unconditional", "seed": -1}, "seed", "greater than or equal to 0"),
+    ({"mode": "unconditional", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+], ids=lambda v: v if isinstance(v, str) and len(v) < 20 else None)
+def test_bad_requests_are_refused_with_the_field_and_nothing_is_queued(api, stack, body, field, text):
+    client = stack.redis.client()
+    jobs_before = len(list(client.scan_iter("vgs:job:*")))
+    answer = api.post("/v1/generate", json=body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == field and text in error["message"], error
+    assert len(list(client.scan_iter("vgs:job:*"))) == jobs_before
+
+
+def test_oversized_frames_are_refused_with_413(api):
+    huge = "data:image/png;base64," + "A" * (9 * 1024 * 1024)
+    answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": huge})
+    assert answer.status_code == 413
+    assert answer.json()["error"]["field"] == "cond_frames" and "limit" in answer.json()["error"]["message"]
+
+
+def test_unknown_job_is_404_json(api):
+    answer = api.get("/v1/jobs/doesnotexist")
+    assert answer.status_code == 404 and answer.json()["error"]["code"] == "not_found"
+    assert api.post("/v1/jobs/doesnotexist/cancel").status_code == 404
+
+
+def test_cancel_a_queued_job_it_never_runs(api, stack):
+    job = submit(api, mode="unconditional", model="ghost").json()
+    assert job["status"] == "queued"
+    canceled = api.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert canceled["status"] == "canceled" and canceled["error"]["code"] == "canceled"
+    time.sleep(0.5)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["started_at"] is None
+
+
+def test_cancel_a_running_job_stops_within_a_second(api):
+    job = submit(api, mode="unconditional", model="slow", num_samples=8).json()
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", "the slow model finished too soon"
+    asked = time.monotonic()
+    api.post(f"/v1/jobs/{job['id']}/cancel")
+    while api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running":
+        assert time.monotonic() - asked < 1.0, "still running a second after cancel"
+        time.sleep(0.02)
+    final = api.get(f"/v1/jobs/{job['id']}").json()
+    assert final["status"] == "canceled" and final["outputs"] == []
+    # the worker is free again
+    assert wait(api, submit(api, mode="unconditional").json()["id"])["status"] == "succeeded"
+
+
+def test_idempotency_key(api):
+    body = {"mode": "class", "class_label": 4, "seed": 3}
+    first = api.post("/v1/generate", json=body, headers={"Idempotency-Key": "abc-1"})
+    again = api.post("/v1/generate", json=body, headers={"Idempotency-Key": "abc-1"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    other = api.post("/v1/generate", json={**body, "seed": 4}, headers={"Idempotency-Key": "abc-1"})
+    assert other.status_code == 409 and "different request body" in other.json()["error"]["message"]
+    fresh = api.post("/v1/generate", json=body, headers={"Idempotency-Key": "abc-2"})
+    assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_events_stream_until_terminal(stack, api):
+    job = submit(api, mode="class", class_label=0).json()
+    events = []
+    with httpx.stream("GET", f"{stack.url}/v1/jobs/{job['id']}/events", timeout=30) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert events and events[-1]["status"] == "succeeded" and events[-1]["outputs"]
+    progress = [e["progress"] for e in events]
+    assert progress == sorted(progress)
+
+
+def test_eight_concurrent_requests_decode_in_one_batch(api, stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as warm:
+        wait(warm, submit(warm, mode="unconditional").json()["id"])  # the worker is idle and warm
+
+    def post(i):
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            return client.post("/v1/generate", json={"mode": "class", "class_label": i % 5, "seed": i}).json()["id"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(post, range(8)))
+    jobs = [wait(api, job_id) for job_id in ids]
+    assert all(j["status"] == "succeeded" for j in jobs)
+    assert [j["metrics"]["batch_jobs"] for j in jobs] == [8] * 8, [j["metrics"] for j in jobs]
+    assert {j["metrics"]["batch_samples"] for j in jobs} == {8}

@@ -1,0 +1,172 @@
+"""One batch: the jobs of one model that waited together, sampled as one, then decoded, encoded and stored.
+
+Each job keeps its own mode, label, frames, seed and sampling settings: they become per-sample rows of a
+single `sample` call (a prior trained with condition dropout mixes modes in one batch).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from media import MP4_CONTENT_TYPE, write_mp4
+from models import SamplingCancelled, VideoGPT, sample, sample_seed
+from models.data.frames import frames_to_tensor
+from service.jobs import JobStore, now_iso
+from service.requests import frames_from_bytes
+from service.storage import Storage
+
+from .video import to_uint8_frames
+
+log = logging.getLogger(__name__)
+DECODE_CHUNK = 16
+
+
+@dataclass
+class BatchJob:
+    """A claimed job: its id, validated request and conditioning frames, and timings so far."""
+
+    id: str
+    request: dict[str, Any]
+    created_at: float
+    frames: torch.Tensor | None = None  # (3, n_cond_frames, R, R)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.request["num_samples"])
+
+
+def output_scale(resolution: int, configured: int) -> int:
+    """The integer upscale of outputs: the configured one, or (0) the largest that stays within 256 pixels."""
+    return configured if configured > 0 else max(1, 256 // resolution)
+
+
+def _iso_to_epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def load_batch_jobs(store: JobStore, records: list[dict[str, Any]]) -> list[BatchJob]:
+    jobs = []
+    for record in records:
+        job = BatchJob(record["id"], record["request"], _iso_to_epoch(record["created_at"]))
+        if record["request"].get("cond_frames"):
+            data = store.cond_frames(record["id"])
+            if data is None:
+                raise ValueError(f"job {record['id']}: its conditioning frames have expired")
+            job.frames = frames_to_tensor(frames_from_bytes(data))
+        jobs.append(job)
+    return jobs
+
+
+def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Storage, upscale: int,
+              on_progress: Callable[[float], None] | None = None) -> None:
+    """Sample, decode, encode and store every job's videos; each job's record ends terminal.
+
+    A job canceled while the batch runs is marked canceled at once (its rows are discarded); the batch
+    stops early only when every job in it is canceled.
+    """
+    started = time.time()
+    rows = [(job, i) for job in jobs for i in range(job.n)]
+    n = len(rows)
+    c, vq = gpt.config, gpt.vqvae.config
+    device = gpt.fc_in.weight.device
+    labels = frames = present = None
+    if c.class_conditional:
+        labels = torch.tensor([job.request["class_label"] if job.request.get("class_label") is not None else -1
+                               for job, _ in rows])
+    if c.frame_conditional:
+        blank = torch.zeros(3, c.n_cond_frames, vq.resolution, vq.resolution)
+        frames = torch.stack([job.frames if job.frames is not None else blank for job, _ in rows]).to(device)
+        has = [job.frames is not None for job, _ in rows]
+        present = None if all(has) else torch.tensor(has)
+        if not any(has):
+            frames, present = None, None
+    live = {job.id for job in jobs}
+    last_poll = [0.0]
+
+    def should_stop() -> bool:
+        for job in jobs:
+            if job.id in live and store.cancel_requested(job.id):
+                live.discard(job.id)
+                _finish_canceled(store, job)
+        return not live
+
+    def progress(done: int, total: int) -> None:
+        fraction = 0.9 * done / total
+        now = time.monotonic()
+        if now - last_poll[0] >= 0.2 or done == total:
+            last_poll[0] = now
+            for job in jobs:
+                if job.id in live:
+                    store.update(job.id, progress=round(fraction, 4))
+        if on_progress:
+            on_progress(fraction)
+
+    try:
+        codes = sample(gpt, n, class_labels=labels, cond_frames=frames, frames_present=present,
+                       temperature=[job.request["temperature"] for job, _ in rows],
+                       top_k=[job.request["top_k"] for job, _ in rows],
+                       top_p=[job.request["top_p"] for job, _ in rows],
+                       seed=[sample_seed(int(job.request["seed"]), i) for job, i in rows],
+                       progress=progress, should_stop=should_stop)
+    except SamplingCancelled:
+        return
+    sampled = time.time()
+    sampling_s = sampled - started
+    tokens = codes[0].numel()
+    with torch.no_grad():
+        videos = torch.cat([gpt.vqvae.decode(codes[i:i + DECODE_CHUNK]).float().cpu()
+                            for i in range(0, n, DECODE_CHUNK)])
+    decode_s = time.time() - sampled
+    scale = output_scale(vq.resolution, upscale)
+    row = 0
+    for job in jobs:
+        videos_of_job = videos[row: row + job.n]
+        row += job.n
+        if job.id not in live:
+            continue
+        if store.cancel_requested(job.id):
+            _finish_canceled(store, job)
+            continue
+        encode_s = store_s = 0.0
+        outputs = []
+        with tempfile.TemporaryDirectory(prefix="vgs-") as tmp:
+            for i, video in enumerate(videos_of_job):
+                t0 = time.time()
+                path = Path(tmp) / f"{i}.mp4"
+                info = write_mp4(to_uint8_frames(video), path, fps=float(job.request["fps"]), scale=scale)
+                t1 = time.time()
+                key = f"{job.id}/{i}.mp4"
+                storage.put(key, path, MP4_CONTENT_TYPE)
+                store_s += time.time() - t1
+                encode_s += t1 - t0
+                outputs.append({"key": key, **info})
+        metrics = {
+            "queue_seconds": round(job.metrics.get("claimed_at", started) - job.created_at, 4),
+            "sampling_seconds": round(sampling_s, 4),
+            "decode_seconds": round(decode_s * job.n / n, 4),
+            "encode_seconds": round(encode_s, 4),
+            "store_seconds": round(store_s, 4),
+            "tokens_per_second": round(n * tokens / sampling_s, 1),
+            "batch_samples": n,
+            "batch_jobs": len(jobs),
+        }
+        job.metrics.update(metrics)
+        store.transition(job.id, ("running",), status="succeeded", progress=1.0, finished_at=now_iso(),
+                         outputs=outputs, metrics=metrics)
+        log.info("job %s succeeded: %d videos", job.id, job.n, extra={"job_id": job.id})
+
+
+def _finish_canceled(store: JobStore, job: BatchJob) -> None:
+    store.transition(job.id, ("running",), status="canceled", finished_at=now_iso(),
+                     error={"code": "canceled", "message": "canceled while running"})

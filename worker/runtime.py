@@ -1,0 +1,185 @@
+"""A worker process: models loaded once, announced in Redis, and jobs gathered into batches.
+
+RQ carries job ids: the worker is an RQ SimpleWorker (no fork, so the weights stay loaded and CUDA
+works) whose job function is `worker.tasks.run_job`. RQ has no batching, so the job it hands over leads
+a batch: it takes further waiting ids of the same model's queue, up to the batch size and the wait window.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from rq import Queue
+
+from models import VideoGPT, load_gpt
+from service.catalog import Catalog
+from service.jobs import JobStore, now_iso
+from service.settings import ServiceSettings
+from service.storage import open_storage
+
+from .batch import BatchJob, load_batch_jobs, run_batch
+
+log = logging.getLogger(__name__)
+
+
+def model_info(gpt: VideoGPT) -> dict[str, Any]:
+    """What the gateway validates requests against, published in Redis."""
+    info, c, vq = gpt.info, gpt.config, gpt.vqvae.config
+    class_names = info.class_names or ([str(i) for i in range(c.class_cond_dim)] if c.class_conditional else None)
+    return {"name": info.name, "modes": c.modes, "class_names": class_names,
+            "n_classes": c.class_cond_dim or 0, "n_cond_frames": c.n_cond_frames, "frames": vq.sequence_length,
+            "resolution": vq.resolution, "fps": info.fps, "latent_shape": list(vq.latent_shape)}
+
+
+class WorkerRuntime:
+    """Everything a job needs in this process: models by name, the job store, storage, settings."""
+
+    def __init__(self, settings: ServiceSettings, connection: redis.Redis | None = None):
+        self.settings = settings
+        self.redis = connection or redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5,
+                                                        health_check_interval=15)
+        self.jobs = JobStore(self.redis, settings.namespace, settings.job_ttl_s)
+        self.catalog = Catalog(self.redis, settings.namespace)
+        self.storage = open_storage(settings)
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.models: dict[str, VideoGPT] = {}
+        self.state = "starting"
+        self._stop = threading.Event()
+
+    def load(self, bundles: list[Path]) -> None:
+        for bundle in bundles:
+            started = time.time()
+            gpt = load_gpt(bundle, device=self.device)
+            name = gpt.info.name
+            if name in self.models:
+                raise ValueError(f"two bundles are named {name!r}: {bundle} and another; model names must differ")
+            self.models[name] = gpt
+            log.info("loaded %s from %s in %.2f s on %s", name, bundle, time.time() - started, self.device)
+
+    def queue_names(self) -> list[str]:
+        return [self.jobs.queue_name(name) for name in self.models]
+
+    def announce(self) -> None:
+        for gpt in self.models.values():
+            self.catalog.publish_model(model_info(gpt))
+        self.beat()
+
+    def beat(self) -> None:
+        self.catalog.heartbeat(self.worker_id, list(self.models), ttl_s=3 * self.settings.heartbeat_s,
+                               state=self.state)
+
+    def start_heartbeat(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.settings.heartbeat_s):
+                try:
+                    self.beat()
+                except redis.exceptions.RedisError as exc:
+                    log.warning("heartbeat failed: %s", exc)
+
+        threading.Thread(target=loop, name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.catalog.retire(self.worker_id)
+        except redis.exceptions.RedisError:
+            pass
+
+    def gather(self, leader: str, queue: Queue) -> list[str]:
+        """The leader and the ids waiting behind it in its queue, up to batch_size samples or the wait window."""
+        ids, samples = [leader], self._samples(leader)
+        deadline = time.monotonic() + self.settings.batch_wait_s
+        while samples < self.settings.batch_size:
+            raw = self.redis.lpop(queue.key)  # rq's pop_job_id raises on an empty queue
+            job_id = raw.decode() if isinstance(raw, bytes) else raw
+            if job_id is None:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.02)
+                continue
+            rq_job = queue.fetch_job(job_id)
+            if rq_job is None:
+                continue
+            ours = rq_job.args[0]
+            wanted = self._samples(ours)
+            if samples + wanted > self.settings.batch_size:
+                queue.push_job_id(job_id, at_front=True)  # it leads the next batch
+                break
+            rq_job.delete(remove_from_queue=False)
+            ids.append(ours)
+            samples += wanted
+        return ids
+
+    def _samples(self, job_id: str) -> int:
+        record = self.jobs.get(job_id)
+        return int(record["request"]["num_samples"]) if record else 0
+
+    def run(self, leader: str, queue: Queue) -> None:
+        """Claim the batch led by `leader`, run it, and leave every claimed job in a terminal state."""
+        try:
+            ids = self.gather(leader, queue) if queue is not None else [leader]
+        except redis.exceptions.RedisError:
+            log.exception("gathering a batch behind %s failed; it runs alone", leader)
+            ids = [leader]
+        claimed = []
+        for job_id in ids:
+            record = self.jobs.get(job_id)
+            if record is None:
+                continue
+            if self.jobs.transition(job_id, ("queued",), status="running", started_at=now_iso(),
+                                    worker=self.worker_id, attempts=record.get("attempts", 0) + 1):
+                claimed.append(self.jobs.get(job_id))
+        if not claimed:
+            return
+        by_model: dict[str, list[dict]] = {}
+        for record in claimed:
+            by_model.setdefault(record["model"], []).append(record)
+        self.state = "busy"
+        try:
+            for model, records in by_model.items():
+                self._run_model(model, records)
+        finally:
+            self.state = "idle"
+
+    def _run_model(self, model: str, records: list[dict]) -> None:
+        claimed_at = time.time()
+        try:
+            gpt = self.models.get(model)
+            if gpt is None:
+                raise LookupError(f"this worker does not serve model {model!r}")
+            jobs: list[BatchJob] = load_batch_jobs(self.jobs, records)
+            for job in jobs:
+                job.metrics["claimed_at"] = claimed_at
+            log.info("batch of %d jobs (%d samples) for %s", len(jobs), sum(j.n for j in jobs), model)
+            run_batch(gpt, jobs, self.jobs, self.storage, self.settings.upscale)
+        except Exception as exc:  # every claimed job must end terminal, whatever broke
+            log.exception("batch for %s failed", model)
+            for record in records:
+                self.jobs.transition(record["id"], ("running",), status="failed", finished_at=now_iso(),
+                                     error={"code": "internal", "message": f"{type(exc).__name__}: {exc}"})
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def set_runtime(runtime: WorkerRuntime | None) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def get_runtime() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("no worker runtime in this process: jobs run inside `videogpt-serve worker`")
+    return _runtime

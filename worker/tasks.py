@@ -1,0 +1,15 @@
+"""The function RQ runs for a queued job id (the gateway enqueues it by name, without importing it)."""
+
+from __future__ import annotations
+
+from rq import Queue, get_current_job
+
+from .runtime import get_runtime
+
+
+def run_job(job_id: str) -> None:
+    """Run the batch this job leads (see WorkerRuntime.gather)."""
+    runtime = get_runtime()
+    current = get_current_job()
+    queue = Queue(current.origin, connection=runtime.redis) if current is not None else None
+    runtime.run(job_id, queue)
