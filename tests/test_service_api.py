@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import imageio_ffmpeg
@@ -16,6 +17,7 @@ from service_stack import make_stack, write_bundle
 
 from media import png_bytes
 from service.catalog import Catalog
+from service.storage import LocalStorage
 
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -174,6 +176,21 @@ def test_oversized_frames_are_refused_with_413(api):
     answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": huge})
     assert answer.status_code == 413
     assert answer.json()["error"]["field"] == "cond_frames" and "limit" in answer.json()["error"]["message"]
+
+
+def test_local_output_urls_are_signed_and_expire(api, stack):
+    job = wait(api, submit(api, mode="unconditional").json()["id"])
+    url = job["outputs"][0]["url"]
+    assert httpx.get(url).status_code == 200
+    tampered = httpx.get(url.replace("sig=", "sig=0"))
+    assert tampered.status_code == 403 and "signature" in tampered.json()["error"]["message"]
+    other_file = httpx.get(url.replace("/0.mp4", "/1.mp4"))
+    assert other_file.status_code == 403
+    storage = LocalStorage(Path(stack.env["VGS_STORAGE_DIR"]), stack.url, stack.env["VGS_URL_SIGNING_KEY"])
+    expired = httpx.get(storage.url(f"{job['id']}/0.mp4", ttl_s=-5))
+    assert expired.status_code == 403 and "expired" in expired.json()["error"]["message"]
+    assert httpx.get(url.split("?")[0]).status_code == 422
+    assert httpx.get(f"{stack.url}/v1/files/..%2F..%2Fetc%2Fpasswd?expires=9999999999&sig=x").status_code in (403, 404)
 
 
 def test_unknown_job_is_404_json(api):

@@ -24,7 +24,7 @@ from models import VideoGPT, load_gpt
 from service.catalog import Catalog
 from service.jobs import JobStore, now_iso
 from service.settings import ServiceSettings
-from service.storage import open_storage
+from service.storage import S3Storage, open_storage
 
 from .batch import BatchJob, load_batch_jobs, run_batch
 
@@ -50,6 +50,8 @@ class WorkerRuntime:
         self.jobs = JobStore(self.redis, settings.namespace, settings.job_ttl_s)
         self.catalog = Catalog(self.redis, settings.namespace)
         self.storage = open_storage(settings)
+        if isinstance(self.storage, S3Storage):
+            self.storage.ensure_bucket()
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         if settings.threads:
             torch.set_num_threads(settings.threads)
