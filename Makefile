@@ -19,9 +19,9 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
+# Redis (private, port 6380, data in ./data), one worker with the shipped model, the gateway on :8000.
 run: $(STAMP)
-	@echo "The service is not built yet (see the serving issue). For now: $(BIN)/videogpt-serve --help"
-	@exit 1
+	$(BIN)/videogpt-serve up
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
