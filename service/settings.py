@@ -14,40 +14,39 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VGS_", extra="ignore")
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    # Prefix of every Redis key and RQ queue of this deployment: two deployments can share one Redis.
-    namespace: str = "vgs"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the Redis that gateway and workers share")
+    namespace: str = Field("vgs", pattern=r"^[A-Za-z0-9_-]+$",
+                           description="prefix of every Redis key and RQ queue (deployments can share a Redis)")
 
     # Gateway
     public_url: str = Field("http://127.0.0.1:8000", description="base of the URLs handed to clients")
-    default_model: str | None = None
+    default_model: str | None = Field(None, description="model of requests that name none (default: the first)")
     max_samples: int = Field(8, ge=1, description="most samples one request may ask for")
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_cond_frames_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="decoded size of a data URI")
     max_decoded_frames: int = Field(64, ge=1, description="frames a conditioning file may hold")
     max_decoded_pixels: int = Field(4096 * 4096, ge=1, description="width x height of a conditioning file")
-    decode_timeout_s: float = Field(10.0, gt=0)
-    job_ttl_s: int = Field(24 * 3600, ge=60, description="how long job records and outputs are kept")
+    decode_timeout_s: float = Field(10.0, gt=0, description="longest a conditioning file may take to decode")
+    job_ttl_s: int = Field(24 * 3600, ge=60, description="how long job records are kept")
 
     # Storage of outputs: "local" (a directory the gateway serves) or "s3".
-    storage: str = Field("local", pattern="^(local|s3)$")
-    storage_dir: Path = Path("data/outputs")
+    storage: str = Field("local", pattern="^(local|s3)$", description="local (served by the gateway) or s3")
+    storage_dir: Path = Field(Path("data/outputs"), description="local storage: where outputs are written")
     url_signing_key: str = Field("change-me", min_length=8, description="HMAC key of local output URLs")
     url_ttl_s: int = Field(3600, ge=1, description="lifetime of output URLs")
-    s3_endpoint_url: str | None = None
-    s3_bucket: str = "videogpt-outputs"
-    s3_region: str = "us-east-1"
-    s3_access_key: str | None = None
-    s3_secret_key: str | None = None
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint (empty: AWS)")
+    s3_bucket: str = Field("videogpt-outputs", description="bucket of the outputs (workers create it if missing)")
+    s3_region: str = Field("us-east-1", description="S3 region")
+    s3_access_key: str | None = Field(None, description="S3 credentials (empty: boto3's own lookup)")
+    s3_secret_key: str | None = Field(None, description="S3 credentials (empty: boto3's own lookup)")
 
     # Workers
     bundles: list[Path] = Field(default_factory=lambda: [Path("weights/moving-digits")],
                                 description="bundle directories a worker loads at start")
-    device: str | None = None
+    device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
     batch_size: int = Field(8, ge=1, description="most samples decoded together")
     batch_wait_s: float = Field(0.2, ge=0, description="how long a batch waits for companions")
     upscale: int = Field(0, ge=0, description="integer upscaling of outputs; 0: up to about 256 pixels")
-    heartbeat_s: float = Field(5.0, gt=0)
+    heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period; a worker is up for 3 periods")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
 
 

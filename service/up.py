@@ -31,11 +31,11 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) != 0
 
 
-def start_redis(port: int, data_dir: Path, appendonly: bool = True) -> subprocess.Popen:
-    """A private redis-server on 127.0.0.1:port keeping its data (append-only) under data_dir."""
+def start_redis(port: int, data_dir: Path, fsync_always: bool = False) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:port keeping its data append-only under data_dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
-            "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes"]
+            "--save", "", "--appendonly", "yes", "--appendfsync", "always" if fsync_always else "everysec"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for_port(port, proc, "redis-server")
     return proc

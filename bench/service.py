@@ -1,0 +1,190 @@
+"""Service benchmarks on loopback; each prints one JSON object.
+
+    python bench/service.py gateway   [--requests 1500] [--concurrency 1 4 16 32]
+    python bench/service.py batching  [--bundle weights/moving-digits] [--repeats 3]
+
+gateway: submit latency (p50/p99) and submit rate at each concurrency with a private Redis and the real
+gateway process (no worker: jobs only queue), and the highest rate seen with zero errors.
+batching: end-to-end time of 1 job vs 8 concurrent jobs of one model with one worker, and the overhead
+of a job beyond sampling (queue + decode + encode + store) as a fraction of its end-to-end time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from service.catalog import Catalog  # noqa: E402
+from service.up import start_redis  # noqa: E402
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_stack(tmp: Path, bundles: list[str], worker: bool, **extra: str):
+    redis_port, port = free_port(), free_port()
+    procs = [start_redis(redis_port, tmp / "redis")]
+    env = {**os.environ, "VGS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "VGS_STORAGE_DIR": str(tmp / "out"),
+           "VGS_PUBLIC_URL": f"http://127.0.0.1:{port}", "VGS_BUNDLES": json.dumps(bundles), **extra}
+    log = open(tmp / "stack.log", "ab")
+    exe = [sys.executable, "-m", "service.cli"]
+    procs.append(subprocess.Popen([*exe, "gateway", "--port", str(port)], env=env, cwd=REPO, stdout=log,
+                                  stderr=subprocess.STDOUT))
+    if worker:
+        procs.append(subprocess.Popen([*exe, "worker"], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    path = "/readyz" if worker else "/healthz"
+    while True:
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise SystemExit(f"the stack did not start; see {tmp / 'stack.log'}")
+        time.sleep(0.2)
+    return url, redis_port, procs
+
+
+def stop(procs) -> None:
+    for p in reversed(procs):
+        p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bench_gateway(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        url, redis_port, procs = start_stack(Path(tmp), [], worker=False)
+        try:
+            Catalog(redis.Redis(port=redis_port), "vgs").publish_model(
+                {"name": "bench", "modes": ["unconditional", "class"], "class_names": [str(i) for i in range(10)],
+                 "n_classes": 10, "n_cond_frames": 0, "frames": 16, "resolution": 32, "fps": 8.0,
+                 "latent_shape": [8, 8, 8]})
+            levels = []
+            for concurrency in args.concurrency:
+                per_client = max(1, args.requests // concurrency)
+
+                def client_run(i: int, per_client: int = per_client) -> tuple[list[float], int]:
+                    latencies, errors = [], 0
+                    with httpx.Client(base_url=url, timeout=30) as client:
+                        for j in range(per_client):
+                            t0 = time.perf_counter()
+                            answer = client.post("/v1/generate",
+                                                 json={"model": "bench", "mode": "class", "class_label": j % 10})
+                            latencies.append(time.perf_counter() - t0)
+                            errors += answer.status_code != 202
+                    return latencies, errors
+
+                started = time.perf_counter()
+                with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+                    results = list(pool.map(client_run, range(concurrency)))
+                elapsed = time.perf_counter() - started
+                latencies = [x for lat, _ in results for x in lat]
+                errors = sum(e for _, e in results)
+                levels.append({"concurrency": concurrency, "requests": len(latencies), "errors": errors,
+                               "submits_per_s": round(len(latencies) / elapsed, 1),
+                               "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+                               "p99_ms": round(percentile(latencies, 0.99) * 1000, 2)})
+            clean = [lv for lv in levels if lv["errors"] == 0]
+            return {"bench": "gateway", "levels": levels,
+                    "max_rate_zero_errors": max((lv["submits_per_s"] for lv in clean), default=0.0),
+                    "cpu_count": os.cpu_count()}
+        finally:
+            stop(procs)
+
+
+def run_jobs(url: str, count: int, body: dict) -> tuple[float, list[dict]]:
+    """Submit `count` jobs at once; seconds until all are terminal, and the jobs."""
+    def one(i: int) -> str:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            return client.post("/v1/generate", json={**body, "seed": i}).json()["id"]
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        ids = list(pool.map(one, range(count)))
+    jobs = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for job_id in ids:
+            while True:
+                job = client.get(f"/v1/jobs/{job_id}").json()
+                if job["status"] in ("succeeded", "failed", "canceled"):
+                    break
+                time.sleep(0.02)
+            jobs.append(job)
+    elapsed = time.perf_counter() - started
+    bad = [j for j in jobs if j["status"] != "succeeded"]
+    if bad:
+        raise SystemExit(f"{len(bad)} jobs did not succeed: {bad[0]}")
+    return elapsed, jobs
+
+
+def bench_batching(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        url, _, procs = start_stack(Path(tmp), [args.bundle], worker=True, VGS_BATCH_SIZE="8",
+                                    VGS_BATCH_WAIT_S=str(args.wait))
+        try:
+            body = {"mode": "class", "class_label": 3}
+            run_jobs(url, 1, body)  # warm-up
+            singles, eights, overheads, batch_jobs = [], [], [], []
+            for _ in range(args.repeats):
+                t1, (job,) = run_jobs(url, 1, body)
+                singles.append(t1)
+                overheads.append((t1 - job["metrics"]["sampling_seconds"]) / t1)
+                t8, jobs = run_jobs(url, 8, body)
+                eights.append(t8)
+                batch_jobs.append(max(j["metrics"]["batch_jobs"] for j in jobs))
+            one, eight = statistics.median(singles), statistics.median(eights)
+            return {"bench": "batching", "bundle": args.bundle, "one_job_s": round(one, 3),
+                    "eight_jobs_s": round(eight, 3), "ratio_8_vs_1": round(eight / one, 3),
+                    "largest_batch_jobs": batch_jobs, "overhead_fraction_of_one_job": round(
+                        statistics.median(overheads), 3), "batch_wait_s": args.wait, "repeats": args.repeats}
+        finally:
+            stop(procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="which", required=True)
+    g = sub.add_parser("gateway")
+    g.add_argument("--requests", type=int, default=1500)
+    g.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32])
+    b = sub.add_parser("batching")
+    b.add_argument("--bundle", default=str(REPO / "weights" / "moving-digits"))
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--wait", type=float, default=0.2, help="VGS_BATCH_WAIT_S of the worker")
+    args = parser.parse_args()
+    result = bench_gateway(args) if args.which == "gateway" else bench_batching(args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
