@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -11,6 +12,9 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
+
+# imageio-ffmpeg logs a warning whenever the output size differs from the source: here that is the point.
+logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
 
 
 class DecodeError(ValueError):
@@ -59,7 +63,7 @@ def _read(path: Path, name: str, max_frames: int, resolution: int | None, limits
     start = time.monotonic()
     frames = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # imageio-ffmpeg warns that the output size differs from the source
+        warnings.simplefilter("ignore")
         reader = imageio_ffmpeg.read_frames(str(path), output_params=output_params)
         try:
             meta = next(reader)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from service_stack import make_stack, write_bundle
 
-from media import png_bytes
+from media import png_bytes, write_mp4
 from service.catalog import Catalog
 from service.storage import LocalStorage
 
@@ -74,6 +74,24 @@ def probe(data: bytes, tmp_path) -> tuple[dict, int, str]:
     return meta, count, info
 
 
+def video_data_uri(tmp_dir, kind: str) -> str:
+    frames = np.zeros((3, 20, 24, 3), dtype=np.uint8)
+    for i in range(3):
+        frames[i, 5:15, 5 + i: 15 + i] = (40, 220, 90)
+    path = tmp_dir / f"clip.{kind}"
+    if kind == "mp4":
+        write_mp4(frames, path, fps=4)
+    else:
+        writer = imageio_ffmpeg.write_frames(str(path), (24, 20), fps=4, codec="gif", pix_fmt_out="rgb8",
+                                             macro_block_size=1, quality=None)
+        writer.send(None)
+        for frame in frames:
+            writer.send(frame)
+        writer.close()
+    mime = "video/mp4" if kind == "mp4" else "image/gif"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
 def png_data_uri(height=40, width=56) -> str:
     image = np.zeros((height, width, 3), dtype=np.uint8)
     image[10:30, 20:40] = (250, 200, 40)
@@ -85,8 +103,12 @@ def png_data_uri(height=40, width=56) -> str:
     {"mode": "class", "class_label": "three"},
     {"mode": "class", "class_label": 1, "model": "tiny", "top_k": 5, "temperature": 0.8, "seed": 7},
     {"mode": "frames", "cond_frames": png_data_uri(), "top_p": 0.9},
-], ids=["unconditional", "class-name", "class-index", "frames"])
+    {"mode": "frames", "cond_frames": "mp4"},
+    {"mode": "frames", "cond_frames": "gif", "num_samples": 3},
+], ids=["unconditional", "class-name", "class-index", "frames-png", "frames-mp4", "frames-gif"])
 def test_each_mode_end_to_end(api, body, tmp_path):
+    if body.get("cond_frames") in ("mp4", "gif"):
+        body = {**body, "cond_frames": video_data_uri(tmp_path, body["cond_frames"])}
     answer = submit(api, **body)
     job = answer.json()
     assert answer.headers["Location"] == f"/v1/jobs/{job['id']}"
@@ -111,7 +133,8 @@ def test_each_mode_end_to_end(api, body, tmp_path):
     if body["mode"] == "class":
         assert request["class_label"] == 3 if body["class_label"] == "three" else 1
     if body["mode"] == "frames":
-        assert request["cond_frames"]["content_type"] == "image/png" and "cond_frames" not in json.dumps(
+        assert request["cond_frames"]["content_type"] in ("image/png", "video/mp4", "image/gif")
+        assert "base64" not in json.dumps(
             {k: v for k, v in request.items() if k != "cond_frames"})
 
 
@@ -265,3 +288,41 @@ def test_eight_concurrent_requests_decode_in_one_batch(api, stack):
     assert all(j["status"] == "succeeded" for j in jobs)
     assert [j["metrics"]["batch_jobs"] for j in jobs] == [8] * 8, [j["metrics"] for j in jobs]
     assert {j["metrics"]["batch_samples"] for j in jobs} == {8}
+
+
+def test_redis_down_gives_503_and_the_gateway_stays_up(tmp_path):
+    from service_stack import make_stack
+
+    s = make_stack(tmp_path, [])
+    s.start_gateway()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{s.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        Catalog(s.redis.client(), "vgs").publish_model(
+            {"name": "ghost", "modes": ["unconditional"], "class_names": None, "n_classes": 0,
+             "n_cond_frames": 0, "frames": 4, "resolution": 16, "fps": 4.0, "latent_shape": [2, 4, 4]})
+        with httpx.Client(base_url=s.url, timeout=10) as api:
+            job = submit(api, mode="unconditional").json()
+            s.redis.stop()
+            for call in (lambda: api.post("/v1/generate", json={"mode": "unconditional"}),
+                         lambda: api.get(f"/v1/jobs/{job['id']}"), lambda: api.get("/v1/models"),
+                         lambda: api.get("/readyz")):
+                answer = call()
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["Retry-After"] and answer.json()["error"]["code"] == "unavailable"
+            assert api.get("/healthz").status_code == 200
+            s.redis.start()  # same port and data directory: the append-only file brings the job back
+            deadline = time.monotonic() + 10
+            while api.get(f"/v1/jobs/{job['id']}").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "queued"
+    finally:
+        s.stop()
+        s.redis.stop()

@@ -64,6 +64,10 @@ class WorkerRuntime:
         for bundle in bundles:
             started = time.time()
             gpt = load_gpt(bundle, device=self.device)
+            c = gpt.config
+            if c.class_conditional and c.frame_conditional and not c.conditions_optional:
+                raise ValueError(f"{bundle}: this prior needs a class and frames together, which no API mode "
+                                 "asks for; serve priors that need one condition, or trained with condition dropout")
             name = gpt.info.name
             if name in self.models:
                 raise ValueError(f"two bundles are named {name!r}: {bundle} and another; model names must differ")
