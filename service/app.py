@@ -85,9 +85,14 @@ class Gateway:
         try:
             record, frames = validate_request(req, self.catalog.models(), self.settings)
             model = record["model"]
-            created = self.jobs.create(job_id, model, record, frames)
-            Queue(self.jobs.queue_name(model), connection=self.redis).enqueue(
-                WORKER_TASK, job_id, job_timeout=-1, result_ttl=60, failure_ttl=self.settings.job_ttl_s)
+            # The record and its queue entry are written in one transaction: no job without the other.
+            # (rq starts the transaction with MULTI, so it goes first on the fresh pipeline.)
+            pipe = self.redis.pipeline(transaction=True)
+            Queue(self.jobs.queue_name(model), connection=self.redis).enqueue_call(
+                WORKER_TASK, args=(job_id,), timeout=-1, result_ttl=60, failure_ttl=self.settings.job_ttl_s,
+                pipeline=pipe)
+            created = self.jobs.create(job_id, model, record, frames, pipe=pipe)
+            pipe.execute()
         except BaseException:
             if idem_key is not None:
                 self.redis.delete(idem_key)  # a request that made no job may be retried with its key
