@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
 import time
+from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
@@ -15,17 +18,17 @@ import redis
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
-from rq import Queue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .catalog import Catalog
 from .jobs import TERMINAL, JobStore, new_job_id
+from .reaper import Reaper
 from .requests import ApiError, body_fingerprint, validate_request
 from .schemas import ErrorResponse, GenerateRequest, Job, ModelInfo, ModelList
 from .settings import ServiceSettings, get_settings
 from .storage import LocalStorage, open_storage
 
-WORKER_TASK = "worker.tasks.run_job"
+log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.25
 EVENT_KEEPALIVE_S = 15.0
 ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422, 429, 503)}
@@ -84,15 +87,7 @@ class Gateway:
                 return self._replay(idem_key, fingerprint), False
         try:
             record, frames = validate_request(req, self.catalog.models(), self.settings)
-            model = record["model"]
-            # The record and its queue entry are written in one transaction: no job without the other.
-            # (rq starts the transaction with MULTI, so it goes first on the fresh pipeline.)
-            pipe = self.redis.pipeline(transaction=True)
-            Queue(self.jobs.queue_name(model), connection=self.redis).enqueue_call(
-                WORKER_TASK, args=(job_id,), timeout=-1, result_ttl=60, failure_ttl=self.settings.job_ttl_s,
-                pipeline=pipe)
-            created = self.jobs.create(job_id, model, record, frames, pipe=pipe)
-            pipe.execute()
+            created = self.jobs.create(job_id, record["model"], record, frames)
         except BaseException:
             if idem_key is not None:
                 self.redis.delete(idem_key)  # a request that made no job may be retried with its key
@@ -125,10 +120,34 @@ def _validation_field(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def _reaper_thread(gw: Gateway, stop: threading.Event) -> threading.Thread:
+    """The gateway reaps too, so abandoned jobs are found even when every worker is gone."""
+    reaper = Reaper(gw.jobs, gw.settings)
+
+    def loop() -> None:
+        while not stop.wait(gw.settings.reap_interval_s):
+            try:
+                reaper.maybe_reap()
+            except redis.exceptions.RedisError as exc:
+                log.warning("reaper: %s", exc)
+
+    thread = threading.Thread(target=loop, name="reaper", daemon=True)
+    thread.start()
+    return thread
+
+
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or get_settings()
     gw = Gateway(settings)
-    app = FastAPI(title="videogpt-serve", version=_version(), responses=ERRORS,
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        _reaper_thread(gw, stop)
+        yield
+        stop.set()
+
+    app = FastAPI(title="videogpt-serve", version=_version(), responses=ERRORS, lifespan=lifespan,
                   description="Generate short videos with VideoGPT models: POST /v1/generate, poll the job or "
                               "stream its events, download the mp4 by URL.")
     app.state.gateway = gw

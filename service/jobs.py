@@ -14,22 +14,38 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from rq import Queue
 
+WORKER_TASK = "worker.tasks.run_job"  # by name: the gateway never imports the worker (torch)
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 JSON_FIELDS = ("request", "outputs", "error", "metrics")
 
-# KEYS[1] = job hash; ARGV[1] = allowed current statuses (comma-separated), ARGV[2..] = field, value pairs.
+# A compare-and-set of a job's status that also keeps the status indexes: `{ns}:queued` (score: when it was
+# queued) and `{ns}:running` (score: when its worker's lease ends), which the reaper scans.
+# KEYS: job hash, queued index, running index. ARGV: allowed statuses (comma-separated), job id, new status
+# ('' = unchanged), index score, then field/value pairs.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
+local ok = false
 for allowed in string.gmatch(ARGV[1], '[^,]+') do
-  if allowed == current then
-    redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-    return 1
-  end
+  if allowed == current then ok = true end
 end
-return 0
+if not ok then return 0 end
+if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+local status = ARGV[3]
+if status == 'queued' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+elseif status == 'running' then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+elseif status ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+end
+return 1
 """
 
 
@@ -54,22 +70,48 @@ class JobStore:
     def frames_key(self, job_id: str) -> str:
         return f"{self.namespace}:job:{job_id}:frames"
 
-    def queue_name(self, model: str) -> str:
+    @property
+    def queued_index(self) -> str:
+        return f"{self.namespace}:queued"
+
+    @property
+    def running_index(self) -> str:
+        return f"{self.namespace}:running"
+
+    def queue(self, model: str) -> Queue:
         """The RQ queue of a model: workers serving it listen there."""
-        return f"{self.namespace}:{model}"
+        return Queue(f"{self.namespace}:{model}", connection=self.redis)
+
+    def _enqueue(self, job_id: str, model: str, pipe: redis.client.Pipeline) -> str:
+        # rq opens the transaction (MULTI) on the pipeline, so it must come first on a fresh one.
+        rq_job = self.queue(model).enqueue_call(WORKER_TASK, args=(job_id,), timeout=-1, result_ttl=60,
+                                                failure_ttl=self.ttl_s, pipeline=pipe)
+        return rq_job.id
 
     def create(self, job_id: str, model: str, request: dict[str, Any], cond_frames: bytes | None = None,
-               pipe: redis.client.Pipeline | None = None) -> dict[str, Any]:
+               **extra: Any) -> dict[str, Any]:
+        """Write a queued job and its queue entry in one transaction: no record without the other."""
+        pipe = self.redis.pipeline(transaction=True)
+        rq_id = self._enqueue(job_id, model, pipe)
         record = {"id": job_id, "model": model, "status": "queued", "progress": 0.0, "created_at": now_iso(),
-                  "request": request, "attempts": 0, "cancel": 0}
-        p = pipe if pipe is not None else self.redis.pipeline()
-        p.hset(self.key(job_id), mapping=_encode(record))
-        p.expire(self.key(job_id), self.ttl_s)
+                  "request": request, "attempts": 0, "cancel": 0, "rq_id": rq_id, **extra}
+        pipe.hset(self.key(job_id), mapping=_encode(record))
+        pipe.expire(self.key(job_id), self.ttl_s)
+        pipe.zadd(self.queued_index, {job_id: time.time()})
         if cond_frames is not None:
-            p.set(self.frames_key(job_id), cond_frames, ex=self.ttl_s)
-        if pipe is None:
-            p.execute()
+            pipe.set(self.frames_key(job_id), cond_frames, ex=self.ttl_s)
+        pipe.execute()
         return self.decode(_encode(record))
+
+    def requeue(self, job_id: str, model: str, allowed: tuple[str, ...], **fields: Any) -> bool:
+        """Put a job back on its queue (a new queue entry) if its status is one of `allowed`."""
+        if not self.transition(job_id, allowed, status="queued", **fields):
+            return False
+        pipe = self.redis.pipeline(transaction=True)
+        rq_id = self._enqueue(job_id, model, pipe)
+        pipe.hset(self.key(job_id), "rq_id", rq_id)
+        pipe.execute()
+        return True
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self.redis.hgetall(self.key(job_id))
@@ -84,12 +126,25 @@ class JobStore:
     def cond_frames(self, job_id: str) -> bytes | None:
         return self.redis.get(self.frames_key(job_id))
 
-    def transition(self, job_id: str, allowed: tuple[str, ...] | frozenset[str], **fields: Any) -> bool:
-        """Set fields (status among them) only if the job's status is one of `allowed`; True if it was."""
-        args = [",".join(allowed)]
+    def transition(self, job_id: str, allowed: tuple[str, ...] | frozenset[str], lease_s: float = 0.0,
+                   **fields: Any) -> bool:
+        """Set fields (status among them) only if the job's status is one of `allowed`; True if it was.
+
+        A move to running holds a lease of lease_s seconds (see extend_leases).
+        """
+        status = fields.get("status", "")
+        score = time.time() + lease_s if status == "running" else time.time()
+        args = [",".join(allowed), job_id, status, repr(score)]
         for name, value in _encode(fields).items():
             args += [name, value]
-        return bool(self._transition(keys=[self.key(job_id)], args=args))
+        keys = [self.key(job_id), self.queued_index, self.running_index]
+        return bool(self._transition(keys=keys, args=args))
+
+    def extend_leases(self, job_ids: list[str], lease_s: float) -> None:
+        """The worker running these jobs is alive: their leases end lease_s from now."""
+        if job_ids:
+            until = time.time() + lease_s
+            self.redis.zadd(self.running_index, {job_id: until for job_id in job_ids}, xx=True)
 
     def update(self, job_id: str, **fields: Any) -> None:
         """Write fields of a job that still exists (progress, metrics); never resurrects an expired one."""

@@ -47,6 +47,11 @@ class ServiceSettings(BaseSettings):
     batch_wait_s: float = Field(0.2, ge=0, description="how long a batch waits for companions")
     upscale: int = Field(0, ge=0, description="integer upscaling of outputs; 0: up to about 256 pixels")
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period; a worker is up for 3 periods")
+    lease_s: float = Field(30.0, gt=0, description="a running job whose worker has not renewed its lease for "
+                                                   "this long is abandoned and retried")
+    max_attempts: int = Field(3, ge=1, description="runs of a job (first + retries after lost workers)")
+    reap_interval_s: float = Field(5.0, gt=0, description="how often abandoned and stranded jobs are looked for")
+    job_timeout_s: float = Field(600.0, gt=0, description="longest a job may run; past it, failed (timeout)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
 
 

@@ -69,11 +69,12 @@ def load_batch_jobs(store: JobStore, records: list[dict[str, Any]]) -> list[Batc
 
 
 def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Storage, upscale: int,
-              on_progress: Callable[[float], None] | None = None) -> None:
+              timeout_s: float = float("inf"), on_progress: Callable[[float], None] | None = None) -> None:
     """Sample, decode, encode and store every job's videos; each job's record ends terminal.
 
     A job canceled while the batch runs is marked canceled at once (its rows are discarded); the batch
-    stops early only when every job in it is canceled.
+    stops early only when every job in it is canceled, or when it has sampled for longer than timeout_s
+    (its jobs fail with code `timeout`).
     """
     started = time.time()
     rows = [(job, i) for job in jobs for i in range(job.n)]
@@ -95,6 +96,14 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
     last_poll = [0.0]
 
     def should_stop() -> bool:
+        if time.time() - started > timeout_s:
+            for job in jobs:
+                if job.id in live:
+                    store.transition(job.id, ("running",), status="failed", finished_at=now_iso(),
+                                     error={"code": "timeout", "message": f"the job ran longer than the limit of "
+                                                                          f"{timeout_s:g} s"})
+            live.clear()
+            return True
         for job in jobs:
             if job.id in live and store.cancel_requested(job.id):
                 live.discard(job.id)

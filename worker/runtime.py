@@ -23,6 +23,7 @@ from rq import Queue
 from models import VideoGPT, load_gpt
 from service.catalog import Catalog
 from service.jobs import JobStore, now_iso
+from service.reaper import Reaper
 from service.settings import ServiceSettings
 from service.storage import S3Storage, open_storage
 
@@ -58,6 +59,7 @@ class WorkerRuntime:
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.models: dict[str, VideoGPT] = {}
         self.state = "starting"
+        self.current: set[str] = set()  # ids of the jobs this worker runs now (their leases are renewed)
         self._stop = threading.Event()
 
     def load(self, bundles: list[Path]) -> None:
@@ -75,7 +77,7 @@ class WorkerRuntime:
             log.info("loaded %s from %s in %.2f s on %s", name, bundle, time.time() - started, self.device)
 
     def queue_names(self) -> list[str]:
-        return [self.jobs.queue_name(name) for name in self.models]
+        return [self.jobs.queue(name).name for name in self.models]
 
     def announce(self) -> None:
         for gpt in self.models.values():
@@ -87,10 +89,15 @@ class WorkerRuntime:
                                state=self.state)
 
     def start_heartbeat(self) -> None:
+        """A thread that renews the worker's presence and its jobs' leases, and reaps other workers' jobs."""
+        reaper = Reaper(self.jobs, self.settings)
+
         def loop() -> None:
             while not self._stop.wait(self.settings.heartbeat_s):
                 try:
                     self.beat()
+                    self.jobs.extend_leases(list(self.current), self.settings.lease_s)
+                    reaper.maybe_reap()
                 except redis.exceptions.RedisError as exc:
                     log.warning("heartbeat failed: %s", exc)
 
@@ -144,8 +151,10 @@ class WorkerRuntime:
             record = self.jobs.get(job_id)
             if record is None:
                 continue
-            if self.jobs.transition(job_id, ("queued",), status="running", started_at=now_iso(),
-                                    worker=self.worker_id, attempts=record.get("attempts", 0) + 1):
+            if self.jobs.transition(job_id, ("queued",), lease_s=self.settings.lease_s, status="running",
+                                    started_at=now_iso(), worker=self.worker_id,
+                                    attempts=record.get("attempts", 0) + 1):
+                self.current.add(job_id)
                 claimed.append(self.jobs.get(job_id))
         if not claimed:
             return
@@ -158,6 +167,7 @@ class WorkerRuntime:
                 self._run_model(model, records)
         finally:
             self.state = "idle"
+            self.current.clear()
 
     def _run_model(self, model: str, records: list[dict]) -> None:
         claimed_at = time.time()
@@ -169,7 +179,7 @@ class WorkerRuntime:
             for job in jobs:
                 job.metrics["claimed_at"] = claimed_at
             log.info("batch of %d jobs (%d samples) for %s", len(jobs), sum(j.n for j in jobs), model)
-            run_batch(gpt, jobs, self.jobs, self.storage, self.settings.upscale)
+            run_batch(gpt, jobs, self.jobs, self.storage, self.settings.upscale, self.settings.job_timeout_s)
         except Exception as exc:  # every claimed job must end terminal, whatever broke
             log.exception("batch for %s failed", model)
             for record in records:

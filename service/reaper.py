@@ -1,0 +1,79 @@
+"""No job is lost: running jobs whose worker died are retried (or failed), stranded queued jobs re-queued.
+
+A worker holds a lease on each job it runs and renews it with its heartbeat. Every worker (and the
+gateway) runs the reaper now and then; a Redis lock lets one at a time scan:
+- running jobs whose lease ended: the worker is gone (SIGKILL, lost host). Requeued while attempts remain,
+  else failed with code `worker_lost`; a cancel asked for meanwhile makes them canceled.
+- queued jobs that sat for a while and are not on their queue: taken off it by a worker that died before
+  claiming them. Requeued (a second queue entry would be harmless: only one claim can win).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from .jobs import JobStore, now_iso
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+STRANDED_AFTER_S = 30.0  # a queued job older than this is checked against its queue
+
+
+class Reaper:
+    def __init__(self, jobs: JobStore, settings: ServiceSettings):
+        self.jobs, self.settings = jobs, settings
+        self.lock_key = f"{settings.namespace}:reaper-lock"
+        self.token = uuid.uuid4().hex
+        self.last = 0.0
+
+    def maybe_reap(self) -> dict[str, int] | None:
+        """Reap if reap_interval_s has passed since this process last did and no other reaper holds the lock."""
+        if time.monotonic() - self.last < self.settings.reap_interval_s:
+            return None
+        self.last = time.monotonic()
+        ttl_ms = int(max(self.settings.reap_interval_s, 1.0) * 1000)
+        if not self.jobs.redis.set(self.lock_key, self.token, nx=True, px=ttl_ms):
+            return None
+        return self.reap()
+
+    def reap(self, now: float | None = None) -> dict[str, int]:
+        now = time.time() if now is None else now
+        counts = {"requeued": 0, "failed": 0, "canceled": 0, "stranded": 0}
+        jobs = self.jobs
+        for raw in jobs.redis.zrangebyscore(jobs.running_index, "-inf", now):
+            job_id = raw.decode() if isinstance(raw, bytes) else raw
+            record = jobs.get(job_id)
+            if record is None or record["status"] != "running":
+                jobs.redis.zrem(jobs.running_index, job_id)
+                continue
+            lost = f"its worker {record.get('worker', '?')} stopped responding"
+            if record.get("cancel"):
+                if jobs.transition(job_id, ("running",), status="canceled", finished_at=now_iso(),
+                                   error={"code": "canceled", "message": f"canceled ({lost})"}):
+                    counts["canceled"] += 1
+            elif record.get("attempts", 0) >= self.settings.max_attempts:
+                message = f"gave up after {record['attempts']} attempts: {lost} each time"
+                if jobs.transition(job_id, ("running",), status="failed", finished_at=now_iso(),
+                                   error={"code": "worker_lost", "message": message}):
+                    counts["failed"] += 1
+                    log.warning("job %s failed: %s", job_id, message, extra={"job_id": job_id})
+            elif jobs.requeue(job_id, record["model"], ("running",), progress=0.0, worker="", started_at=""):
+                counts["requeued"] += 1
+                log.warning("job %s requeued: %s (attempt %d of %d)", job_id, lost, record.get("attempts", 0),
+                            self.settings.max_attempts, extra={"job_id": job_id})
+        for raw in jobs.redis.zrangebyscore(jobs.queued_index, "-inf", now - STRANDED_AFTER_S):
+            job_id = raw.decode() if isinstance(raw, bytes) else raw
+            record = jobs.get(job_id)
+            if record is None or record["status"] != "queued":
+                jobs.redis.zrem(jobs.queued_index, job_id)
+                continue
+            queue = jobs.queue(record["model"])
+            if jobs.redis.lpos(queue.key, record.get("rq_id", "")) is not None:
+                jobs.redis.zadd(jobs.queued_index, {job_id: now})  # waiting its turn: look again later
+                continue
+            if jobs.requeue(job_id, record["model"], ("queued",)):
+                counts["stranded"] += 1
+                log.warning("job %s was off its queue while queued; requeued", job_id, extra={"job_id": job_id})
+        return counts

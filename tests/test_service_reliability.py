@@ -1,0 +1,133 @@
+"""No accepted job is lost: leases and the reaper, killed and stopped workers, the job time limit."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import httpx
+import pytest
+from service_stack import RedisServer, make_stack, write_bundle
+from test_service_api import submit, wait
+
+from service.jobs import JobStore
+from service.reaper import STRANDED_AFTER_S, Reaper
+from service.settings import ServiceSettings
+
+
+@pytest.fixture
+def store(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield JobStore(server.client(), "vgs", ttl_s=3600)
+    server.stop()
+
+
+def claim(store, job_id, lease_s, worker="dead-worker"):
+    record = store.get(job_id)
+    assert store.transition(job_id, ("queued",), lease_s=lease_s, status="running", worker=worker,
+                            attempts=record["attempts"] + 1)
+
+
+def test_a_job_whose_lease_ends_is_requeued_then_failed_after_max_attempts(store):
+    reaper = Reaper(store, ServiceSettings(max_attempts=2))
+    store.create("j1", "tiny", {"num_samples": 1})
+    queue = store.queue("tiny")
+    assert queue.count == 1
+    store.redis.lpop(queue.key)  # a worker took it ...
+    claim(store, "j1", lease_s=60)
+    assert reaper.reap()["requeued"] == 0, "the lease still holds"
+    store.extend_leases(["j1"], -1)  # ... and died: its lease ran out
+    assert reaper.reap()["requeued"] == 1
+    record = store.get("j1")
+    assert record["status"] == "queued" and record["attempts"] == 1 and queue.count == 1
+    store.redis.lpop(queue.key)
+    claim(store, "j1", lease_s=-1)
+    assert reaper.reap()["failed"] == 1
+    record = store.get("j1")
+    assert record["status"] == "failed" and record["error"]["code"] == "worker_lost"
+    assert "2 attempts" in record["error"]["message"]
+    assert store.redis.zcard(store.running_index) == 0 and store.redis.zcard(store.queued_index) == 0
+
+
+def test_cancel_asked_of_a_lost_job_ends_it_canceled(store):
+    store.create("j2", "tiny", {"num_samples": 1})
+    claim(store, "j2", lease_s=-1)
+    assert store.request_cancel("j2") == "running"  # flagged; no worker will see it
+    assert Reaper(store, ServiceSettings()).reap()["canceled"] == 1
+    assert store.get("j2")["status"] == "canceled"
+
+
+def test_a_queued_job_off_its_queue_is_requeued(store):
+    store.create("j3", "tiny", {"num_samples": 1})
+    store.create("j4", "tiny", {"num_samples": 1})
+    queue = store.queue("tiny")
+    rq_id = store.get("j3")["rq_id"]
+    store.redis.lrem(queue.key, 0, rq_id)  # popped by a worker that died before claiming it
+    reaper = Reaper(store, ServiceSettings())
+    assert reaper.reap()["stranded"] == 0, "too recent to judge"
+    assert reaper.reap(now=time.time() + STRANDED_AFTER_S + 1)["stranded"] == 1
+    assert queue.count == 2 and store.get("j3")["status"] == "queued"
+    assert store.get("j3")["rq_id"] != rq_id
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reliability")
+    bundles = [write_bundle(tmp / "bundles", "slow", latent=(8, 16, 16), layers=2, seed=1)]
+    s = make_stack(tmp, bundles, VGS_LEASE_S="2", VGS_HEARTBEAT_S="0.5", VGS_REAP_INTERVAL_S="0.5")
+    s.start_gateway()
+    s.start_worker()
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+        s.redis.stop()
+
+
+def wait_running(api, job_id, timeout_s=30):
+    deadline = time.monotonic() + timeout_s
+    while api.get(f"/v1/jobs/{job_id}").json()["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_s_job_is_finished_by_another(stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        job = submit(api, mode="unconditional", num_samples=8).json()
+        wait_running(api, job["id"])
+        victim = next(w for w in stack.workers if w.poll() is None)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        stack.start_worker()
+        done = wait(api, job["id"], timeout_s=120)
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2 and len(done["outputs"]) == 8
+
+
+def test_sigterm_finishes_the_running_batch_then_exits(stack):
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        stack.wait_ready()
+        job = submit(api, mode="unconditional", num_samples=4).json()
+        wait_running(api, job["id"])
+        worker = next(w for w in stack.workers if w.poll() is None)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=120) == 0
+        done = api.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded" and done["attempts"] == 1
+        stack.start_worker()
+
+
+def test_a_job_past_the_time_limit_fails_with_timeout(tmp_path):
+    s = make_stack(tmp_path, [write_bundle(tmp_path / "bundles", "slow", latent=(8, 16, 16), layers=2)],
+                   VGS_JOB_TIMEOUT_S="0.3")
+    s.start_gateway()
+    s.start_worker()
+    try:
+        s.wait_ready()
+        with httpx.Client(base_url=s.url, timeout=30) as api:
+            done = wait(api, submit(api, mode="unconditional", num_samples=8).json()["id"])
+        assert done["status"] == "failed" and done["error"]["code"] == "timeout", done
+    finally:
+        s.stop()
+        s.redis.stop()
