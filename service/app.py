@@ -15,13 +15,18 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
 import redis
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .auth import KeyRing, Principal, can_see
 from .catalog import Catalog
 from .jobs import TERMINAL, JobStore, new_job_id
+from .limits import Limits
+from .middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from .reaper import Reaper
 from .requests import ApiError, body_fingerprint, validate_request
 from .schemas import ErrorResponse, GenerateRequest, Job, ModelInfo, ModelList
@@ -51,6 +56,8 @@ class Gateway:
         self.jobs = JobStore(self.redis, settings.namespace, settings.job_ttl_s)
         self.catalog = Catalog(self.redis, settings.namespace)
         self.storage = open_storage(settings)
+        self.keys = KeyRing(settings)
+        self.limits = Limits(self.redis, self.jobs, settings)
 
     def job_view(self, record: dict[str, Any]) -> dict[str, Any]:
         """A job record as the API shows it: output keys become fresh signed URLs."""
@@ -66,13 +73,14 @@ class Gateway:
         view["attempts"] = record.get("attempts") or 0
         return view
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
+    def get_job(self, job_id: str, who: Principal) -> dict[str, Any]:
         record = self.jobs.get(job_id) if len(job_id) <= 64 else None
-        if record is None:
+        if record is None or not can_see(who, record):  # another key's job is as unknown as a missing one
             raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired)")
         return record
 
-    def submit(self, req: GenerateRequest, idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+    def submit(self, req: GenerateRequest, idempotency_key: str | None,
+               who: Principal) -> tuple[dict[str, Any], bool]:
         """(job record, created): a new queued job, or the one an earlier request with this key made."""
         fingerprint = body_fingerprint(req)
         job_id = new_job_id()
@@ -81,13 +89,17 @@ class Gateway:
             if not 1 <= len(idempotency_key) <= 200:
                 raise ApiError(422, "invalid_request", "Idempotency-Key must be 1-200 characters",
                                "Idempotency-Key")
-            idem_key = f"{self.settings.namespace}:idem:{idempotency_key}"
+            idem_key = f"{self.settings.namespace}:idem:{who.name}:{idempotency_key}"
             claim = json.dumps({"job": job_id, "fingerprint": fingerprint})
             if not self.redis.set(idem_key, claim, nx=True, ex=self.settings.job_ttl_s):
                 return self._replay(idem_key, fingerprint), False
         try:
+            self.limits.check_rate(who.name)
+            self.limits.check_queue_depth()
+            self.limits.check_concurrency(who.name)
             record, frames = validate_request(req, self.catalog.models(), self.settings)
-            created = self.jobs.create(job_id, record["model"], record, frames)
+            created = self.jobs.create(job_id, record["model"], record, frames, owner=who.name)
+            self.limits.admitted(who.name, job_id)
         except BaseException:
             if idem_key is not None:
                 self.redis.delete(idem_key)  # a request that made no job may be retried with its key
@@ -109,6 +121,19 @@ class Gateway:
             if time.monotonic() > deadline:  # the first request is still being validated
                 raise ApiError(409, "conflict", "the request with this Idempotency-Key is still being accepted")
             time.sleep(0.05)
+
+
+BEARER = HTTPBearer(auto_error=False, description="an API key (when the server requires them)")
+
+
+def principal(request: Request,
+              credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> Principal:
+    """Who is asking: the owner of the API key sent (or, with auth off, the anonymous admin)."""
+    keys = request.app.state.gateway.keys
+    return keys.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
+
+
+Who = Annotated[Principal, Depends(principal)]
 
 
 def _error_response(exc: ApiError) -> JSONResponse:
@@ -151,6 +176,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                   description="Generate short videos with VideoGPT models: POST /v1/generate, poll the job or "
                               "stream its events, download the mp4 by URL.")
     app.state.gateway = gw
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+                           expose_headers=["Location", "Retry-After"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -175,30 +206,30 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return _error_response(ApiError(exc.status_code, code, str(exc.detail)))
 
     @app.post("/v1/generate", status_code=202, response_model=Job, tags=["jobs"])
-    def generate(req: GenerateRequest, response: Response,
+    def generate(req: GenerateRequest, response: Response, who: Who,
                  idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Queue a generation job; 202 with the job and its Location."""
-        record, _ = gw.submit(req, idempotency_key)
+        record, _ = gw.submit(req, idempotency_key, who)
         response.headers["Location"] = f"/v1/jobs/{record['id']}"
         return gw.job_view(record)
 
     @app.get("/v1/jobs/{job_id}", response_model=Job, tags=["jobs"])
-    def get_job(job_id: str) -> dict[str, Any]:
+    def get_job(job_id: str, who: Who) -> dict[str, Any]:
         """A job's status, progress, outputs (signed URLs), error and timings."""
-        return gw.job_view(gw.get_job(job_id))
+        return gw.job_view(gw.get_job(job_id, who))
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=Job, tags=["jobs"])
-    def cancel_job(job_id: str) -> dict[str, Any]:
+    def cancel_job(job_id: str, who: Who) -> dict[str, Any]:
         """Cancel: a queued job never runs, a running one stops within about a second."""
-        gw.get_job(job_id)
+        gw.get_job(job_id, who)
         gw.jobs.request_cancel(job_id)
-        return gw.job_view(gw.get_job(job_id))
+        return gw.job_view(gw.get_job(job_id, who))
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"],
              responses={200: {"content": {"text/event-stream": {}}, "description": "server-sent events"}})
-    async def job_events(job_id: str) -> StreamingResponse:
+    async def job_events(job_id: str, who: Who) -> StreamingResponse:
         """Server-sent events: `status` events (the job) on every change, until a terminal state."""
-        await asyncio.to_thread(gw.get_job, job_id)
+        await asyncio.to_thread(gw.get_job, job_id, who)
 
         async def stream():
             last, last_sent = None, time.monotonic()
@@ -223,7 +254,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/models", response_model=ModelList, tags=["models"])
-    def list_models() -> dict[str, Any]:
+    def list_models(who: Who) -> dict[str, Any]:
         """Every model a worker has announced, and whether a worker serving it is up now."""
         models = []
         for info in gw.catalog.models().values():

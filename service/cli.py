@@ -291,6 +291,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    from service.auth import hash_key
+
+    print(hash_key(args.key))
+    return 0
+
+
 def _configure_logging() -> None:
     import logging
 
@@ -428,6 +435,10 @@ def _add_service_commands(sub) -> None:
     p.add_argument("--bundle", action="append", help="bundle directory to serve (repeatable; default: "
                                                      "VGS_BUNDLES or weights/moving-digits)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("hash-key", help="print the sha256 of an API key, for VGS_API_KEYS")
+    p.add_argument("key")
+    p.set_defaults(func=cmd_hash_key)
 
     p = sub.add_parser("generate", help="ask a running gateway for videos and download them")
     p.add_argument("--url", default="http://127.0.0.1:8000")

@@ -18,6 +18,17 @@ class ServiceSettings(BaseSettings):
     namespace: str = Field("vgs", pattern=r"^[A-Za-z0-9_-]+$",
                            description="prefix of every Redis key and RQ queue (deployments can share a Redis)")
 
+    # Gateway: access and limits
+    auth: bool = Field(False, description="require API keys (on in the compose deployment, off for make run)")
+    api_keys: str = Field("", description="API keys as name:sha256hex[:admin], comma-separated "
+                                          "(videogpt-serve hash-key KEY prints the hash)")
+    api_keys_file: Path | None = Field(None, description="a file of such entries, one per line")
+    rate_limit_per_minute: int = Field(120, ge=0, description="submissions per key per minute (0: no limit)")
+    max_concurrent_jobs: int = Field(16, ge=0, description="queued or running jobs per key (0: no limit)")
+    max_queue_depth: int = Field(1000, ge=1, description="queued jobs in all; past it, 503 with Retry-After")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none: CORS off)")
+
     # Gateway
     public_url: str = Field("http://127.0.0.1:8000", description="base of the URLs handed to clients")
     default_model: str | None = Field(None, description="model of requests that name none (default: the first)")

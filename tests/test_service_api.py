@@ -27,7 +27,8 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     bundles = [write_bundle(tmp / "bundles", "tiny"),
                write_bundle(tmp / "bundles", "slow", latent=(8, 16, 16), layers=2, seed=1)]
-    s = make_stack(tmp, bundles, VGS_DEFAULT_MODEL="tiny", VGS_MAX_SAMPLES="8")
+    s = make_stack(tmp, bundles, VGS_DEFAULT_MODEL="tiny", VGS_MAX_SAMPLES="8",
+                   VGS_MAX_COND_FRAMES_BYTES=str(1024 * 1024))
     s.start_gateway()
     s.start_worker()
     try:
@@ -193,11 +194,15 @@ def test_bad_requests_are_refused_with_the_field_and_nothing_is_queued(api, stac
     assert len(list(client.scan_iter("vgs:job:*"))) == jobs_before
 
 
-def test_oversized_frames_are_refused_with_413(api):
-    huge = "data:image/png;base64," + "A" * (9 * 1024 * 1024)
-    answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": huge})
+def test_oversized_frames_and_bodies_are_refused_with_413(api):
+    big_upload = "data:image/png;base64," + "A" * (2 * 1024 * 1024)  # 1.5 MB decoded; the limit here is 1 MB
+    answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": big_upload})
     assert answer.status_code == 413
-    assert answer.json()["error"]["field"] == "cond_frames" and "limit" in answer.json()["error"]["message"]
+    error = answer.json()["error"]
+    assert error["field"] == "cond_frames" and "limit is 1048576" in error["message"]
+    huge_body = "data:image/png;base64," + "A" * (9 * 1024 * 1024)  # over the 8 MB body limit
+    answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": huge_body})
+    assert answer.status_code == 413 and "request body" in answer.json()["error"]["message"]
 
 
 def test_local_output_urls_are_signed_and_expire(api, stack):
