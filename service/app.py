@@ -95,8 +95,8 @@ class Gateway:
                 return self._replay(idem_key, fingerprint), False
         try:
             self.limits.check_rate(who.name)
-            self.limits.check_queue_depth()
             self.limits.check_concurrency(who.name)
+            self.limits.check_queue_depth()
             record, frames = validate_request(req, self.catalog.models(), self.settings)
             created = self.jobs.create(job_id, record["model"], record, frames, owner=who.name)
             self.limits.admitted(who.name, job_id)

@@ -48,8 +48,9 @@ def invalid(field: str, message: str) -> ApiError:
 
 
 def resolve_model(name: str | None, models: dict[str, dict], default: str | None) -> dict:
-    if name is None:
-        name = default if default in models else (sorted(models)[0] if models else None)
+    if name is None:  # the configured default, else the first model a live worker serves, else the first
+        served = sorted(n for n, m in models.items() if m.get("workers_up"))
+        name = default if default in models else (served or sorted(models) or [None])[0]
         if name is None:
             raise ApiError(503, "no_models", "no model is available yet: no worker has announced one",
                            headers={"Retry-After": "5"})
