@@ -32,6 +32,8 @@ from .requests import ApiError, body_fingerprint, validate_request
 from .schemas import ErrorResponse, GenerateRequest, Job, ModelInfo, ModelList
 from .settings import ServiceSettings, get_settings
 from .storage import LocalStorage, open_storage
+from .views import job_view
+from .webhooks import Deliverer, start_deliverer
 
 log = logging.getLogger(__name__)
 EVENT_POLL_S = 0.25
@@ -60,18 +62,7 @@ class Gateway:
         self.limits = Limits(self.redis, self.jobs, settings)
 
     def job_view(self, record: dict[str, Any]) -> dict[str, Any]:
-        """A job record as the API shows it: output keys become fresh signed URLs."""
-        outputs = []
-        for out in record.get("outputs") or []:
-            shown = {k: v for k, v in out.items() if k != "key"}
-            shown["url"] = self.storage.url(out["key"], self.settings.url_ttl_s)
-            outputs.append(shown)
-        view = {k: record.get(k) for k in ("id", "model", "status", "progress", "created_at", "started_at",
-                                           "finished_at", "request", "error", "attempts")}
-        view["outputs"] = outputs
-        view["metrics"] = record.get("metrics") or {}
-        view["attempts"] = record.get("attempts") or 0
-        return view
+        return job_view(record, self.storage, self.settings.url_ttl_s)
 
     def get_job(self, job_id: str, who: Principal) -> dict[str, Any]:
         record = self.jobs.get(job_id) if len(job_id) <= 64 else None
@@ -98,7 +89,9 @@ class Gateway:
             self.limits.check_concurrency(who.name)
             self.limits.check_queue_depth()
             record, frames = validate_request(req, self.catalog.models(), self.settings)
-            created = self.jobs.create(job_id, record["model"], record, frames, owner=who.name)
+            hooks = {"webhook": record["webhook"], "webhook_events": ",".join(record["webhook_events"])} \
+                if record.get("webhook") else {}
+            created = self.jobs.create(job_id, record["model"], record, frames, owner=who.name, **hooks)
             self.limits.admitted(who.name, job_id)
         except BaseException:
             if idem_key is not None:
@@ -169,6 +162,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         stop = threading.Event()
         _reaper_thread(gw, stop)
+        start_deliverer(Deliverer(gw.jobs, settings, gw.job_view), stop)
         yield
         stop.set()
 

@@ -23,8 +23,10 @@ JSON_FIELDS = ("request", "outputs", "error", "metrics")
 
 # A compare-and-set of a job's status that also keeps the status indexes: `{ns}:queued` (score: when it was
 # queued) and `{ns}:running` (score: when its worker's lease ends), which the reaper scans.
-# KEYS: job hash, queued index, running index. ARGV: allowed statuses (comma-separated), job id, new status
-# ('' = unchanged), index score, then field/value pairs.
+# It also queues the webhook events the change causes (`start` on running, `completed` on a terminal
+# state) in the outbox, in the same atomic step.
+# KEYS: job hash, queued index, running index, webhook outbox. ARGV: allowed statuses (comma-separated), job
+# id, new status ('' = unchanged), index score, then field/value pairs.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
@@ -44,6 +46,15 @@ elseif status == 'running' then
 elseif status ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[2])
+end
+local wanted = redis.call('HGET', KEYS[1], 'webhook_events')
+if wanted and status ~= '' and status ~= current then
+  local event = nil
+  if status == 'running' then event = 'start' end
+  if status == 'succeeded' or status == 'failed' or status == 'canceled' then event = 'completed' end
+  if event and string.find(',' .. wanted .. ',', ',' .. event .. ',', 1, true) then
+    redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[2] .. '|' .. event .. '|0')
+  end
 end
 return 1
 """
@@ -77,6 +88,10 @@ class JobStore:
     @property
     def running_index(self) -> str:
         return f"{self.namespace}:running"
+
+    @property
+    def webhook_outbox(self) -> str:
+        return f"{self.namespace}:webhooks"
 
     def queue(self, model: str) -> Queue:
         """The RQ queue of a model: workers serving it listen there."""
@@ -137,7 +152,7 @@ class JobStore:
         args = [",".join(allowed), job_id, status, repr(score)]
         for name, value in _encode(fields).items():
             args += [name, value]
-        keys = [self.key(job_id), self.queued_index, self.running_index]
+        keys = [self.key(job_id), self.queued_index, self.running_index, self.webhook_outbox]
         return bool(self._transition(keys=keys, args=args))
 
     def extend_leases(self, job_ids: list[str], lease_s: float) -> None:

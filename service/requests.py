@@ -21,6 +21,7 @@ from media import DecodeError, DecodeLimits, pad_frames, read_frames
 
 from .schemas import MAX_SEED, GenerateRequest
 from .settings import ServiceSettings
+from .webhooks import WebhookRefused, check_webhook_url
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                       re.ASCII)
@@ -148,6 +149,13 @@ def validate_request(req: GenerateRequest, models: dict[str, dict],
         record["class_name"] = names[record["class_label"]] if names else None
     elif req.class_label is not None:
         raise invalid("class_label", f"class_label is only for mode 'class', not {req.mode!r}")
+    if req.webhook is not None:
+        try:
+            check_webhook_url(req.webhook, settings.webhook_allow)
+        except WebhookRefused as exc:
+            raise invalid("webhook", str(exc)) from None
+        record["webhook"] = req.webhook
+        record["webhook_events"] = sorted(set(req.webhook_events))
     frames = None
     if req.mode == "frames":
         if not req.cond_frames:

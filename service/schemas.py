@@ -28,6 +28,10 @@ class GenerateRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed and settings: same videos")
     fps: float | None = Field(None, gt=0, le=120, allow_inf_nan=False, description="default: the model's")
+    webhook: str | None = Field(None, max_length=2048, description="URL that receives the job's events (POST, "
+                                                                   "signed; see the README)")
+    webhook_events: list[Literal["start", "completed"]] = Field(
+        default_factory=lambda: ["completed"], max_length=2, description="which events go to the webhook")
 
 
 class ErrorBody(BaseModel):

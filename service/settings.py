@@ -28,6 +28,11 @@ class ServiceSettings(BaseSettings):
     max_queue_depth: int = Field(1000, ge=1, description="queued jobs in all; past it, 503 with Retry-After")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none: CORS off)")
+    webhook_secret: str = Field("change-me-too", min_length=8, description="HMAC key of webhook signatures")
+    webhook_allow: list[str] = Field(default_factory=list, description="webhook hosts, IPs or networks allowed "
+                                     "although loopback/private/link-local (e.g. [\"127.0.0.1\"])")
+    webhook_max_attempts: int = Field(6, ge=1, description="deliveries of one event before giving up")
+    webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubled at each retry")
 
     # Gateway
     public_url: str = Field("http://127.0.0.1:8000", description="base of the URLs handed to clients")

@@ -26,6 +26,8 @@ from service.jobs import JobStore, now_iso
 from service.reaper import Reaper
 from service.settings import ServiceSettings
 from service.storage import S3Storage, open_storage
+from service.views import job_view
+from service.webhooks import Deliverer, start_deliverer
 
 from .batch import BatchJob, load_batch_jobs, run_batch
 
@@ -102,6 +104,8 @@ class WorkerRuntime:
                     log.warning("heartbeat failed: %s", exc)
 
         threading.Thread(target=loop, name="heartbeat", daemon=True).start()
+        deliverer = Deliverer(self.jobs, self.settings, lambda r: job_view(r, self.storage, self.settings.url_ttl_s))
+        start_deliverer(deliverer, self._stop)
 
     def stop(self) -> None:
         self._stop.set()
