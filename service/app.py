@@ -140,7 +140,7 @@ def _validation_field(loc: tuple) -> str:
 
 def _reaper_thread(gw: Gateway, stop: threading.Event) -> threading.Thread:
     """The gateway reaps too, so abandoned jobs are found even when every worker is gone."""
-    reaper = Reaper(gw.jobs, gw.settings)
+    reaper = Reaper(gw.jobs, gw.settings, gw.storage)
 
     def loop() -> None:
         while not stop.wait(gw.settings.reap_interval_s):

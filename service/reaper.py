@@ -16,17 +16,22 @@ import uuid
 
 from .jobs import JobStore, now_iso
 from .settings import ServiceSettings
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 STRANDED_AFTER_S = 30.0  # a queued job older than this is checked against its queue
+SWEEP_EVERY_S = 60.0  # how often outputs older than the job retention are deleted
 
 
 class Reaper:
-    def __init__(self, jobs: JobStore, settings: ServiceSettings):
-        self.jobs, self.settings = jobs, settings
+    """Also enforces retention: outputs older than the job records' lifetime are deleted from storage."""
+
+    def __init__(self, jobs: JobStore, settings: ServiceSettings, storage: Storage | None = None):
+        self.jobs, self.settings, self.storage = jobs, settings, storage
         self.lock_key = f"{settings.namespace}:reaper-lock"
         self.token = uuid.uuid4().hex
         self.last = 0.0
+        self.last_sweep = 0.0
 
     def maybe_reap(self) -> dict[str, int] | None:
         """Reap if reap_interval_s has passed since this process last did and no other reaper holds the lock."""
@@ -36,7 +41,11 @@ class Reaper:
         ttl_ms = int(max(self.settings.reap_interval_s, 1.0) * 1000)
         if not self.jobs.redis.set(self.lock_key, self.token, nx=True, px=ttl_ms):
             return None
-        return self.reap()
+        counts = self.reap()
+        if self.storage is not None and time.monotonic() - self.last_sweep >= SWEEP_EVERY_S:
+            self.last_sweep = time.monotonic()
+            counts["swept"] = self.storage.sweep(self.settings.job_ttl_s)
+        return counts
 
     def reap(self, now: float | None = None) -> dict[str, int]:
         now = time.time() if now is None else now

@@ -42,7 +42,7 @@ class ServiceSettings(BaseSettings):
     max_decoded_frames: int = Field(64, ge=1, description="frames a conditioning file may hold")
     max_decoded_pixels: int = Field(4096 * 4096, ge=1, description="width x height of a conditioning file")
     decode_timeout_s: float = Field(10.0, gt=0, description="longest a conditioning file may take to decode")
-    job_ttl_s: int = Field(24 * 3600, ge=60, description="how long job records are kept")
+    job_ttl_s: int = Field(24 * 3600, ge=60, description="how long job records and output files are kept")
 
     # Storage of outputs: "local" (a directory the gateway serves) or "s3".
     storage: str = Field("local", pattern="^(local|s3)$", description="local (served by the gateway) or s3")

@@ -34,6 +34,8 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> None: ...
 
+    def sweep(self, older_than_s: float, now: float | None = None) -> int: ...
+
 
 class LocalStorage:
     """Files under `root`; URLs point at the gateway's /v1/files route, signed with an HMAC key."""
@@ -70,6 +72,21 @@ class LocalStorage:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self.root / check_key(prefix), ignore_errors=True)
 
+    def sweep(self, older_than_s: float, now: float | None = None) -> int:
+        """Delete outputs written more than older_than_s ago; returns how many files went."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for path in self.root.rglob("*"):
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
+
 
 class S3Storage:
     """Objects in an S3-compatible bucket (AWS, MinIO, SeaweedFS); URLs are presigned GETs."""
@@ -105,6 +122,17 @@ class S3Storage:
         keys = [{"Key": item["Key"]} for item in listing.get("Contents", [])]
         if keys:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+    def sweep(self, older_than_s: float, now: float | None = None) -> int:
+        """Delete objects written more than older_than_s ago (object stores' lifecycle rules vary)."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        removed = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            old = [{"Key": o["Key"]} for o in page.get("Contents", []) if o["LastModified"].timestamp() < cutoff]
+            for start in range(0, len(old), 1000):
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": old[start:start + 1000]})
+            removed += len(old)
+        return removed
 
 
 def open_storage(settings: ServiceSettings) -> LocalStorage | S3Storage:

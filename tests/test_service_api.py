@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -218,6 +219,19 @@ def test_local_output_urls_are_signed_and_expire(api, stack):
     assert expired.status_code == 403 and "expired" in expired.json()["error"]["message"]
     assert httpx.get(url.split("?")[0]).status_code == 422
     assert httpx.get(f"{stack.url}/v1/files/..%2F..%2Fetc%2Fpasswd?expires=9999999999&sig=x").status_code in (403, 404)
+
+
+def test_local_sweep_deletes_outputs_past_retention(tmp_path):
+    storage = LocalStorage(tmp_path / "out", "http://x", "key-12345678")
+    source = tmp_path / "v.mp4"
+    source.write_bytes(b"video")
+    for key in ("old/0.mp4", "old/1.mp4", "new/0.mp4"):
+        storage.put(key, source, "video/mp4")
+    long_ago = time.time() - 7200
+    for name in ("0.mp4", "1.mp4"):
+        os.utime(storage.path(f"old/{name}"), (long_ago, long_ago))
+    assert storage.sweep(older_than_s=3600) == 2
+    assert not (tmp_path / "out" / "old").exists() and storage.path("new/0.mp4").is_file()
 
 
 def test_unknown_job_is_404_json(api):

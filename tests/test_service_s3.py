@@ -7,11 +7,20 @@ import pytest
 from service_stack import SeaweedS3, make_stack, write_bundle
 from test_service_api import probe, wait
 
+from service.settings import ServiceSettings
+from service.storage import S3Storage
+
 
 @pytest.fixture(scope="module")
-def s3_stack(tmp_path_factory):
+def s3(tmp_path_factory):
+    server = SeaweedS3(tmp_path_factory.mktemp("weed")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_stack(tmp_path_factory, s3):
     tmp = tmp_path_factory.mktemp("s3stack")
-    s3 = SeaweedS3(tmp / "weed").start()
     stack = make_stack(tmp, [write_bundle(tmp / "bundles", "tiny")], **s3.settings(), VGS_URL_TTL_S="2")
     try:
         stack.start_gateway()
@@ -21,7 +30,19 @@ def s3_stack(tmp_path_factory):
     finally:
         stack.stop()
         stack.redis.stop()
-        s3.stop()
+
+
+def test_sweep_deletes_only_old_objects(s3, tmp_path):
+    settings = ServiceSettings(**{k[4:].lower(): v for k, v in s3.settings("sweep-test").items()})
+    storage = S3Storage(settings)
+    storage.ensure_bucket()
+    source = tmp_path / "a.mp4"
+    source.write_bytes(b"video")
+    for key in ("job1/0.mp4", "job1/1.mp4", "job2/0.mp4"):
+        storage.put(key, source, "video/mp4")
+    assert storage.sweep(older_than_s=3600) == 0
+    assert storage.sweep(older_than_s=-5) == 3  # everything is older than 5 s in the future
+    assert storage.sweep(older_than_s=-5) == 0
 
 
 def test_outputs_go_to_s3_and_presigned_urls_expire(s3_stack, tmp_path):

@@ -92,7 +92,7 @@ class WorkerRuntime:
 
     def start_heartbeat(self) -> None:
         """A thread that renews the worker's presence and its jobs' leases, and reaps other workers' jobs."""
-        reaper = Reaper(self.jobs, self.settings)
+        reaper = Reaper(self.jobs, self.settings, self.storage)
 
         def loop() -> None:
             while not self._stop.wait(self.settings.heartbeat_s):
