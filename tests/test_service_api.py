@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import json
 import os
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -204,6 +205,30 @@ def test_oversized_frames_and_bodies_are_refused_with_413(api):
     huge_body = "data:image/png;base64," + "A" * (9 * 1024 * 1024)  # over the 8 MB body limit
     answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": huge_body})
     assert answer.status_code == 413 and "request body" in answer.json()["error"]["message"]
+
+
+def gif_bytes(width: int, height: int, frames: int = 1) -> bytes:
+    """A GIF whose screen is width x height, holding `frames` 1-pixel images: tiny files, big decodes."""
+    image = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + bytes([2, 2, 0x44, 0x01, 0])
+    return (b"GIF89a" + struct.pack("<HHBBB", width, height, 0xF0, 0, 0) + bytes([0, 0, 0, 255, 255, 255])
+            + image * frames + b"\x3b")
+
+
+def gif_uri(data: bytes) -> str:
+    return "data:image/gif;base64," + base64.b64encode(data).decode()
+
+
+def test_decompression_bombs_are_refused_and_long_gifs_cost_one_frame(api, stack):
+    bomb = api.post("/v1/generate", json={"mode": "frames", "cond_frames": gif_uri(gif_bytes(5000, 5000))})
+    assert bomb.status_code == 413, bomb.text
+    assert bomb.json()["error"]["field"] == "cond_frames"
+    assert "5000x5000 pixels are over the limit" in bomb.json()["error"]["message"]
+    huge = api.post("/v1/generate", json={"mode": "frames", "cond_frames": gif_uri(gif_bytes(20000, 20000))})
+    assert huge.status_code in (413, 422) and huge.json()["error"]["field"] == "cond_frames"
+    long_gif = gif_bytes(24, 24, frames=5000)
+    answer = api.post("/v1/generate", json={"mode": "frames", "cond_frames": gif_uri(long_gif)})
+    assert answer.status_code == 202  # only the first frame is decoded
+    assert wait(api, answer.json()["id"])["status"] == "succeeded"
 
 
 def test_local_output_urls_are_signed_and_expire(api, stack):
