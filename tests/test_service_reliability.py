@@ -131,3 +131,38 @@ def test_a_job_past_the_time_limit_fails_with_timeout(tmp_path):
     finally:
         s.stop()
         s.redis.stop()
+
+
+def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit(tmp_path, monkeypatch):
+    import torch
+
+    import worker.runtime as runtime_module
+    from worker.runtime import WorkerRuntime
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        bundle = write_bundle(tmp_path / "bundles", "tiny")
+        runtime = WorkerRuntime(ServiceSettings(redis_url=server.url, storage_dir=tmp_path / "out"))
+        runtime.load([bundle])
+        real_run_batch = runtime_module.run_batch
+        sizes = []
+
+        def run_batch_on_a_small_gpu(gpt, jobs, *args, **kwargs):
+            sizes.append(sum(job.n for job in jobs))
+            if sizes[-1] > 2:  # this "GPU" holds two samples at a time
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return real_run_batch(gpt, jobs, *args, **kwargs)
+
+        monkeypatch.setattr(runtime_module, "run_batch", run_batch_on_a_small_gpu)
+        request = {"mode": "unconditional", "temperature": 1.0, "top_k": None, "top_p": None, "seed": 1, "fps": 4.0}
+        for job_id, n in (("a", 1), ("b", 1), ("c", 3)):
+            runtime.jobs.create(job_id, "tiny", {**request, "num_samples": n})
+            claim(runtime.jobs, job_id, lease_s=60, worker=runtime.worker_id)
+        runtime._run_model("tiny", [runtime.jobs.get(j) for j in ("a", "b", "c")])
+        assert sizes == [5, 1, 4, 1, 3]  # all, then [a], then [b, c], then [b], then [c] alone
+        assert runtime.jobs.get("a")["status"] == runtime.jobs.get("b")["status"] == "succeeded"
+        failed = runtime.jobs.get("c")
+        assert failed["status"] == "failed" and failed["error"]["code"] == "out_of_memory"
+        assert "3 samples" in failed["error"]["message"]
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ single `sample` call (a prior trained with condition dropout mixes modes in one 
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import time
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import torch
 
 from media import MP4_CONTENT_TYPE, write_mp4
@@ -96,6 +98,12 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
     last_poll = [0.0]
 
     def should_stop() -> bool:
+        try:
+            return _should_stop()
+        except redis.exceptions.RedisError:
+            return False  # Redis is away: keep sampling; the results are written when it is back
+
+    def _should_stop() -> bool:
         if time.time() - started > timeout_s:
             for job in jobs:
                 if job.id in live:
@@ -115,9 +123,12 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
         now = time.monotonic()
         if now - last_poll[0] >= 0.2 or done == total:
             last_poll[0] = now
-            for job in jobs:
-                if job.id in live:
-                    store.update(job.id, progress=round(fraction, 4))
+            try:
+                for job in jobs:
+                    if job.id in live:
+                        store.update(job.id, progress=round(fraction, 4))
+            except redis.exceptions.RedisError:
+                pass  # progress is best effort
         if on_progress:
             on_progress(fraction)
 
@@ -171,9 +182,24 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
             "batch_jobs": len(jobs),
         }
         job.metrics.update(metrics)
-        store.transition(job.id, ("running",), status="succeeded", progress=1.0, finished_at=now_iso(),
-                         outputs=outputs, metrics=metrics)
+        _retrying(functools.partial(store.transition, job.id, ("running",), status="succeeded", progress=1.0,
+                                    finished_at=now_iso(), outputs=outputs, metrics=metrics))
         log.info("job %s succeeded: %d videos", job.id, job.n, extra={"job_id": job.id})
+
+
+def _retrying(write: Callable[[], object], for_s: float = 30.0) -> None:
+    """A final write that survives a short Redis outage (a restart); past for_s the error goes up."""
+    deadline = time.monotonic() + for_s
+    delay = 0.2
+    while True:
+        try:
+            write()
+            return
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
 
 
 def _finish_canceled(store: JobStore, job: BatchJob) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from rq import SimpleWorker
 
 from service.settings import ServiceSettings
@@ -11,20 +13,43 @@ from service.settings import ServiceSettings
 from .runtime import WorkerRuntime, set_runtime
 
 log = logging.getLogger(__name__)
+RECONNECT_WAIT_S = 2.0
 
 
 def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
-    """Serve jobs until SIGINT/SIGTERM (RQ finishes the current batch first) or, with burst, until idle."""
+    """Serve jobs until SIGINT/SIGTERM (the current batch finishes first) or, with burst, until idle.
+
+    RQ's loop gives up on some Redis errors; the worker then waits for Redis and starts a fresh loop,
+    so a Redis restart does not take workers down with it.
+    """
     runtime = WorkerRuntime(settings)
     runtime.load(list(settings.bundles))
     set_runtime(runtime)
     runtime.announce()
     runtime.start_heartbeat()
     runtime.state = "idle"
-    worker = SimpleWorker(runtime.queue_names(), connection=runtime.redis, name=runtime.worker_id)
     log.info("worker %s serving %s", runtime.worker_id, ", ".join(runtime.models))
     try:
-        worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+        for generation in range(1_000_000):
+            name = runtime.worker_id if generation == 0 else f"{runtime.worker_id}.{generation}"
+            worker = SimpleWorker(runtime.queue_names(), connection=runtime.redis, name=name)
+            try:
+                worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+            except redis.exceptions.RedisError as exc:
+                log.warning("worker loop stopped on a Redis error: %s", exc)
+            if burst or getattr(worker, "_stop_requested", False):
+                return
+            log.warning("the worker loop ended without a stop request; reconnecting to Redis")
+            _wait_for_redis(runtime.redis)
     finally:
         runtime.stop()
         set_runtime(None)
+
+
+def _wait_for_redis(client: redis.Redis) -> None:
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.RedisError:
+            time.sleep(RECONNECT_WAIT_S)

@@ -183,12 +183,33 @@ class WorkerRuntime:
             for job in jobs:
                 job.metrics["claimed_at"] = claimed_at
             log.info("batch of %d jobs (%d samples) for %s", len(jobs), sum(j.n for j in jobs), model)
-            run_batch(gpt, jobs, self.jobs, self.storage, self.settings.upscale, self.settings.job_timeout_s)
+            self._run_fitting(gpt, jobs)
+        except redis.exceptions.RedisError:
+            # The jobs are fine; Redis is not. Their leases lapse and the reaper requeues them.
+            log.exception("Redis failed during a batch of %s; its jobs are retried once their leases end", model)
         except Exception as exc:  # every claimed job must end terminal, whatever broke
             log.exception("batch for %s failed", model)
             for record in records:
                 self.jobs.transition(record["id"], ("running",), status="failed", finished_at=now_iso(),
                                      error={"code": "internal", "message": f"{type(exc).__name__}: {exc}"})
+
+    def _run_fitting(self, gpt: VideoGPT, jobs: list[BatchJob]) -> None:
+        """Run the batch; out of GPU memory, run each half on its own, down to single jobs."""
+        try:
+            run_batch(gpt, jobs, self.jobs, self.storage, self.settings.upscale, self.settings.job_timeout_s)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(jobs) == 1:
+                job = jobs[0]
+                self.jobs.transition(job.id, ("running",), status="failed", finished_at=now_iso(), error={
+                    "code": "out_of_memory", "message": f"{job.n} samples do not fit in the GPU's memory even "
+                                                        "alone; ask for fewer num_samples"})
+                return
+            half = len(jobs) // 2
+            log.warning("out of memory with %d jobs; running %d and %d apart", len(jobs), half, len(jobs) - half)
+            self._run_fitting(gpt, jobs[:half])
+            self._run_fitting(gpt, jobs[half:])
 
 
 _runtime: WorkerRuntime | None = None
