@@ -26,6 +26,8 @@ from .auth import KeyRing, Principal, can_see
 from .catalog import Catalog
 from .jobs import TERMINAL, JobStore, new_job_id
 from .limits import Limits
+from .metrics import EVENT_STREAMS, JOBS_REJECTED, JOBS_SUBMITTED, RequestMetricsMiddleware
+from .metrics import render as render_metrics
 from .middleware import BodyLimitMiddleware, SecurityHeadersMiddleware
 from .reaper import Reaper
 from .requests import ApiError, body_fingerprint, validate_request
@@ -176,6 +178,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                            expose_headers=["Location", "Retry-After"])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(RequestMetricsMiddleware)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -203,7 +206,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     def generate(req: GenerateRequest, response: Response, who: Who,
                  idempotency_key: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Queue a generation job; 202 with the job and its Location."""
-        record, _ = gw.submit(req, idempotency_key, who)
+        try:
+            record, created = gw.submit(req, idempotency_key, who)
+        except ApiError as exc:
+            JOBS_REJECTED.labels(exc.code).inc()
+            raise
+        except redis.exceptions.RedisError:
+            JOBS_REJECTED.labels("unavailable").inc()
+            raise
+        if created:
+            JOBS_SUBMITTED.labels(record["model"], record["request"]["mode"]).inc()
         response.headers["Location"] = f"/v1/jobs/{record['id']}"
         return gw.job_view(record)
 
@@ -226,6 +238,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         await asyncio.to_thread(gw.get_job, job_id, who)
 
         async def stream():
+            EVENT_STREAMS.inc()
+            try:
+                async for chunk in events():
+                    yield chunk
+            finally:
+                EVENT_STREAMS.dec()
+
+        async def events():
             last, last_sent = None, time.monotonic()
             while True:
                 record = await asyncio.to_thread(gw.jobs.get, job_id)
@@ -273,6 +293,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         if not path.is_file():
             raise ApiError(404, "not_found", "this output no longer exists (expired)")
         return FileResponse(path, media_type="video/mp4")
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics of every gateway process, and queue depths read from Redis."""
+        body, content_type = render_metrics(gw)
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

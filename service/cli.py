@@ -261,9 +261,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
     _configure_logging()
+    # Metrics of several uvicorn processes meet in one directory, named before prometheus_client loads.
+    import tempfile
+
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="vgs-metrics-")
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):  # files of an earlier run would add to this one's counts
+        if name.endswith(".db"):
+            os.unlink(os.path.join(directory, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level="warning", proxy_headers=True)
     return 0

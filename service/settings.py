@@ -69,6 +69,7 @@ class ServiceSettings(BaseSettings):
     reap_interval_s: float = Field(5.0, gt=0, description="how often abandoned and stranded jobs are looked for")
     job_timeout_s: float = Field(600.0, gt=0, description="longest a job may run; past it, failed (timeout)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    metrics_port: int = Field(9100, ge=0, le=65535, description="worker: port of its /metrics (0: none)")
 
 
 @lru_cache(maxsize=1)

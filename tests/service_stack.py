@@ -130,16 +130,17 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, *args: str, log_name: str) -> subprocess.Popen:
+    def _spawn(self, *args: str, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(Path(self.env["VGS_STORAGE_DIR"]).parent / f"{log_name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=self.env, cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env or self.env, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT)
 
     def start_gateway(self) -> None:
         self.procs.append(self._spawn("gateway", "--port", str(self.port), log_name="gateway"))
 
-    def start_worker(self) -> subprocess.Popen:
-        proc = self._spawn("worker", log_name=f"worker{len(self.workers)}")
+    def start_worker(self, metrics_port: int = 0) -> subprocess.Popen:
+        env = dict(self.env, VGS_METRICS_PORT=str(metrics_port))
+        proc = self._spawn("worker", log_name=f"worker{len(self.workers)}", env=env)
         self.workers.append(proc)
         return proc
 
@@ -175,7 +176,7 @@ def make_stack(tmp: Path, bundles: list[Path], **settings: str) -> Stack:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VGS_")}
     env.update({
         "VGS_REDIS_URL": server.url, "VGS_STORAGE_DIR": str(tmp / "outputs"),
-        "VGS_BUNDLES": "[" + ",".join(f'"{b}"' for b in bundles) + "]", "VGS_THREADS": "1",
+        "VGS_BUNDLES": "[" + ",".join(f'"{b}"' for b in bundles) + "]", "VGS_THREADS": "1", "VGS_METRICS_PORT": "0",
         "VGS_BATCH_WAIT_S": "0.5", "VGS_HEARTBEAT_S": "1", "PYTHONUNBUFFERED": "1",
         "VGS_URL_SIGNING_KEY": "test-signing-key",
     })

@@ -25,6 +25,7 @@ from service.jobs import JobStore, now_iso
 from service.requests import frames_from_bytes
 from service.storage import Storage
 
+from . import metrics
 from .video import to_uint8_frames
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,16 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
     sampled = time.time()
     sampling_s = sampled - started
     tokens = codes[0].numel()
+    model = gpt.info.name if hasattr(gpt, "info") else "unnamed"
+    metrics.SAMPLING.labels(model).observe(sampling_s)
+    metrics.TOKENS.labels(model).inc(n * tokens)
+    metrics.TOKENS_PER_SECOND.labels(model).set(n * tokens / max(sampling_s, 1e-9))
+    metrics.BATCH_SAMPLES.labels(model).observe(n)
     with torch.no_grad():
         videos = torch.cat([gpt.vqvae.decode(codes[i:i + DECODE_CHUNK]).float().cpu()
                             for i in range(0, n, DECODE_CHUNK)])
     decode_s = time.time() - sampled
+    metrics.DECODE.labels(model).observe(decode_s)
     scale = output_scale(vq.resolution, upscale)
     row = 0
     for job in jobs:
@@ -171,7 +178,7 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
                 store_s += time.time() - t1
                 encode_s += t1 - t0
                 outputs.append({"key": key, **info})
-        metrics = {
+        job_metrics = {
             "queue_seconds": round(job.metrics.get("claimed_at", started) - job.created_at, 4),
             "sampling_seconds": round(sampling_s, 4),
             "decode_seconds": round(decode_s * job.n / n, 4),
@@ -181,9 +188,12 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
             "batch_samples": n,
             "batch_jobs": len(jobs),
         }
-        job.metrics.update(metrics)
+        job.metrics.update(job_metrics)
+        metrics.QUEUE_WAIT.labels(model).observe(job_metrics["queue_seconds"])
+        metrics.ENCODE.labels(model).observe(encode_s)
+        metrics.UPLOAD.labels(model).observe(store_s)
         _retrying(functools.partial(store.transition, job.id, ("running",), status="succeeded", progress=1.0,
-                                    finished_at=now_iso(), outputs=outputs, metrics=metrics))
+                                    finished_at=now_iso(), outputs=outputs, metrics=job_metrics))
         log.info("job %s succeeded: %d videos", job.id, job.n, extra={"job_id": job.id})
 
 

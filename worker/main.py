@@ -10,6 +10,7 @@ from rq import SimpleWorker
 
 from service.settings import ServiceSettings
 
+from . import metrics
 from .runtime import WorkerRuntime, set_runtime
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
     runtime.load(list(settings.bundles))
     set_runtime(runtime)
     runtime.announce()
+    metrics.serve(settings.metrics_port)
     runtime.start_heartbeat()
     runtime.state = "idle"
     log.info("worker %s serving %s", runtime.worker_id, ", ".join(runtime.models))
@@ -37,7 +39,8 @@ def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
             except redis.exceptions.RedisError as exc:
                 log.warning("worker loop stopped on a Redis error: %s", exc)
-            if burst or getattr(worker, "_stop_requested", False):
+            # rq marks a stop request with this date whether the worker was busy or idle
+            if burst or getattr(worker, "_shutdown_requested_date", None) is not None:
                 return
             log.warning("the worker loop ended without a stop request; reconnecting to Redis")
             _wait_for_redis(runtime.redis)

@@ -22,13 +22,14 @@ from rq import Queue
 
 from models import VideoGPT, load_gpt
 from service.catalog import Catalog
-from service.jobs import JobStore, now_iso
+from service.jobs import TERMINAL, JobStore, now_iso
 from service.reaper import Reaper
 from service.settings import ServiceSettings
 from service.storage import S3Storage, open_storage
 from service.views import job_view
 from service.webhooks import Deliverer, start_deliverer
 
+from . import metrics
 from .batch import BatchJob, load_batch_jobs, run_batch
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class WorkerRuntime:
             if name in self.models:
                 raise ValueError(f"two bundles are named {name!r}: {bundle} and another; model names must differ")
             self.models[name] = gpt
+            metrics.MODEL_LOAD.labels(name).set(time.time() - started)
             log.info("loaded %s from %s in %.2f s on %s", name, bundle, time.time() - started, self.device)
 
     def queue_names(self) -> list[str]:
@@ -87,6 +89,7 @@ class WorkerRuntime:
         self.beat()
 
     def beat(self) -> None:
+        metrics.beat()
         self.catalog.heartbeat(self.worker_id, list(self.models), ttl_s=3 * self.settings.heartbeat_s,
                                state=self.state)
 
@@ -166,11 +169,13 @@ class WorkerRuntime:
         for record in claimed:
             by_model.setdefault(record["model"], []).append(record)
         self.state = "busy"
+        metrics.BUSY.set(1)
         try:
             for model, records in by_model.items():
                 self._run_model(model, records)
         finally:
             self.state = "idle"
+            metrics.BUSY.set(0)
             self.current.clear()
 
     def _run_model(self, model: str, records: list[dict]) -> None:
@@ -184,6 +189,7 @@ class WorkerRuntime:
                 job.metrics["claimed_at"] = claimed_at
             log.info("batch of %d jobs (%d samples) for %s", len(jobs), sum(j.n for j in jobs), model)
             self._run_fitting(gpt, jobs)
+            self._count_outcomes(model, [job.id for job in jobs])
         except redis.exceptions.RedisError:
             # The jobs are fine; Redis is not. Their leases lapse and the reaper requeues them.
             log.exception("Redis failed during a batch of %s; its jobs are retried once their leases end", model)
@@ -192,6 +198,12 @@ class WorkerRuntime:
             for record in records:
                 self.jobs.transition(record["id"], ("running",), status="failed", finished_at=now_iso(),
                                      error={"code": "internal", "message": f"{type(exc).__name__}: {exc}"})
+            self._count_outcomes(model, [record["id"] for record in records])
+
+    def _count_outcomes(self, model: str, job_ids: list[str]) -> None:
+        for record in self.jobs.get_many(job_ids):
+            if record is not None and record["status"] in TERMINAL:
+                metrics.JOBS.labels(model, record["status"]).inc()
 
     def _run_fitting(self, gpt: VideoGPT, jobs: list[BatchJob]) -> None:
         """Run the batch; out of GPU memory, run each half on its own, down to single jobs."""
