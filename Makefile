@@ -16,7 +16,29 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+# Deployment checkers that are not Python packages of ours: promtool and prometheus (Debian's package,
+# unpacked, not installed), docker-compose v1 to validate the compose file without a Docker engine.
+TOOLS := build/tools
+PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
+COMPOSE := $(TOOLS)/compose/bin/docker-compose
+
+$(PROMTOOL):
+	mkdir -p $(TOOLS)/prometheus
+	cd $(TOOLS) && rm -f prometheus_*.deb && apt-get download prometheus 2>/dev/null \
+		&& dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb
+	test -x $(PROMTOOL)
+
+# docker-compose 1.29 needs PyYAML 5.4.1, which builds only with Cython < 3 and no build isolation.
+$(COMPOSE):
+	$(PYTHON) -m venv $(TOOLS)/compose
+	$(TOOLS)/compose/bin/pip install --quiet --disable-pip-version-check "cython<3" wheel setuptools
+	$(TOOLS)/compose/bin/pip install --quiet --disable-pip-version-check --no-build-isolation "pyyaml==5.4.1"
+	$(TOOLS)/compose/bin/pip install --quiet --disable-pip-version-check "docker-compose==1.29.2"
+
+.PHONY: tools
+tools: $(PROMTOOL) $(COMPOSE)
+
+test: $(STAMP) lint tools
 	$(BIN)/python -m pytest -q
 
 # Redis (private, port 6380, data in ./data), one worker with the shipped model, the gateway on :8000.

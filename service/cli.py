@@ -276,7 +276,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             os.unlink(os.path.join(directory, name))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", proxy_headers=True)
+                log_level="warning", proxy_headers=True, log_config=None)
     return 0
 
 
@@ -310,9 +310,9 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 def _configure_logging() -> None:
-    import logging
+    from service.logs import configure_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:

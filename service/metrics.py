@@ -32,6 +32,9 @@ JOBS_REJECTED = Counter("vgs_jobs_rejected_total", "generation requests refused,
 EVENT_STREAMS = Gauge("vgs_event_streams_open", "open server-sent event streams", multiprocess_mode="livesum")
 
 
+REDIS_GAUGES = ("vgs_queue_depth", "vgs_jobs_running", "vgs_workers_up")
+
+
 class RedisStateCollector:
     """Per-model queue depth, jobs running and live workers, read from Redis at scrape time."""
 

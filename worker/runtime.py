@@ -187,14 +187,16 @@ class WorkerRuntime:
             jobs: list[BatchJob] = load_batch_jobs(self.jobs, records)
             for job in jobs:
                 job.metrics["claimed_at"] = claimed_at
-            log.info("batch of %d jobs (%d samples) for %s", len(jobs), sum(j.n for j in jobs), model)
+            log.info("batch of %d jobs (%d samples) for %s", len(jobs), sum(j.n for j in jobs), model,
+                     extra={"job_ids": [job.id for job in jobs], "model": model})
             self._run_fitting(gpt, jobs)
             self._count_outcomes(model, [job.id for job in jobs])
         except redis.exceptions.RedisError:
             # The jobs are fine; Redis is not. Their leases lapse and the reaper requeues them.
-            log.exception("Redis failed during a batch of %s; its jobs are retried once their leases end", model)
+            log.exception("Redis failed during a batch of %s; its jobs are retried once their leases end", model,
+                          extra={"job_ids": [r["id"] for r in records]})
         except Exception as exc:  # every claimed job must end terminal, whatever broke
-            log.exception("batch for %s failed", model)
+            log.exception("batch for %s failed", model, extra={"job_ids": [r["id"] for r in records]})
             for record in records:
                 self.jobs.transition(record["id"], ("running",), status="failed", finished_at=now_iso(),
                                      error={"code": "internal", "message": f"{type(exc).__name__}: {exc}"})
@@ -219,7 +221,8 @@ class WorkerRuntime:
                                                         "alone; ask for fewer num_samples"})
                 return
             half = len(jobs) // 2
-            log.warning("out of memory with %d jobs; running %d and %d apart", len(jobs), half, len(jobs) - half)
+            log.warning("out of memory with %d jobs; running %d and %d apart", len(jobs), half, len(jobs) - half,
+                        extra={"job_ids": [job.id for job in jobs]})
             self._run_fitting(gpt, jobs[:half])
             self._run_fitting(gpt, jobs[half:])
 
