@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,17 @@ class SeaweedS3:
                 "VGS_S3_ACCESS_KEY": self.access_key, "VGS_S3_SECRET_KEY": self.secret_key}
 
 
+GHOST_MODEL = {"name": "ghost", "modes": ["unconditional"], "class_names": None, "n_classes": 0, "n_cond_frames": 0,
+               "frames": 4, "resolution": 16, "fps": 4.0, "latent_shape": [2, 4, 4]}
+
+
+def publish_ghost(stack: Stack) -> None:
+    """Announce a model that no worker serves: its jobs stay queued."""
+    from service.catalog import Catalog
+
+    Catalog(stack.redis.client(), "vgs").publish_model(GHOST_MODEL)
+
+
 def write_bundle(out: Path, name: str, latent: tuple[int, int, int] = (2, 4, 4), layers: int = 1,
                  hidden: int = 24, seed: int = 0) -> Path:
     """A small random prior with classes 0-4 (named) and 1 conditioning frame, trained with condition
@@ -124,6 +137,7 @@ class Stack:
     env: dict[str, str]
     port: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    worker_metrics: int = 0
     workers: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -144,12 +158,13 @@ class Stack:
         self.workers.append(proc)
         return proc
 
-    def wait_ready(self, workers: int = 1, timeout_s: float = 90) -> None:
+    def wait_ready(self, workers: int = 1, timeout_s: float = 90, path: str = "/readyz") -> None:
+        """Until `path` answers 200 (/readyz: with at least `workers` workers up)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                answer = httpx.get(f"{self.url}/readyz", timeout=2)
-                if answer.status_code == 200 and answer.json()["workers"] >= workers:
+                answer = httpx.get(f"{self.url}{path}", timeout=2)
+                if answer.status_code == 200 and (path != "/readyz" or answer.json()["workers"] >= workers):
                     return
             except httpx.HTTPError:
                 pass
@@ -169,6 +184,23 @@ class Stack:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def serving(tmp: Path, bundles: list[Path], workers: int = 1, metrics_port: int = 0, ready: str = "/readyz",
+            **settings: str) -> Iterator[Stack]:
+    """A running stack (gateway, `workers` workers, Redis), stopped on exit; ready: the path to wait on."""
+    s = make_stack(tmp, bundles, **settings)
+    s.worker_metrics = metrics_port
+    s.start_gateway()
+    for _ in range(workers):
+        s.start_worker(metrics_port=metrics_port)
+    try:
+        s.wait_ready(workers, path=ready)
+        yield s
+    finally:
+        s.stop()
+        s.redis.stop()
 
 
 def make_stack(tmp: Path, bundles: list[Path], **settings: str) -> Stack:

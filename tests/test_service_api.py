@@ -15,10 +15,9 @@ import httpx
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from service_stack import make_stack, write_bundle
+from service_stack import make_stack, publish_ghost, serving, write_bundle
 
 from media import png_bytes, write_mp4
-from service.catalog import Catalog
 from service.storage import LocalStorage
 
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -29,20 +28,10 @@ def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
     bundles = [write_bundle(tmp / "bundles", "tiny"),
                write_bundle(tmp / "bundles", "slow", latent=(8, 16, 16), layers=2, seed=1)]
-    s = make_stack(tmp, bundles, VGS_DEFAULT_MODEL="tiny", VGS_MAX_SAMPLES="8",
-                   VGS_MAX_COND_FRAMES_BYTES=str(1024 * 1024))
-    s.start_gateway()
-    s.start_worker()
-    try:
-        s.wait_ready()
-        # a model that no worker serves: its jobs stay queued
-        Catalog(s.redis.client(), "vgs").publish_model(
-            {"name": "ghost", "modes": ["unconditional"], "class_names": None, "n_classes": 0,
-             "n_cond_frames": 0, "frames": 4, "resolution": 16, "fps": 4.0, "latent_shape": [2, 4, 4]})
+    with serving(tmp, bundles, VGS_DEFAULT_MODEL="tiny", VGS_MAX_SAMPLES="8",
+                 VGS_MAX_COND_FRAMES_BYTES=str(1024 * 1024)) as s:
+        publish_ghost(s)  # a model that no worker serves: its jobs stay queued
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 @pytest.fixture
@@ -334,7 +323,6 @@ def test_eight_concurrent_requests_decode_in_one_batch(api, stack):
 
 
 def test_redis_down_gives_503_and_the_gateway_stays_up(tmp_path):
-    from service_stack import make_stack
 
     s = make_stack(tmp_path, [])
     s.start_gateway()
@@ -347,9 +335,7 @@ def test_redis_down_gives_503_and_the_gateway_stays_up(tmp_path):
             except httpx.HTTPError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        Catalog(s.redis.client(), "vgs").publish_model(
-            {"name": "ghost", "modes": ["unconditional"], "class_names": None, "n_classes": 0,
-             "n_cond_frames": 0, "frames": 4, "resolution": 16, "fps": 4.0, "latent_shape": [2, 4, 4]})
+        publish_ghost(s)
         with httpx.Client(base_url=s.url, timeout=10) as api:
             job = submit(api, mode="unconditional").json()
             s.redis.stop()

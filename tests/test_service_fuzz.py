@@ -7,7 +7,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from service_stack import make_stack, write_bundle
+from service_stack import serving, write_bundle
 
 from service.auth import hash_key
 
@@ -18,16 +18,9 @@ KEY = "fuzzer-api-key"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    s = make_stack(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_RATE_LIMIT_PER_MINUTE="0",
-                   VGS_MAX_CONCURRENT_JOBS="0", VGS_AUTH="true", VGS_API_KEYS=f"fuzzer:{hash_key(KEY)}")
-    s.start_gateway()
-    s.start_worker()
-    try:
-        s.wait_ready()
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_RATE_LIMIT_PER_MINUTE="0",
+                 VGS_MAX_CONCURRENT_JOBS="0", VGS_AUTH="true", VGS_API_KEYS=f"fuzzer:{hash_key(KEY)}") as s:
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 def test_gateway_conforms_to_its_schema(stack):

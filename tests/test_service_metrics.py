@@ -5,23 +5,15 @@ from __future__ import annotations
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from service_stack import free_port, make_stack, write_bundle
+from service_stack import free_port, serving, write_bundle
 from test_service_api import submit, wait
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics")
-    s = make_stack(tmp, [write_bundle(tmp / "bundles", "tiny")])
-    s.worker_metrics = free_port()
-    s.start_gateway()
-    s.start_worker(metrics_port=s.worker_metrics)
-    try:
-        s.wait_ready()
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], metrics_port=free_port()) as s:
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

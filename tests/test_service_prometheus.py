@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from service_stack import free_port, make_stack, write_bundle
+from service_stack import free_port, serving, write_bundle
 from test_deploy import TOOLS, tool
 from test_service_api import submit, wait
 
@@ -17,16 +17,8 @@ PROMETHEUS = TOOLS / "prometheus" / "usr" / "bin" / "prometheus"
 
 @pytest.fixture
 def stack(tmp_path):
-    s = make_stack(tmp_path, [write_bundle(tmp_path / "bundles", "tiny")])
-    s.worker_metrics = free_port()
-    s.start_gateway()
-    s.start_worker(metrics_port=s.worker_metrics)
-    try:
-        s.wait_ready()
+    with serving(tmp_path, [write_bundle(tmp_path / "bundles", "tiny")], metrics_port=free_port()) as s:
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 def query(url: str, expr: str) -> list[dict]:

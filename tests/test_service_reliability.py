@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from service_stack import RedisServer, make_stack, write_bundle
+from service_stack import RedisServer, serving, write_bundle
 from test_service_api import submit, wait
 
 from service.jobs import JobStore
@@ -74,15 +74,8 @@ def test_a_queued_job_off_its_queue_is_requeued(store):
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliability")
     bundles = [write_bundle(tmp / "bundles", "slow", latent=(8, 16, 16), layers=2, seed=1)]
-    s = make_stack(tmp, bundles, VGS_LEASE_S="2", VGS_HEARTBEAT_S="0.5", VGS_REAP_INTERVAL_S="0.5")
-    s.start_gateway()
-    s.start_worker()
-    try:
-        s.wait_ready()
+    with serving(tmp, bundles, VGS_LEASE_S="2", VGS_HEARTBEAT_S="0.5", VGS_REAP_INTERVAL_S="0.5") as s:
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 def wait_running(api, job_id, timeout_s=30):
@@ -119,18 +112,11 @@ def test_sigterm_finishes_the_running_batch_then_exits(stack):
 
 
 def test_a_job_past_the_time_limit_fails_with_timeout(tmp_path):
-    s = make_stack(tmp_path, [write_bundle(tmp_path / "bundles", "slow", latent=(8, 16, 16), layers=2)],
-                   VGS_JOB_TIMEOUT_S="0.3")
-    s.start_gateway()
-    s.start_worker()
-    try:
-        s.wait_ready()
-        with httpx.Client(base_url=s.url, timeout=30) as api:
-            done = wait(api, submit(api, mode="unconditional", num_samples=8).json()["id"])
-        assert done["status"] == "failed" and done["error"]["code"] == "timeout", done
-    finally:
-        s.stop()
-        s.redis.stop()
+    bundle = write_bundle(tmp_path / "bundles", "slow", latent=(8, 16, 16), layers=2)
+    with serving(tmp_path, [bundle], VGS_JOB_TIMEOUT_S="0.3") as s, \
+            httpx.Client(base_url=s.url, timeout=30) as api:
+        done = wait(api, submit(api, mode="unconditional", num_samples=8).json()["id"])
+    assert done["status"] == "failed" and done["error"]["code"] == "timeout", done
 
 
 def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import time
 
 import httpx
 import pytest
-from service_stack import SeaweedS3, make_stack, write_bundle
+from service_stack import SeaweedS3, serving, write_bundle
 from test_service_api import probe, wait
 
 from service.settings import ServiceSettings
@@ -21,15 +21,8 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_stack(tmp_path_factory, s3):
     tmp = tmp_path_factory.mktemp("s3stack")
-    stack = make_stack(tmp, [write_bundle(tmp / "bundles", "tiny")], **s3.settings(), VGS_URL_TTL_S="2")
-    try:
-        stack.start_gateway()
-        stack.start_worker()
-        stack.wait_ready()
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], **s3.settings(), VGS_URL_TTL_S="2") as stack:
         yield stack
-    finally:
-        stack.stop()
-        stack.redis.stop()
 
 
 def test_sweep_deletes_only_old_objects(s3, tmp_path):

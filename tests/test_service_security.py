@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from service_stack import make_stack, write_bundle
+from service_stack import publish_ghost, serving, write_bundle
 from test_service_api import wait
 
 from service.auth import hash_key, parse_entries
-from service.catalog import Catalog
 
 KEYS = {"alice": "alice-secret-key", "bob": "bob-secret-key", "root": "root-secret-key", "rate": "rate-key",
         "busy": "busy-key", "fill1": "fill-1-key", "fill2": "fill-2-key", "fill3": "fill-3-key"}
-GHOST = {"name": "ghost", "modes": ["unconditional"], "class_names": None, "n_classes": 0, "n_cond_frames": 0,
-         "frames": 4, "resolution": 16, "fps": 4.0, "latent_shape": [2, 4, 4]}
 
 
 @pytest.fixture(scope="module")
@@ -22,29 +19,11 @@ def stack(tmp_path_factory):
     entries = [f"{name}:{hash_key(key)}" + (":admin" if name == "root" else "") for name, key in KEYS.items()]
     keys_file = tmp / "keys.txt"
     keys_file.write_text("# the operators' keys\n" + "\n".join(entries[3:]) + "\n")
-    s = make_stack(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_AUTH="true", VGS_API_KEYS=",".join(entries[:3]),
-                   VGS_API_KEYS_FILE=str(keys_file), VGS_RATE_LIMIT_PER_MINUTE="5", VGS_MAX_CONCURRENT_JOBS="3",
-                   VGS_MAX_QUEUE_DEPTH="8")
-    s.start_gateway()
-    s.start_worker()
-    try:
-        with httpx.Client(base_url=s.url, timeout=5) as probe:
-            import time
-
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    if probe.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
-        Catalog(s.redis.client(), "vgs").publish_model(GHOST)
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_AUTH="true", VGS_API_KEYS=",".join(entries[:3]),
+                 VGS_API_KEYS_FILE=str(keys_file), VGS_RATE_LIMIT_PER_MINUTE="5", VGS_MAX_CONCURRENT_JOBS="3",
+                 VGS_MAX_QUEUE_DEPTH="8") as s:
+        publish_ghost(s)
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 def client(stack, who: str | None) -> httpx.Client:

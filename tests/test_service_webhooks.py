@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from service_stack import make_stack, write_bundle
+from service_stack import serving, write_bundle
 from test_service_api import submit, wait
 
 from service.webhooks import WebhookRefused, check_webhook_url, verify
@@ -52,16 +52,9 @@ class Receiver:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hooks")
-    s = make_stack(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_WEBHOOK_SECRET=SECRET,
-                   VGS_WEBHOOK_ALLOW='["127.0.0.1"]', VGS_WEBHOOK_BACKOFF_S="0.3")
-    s.start_gateway()
-    s.start_worker()
-    try:
-        s.wait_ready()
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_WEBHOOK_SECRET=SECRET,
+                 VGS_WEBHOOK_ALLOW='["127.0.0.1"]', VGS_WEBHOOK_BACKOFF_S="0.3") as s:
         yield s
-    finally:
-        s.stop()
-        s.redis.stop()
 
 
 def test_events_are_signed_and_retried_until_delivered(stack):
