@@ -12,6 +12,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Any
 
 import redis
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import KeyRing, Principal, can_see
@@ -38,6 +40,10 @@ from .views import job_view
 from .webhooks import Deliverer, start_deliverer
 
 log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+# The page runs only its own script and style; videos may come from S3 (presigned URLs elsewhere).
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+            "media-src 'self' blob: https: http:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'")
 EVENT_POLL_S = 0.25
 EVENT_KEEPALIVE_S = 15.0
 ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422, 429, 503)}
@@ -314,9 +320,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise ApiError(503, "unavailable", "no worker is up", headers={"Retry-After": "5"})
         return {"status": "ready", "workers": len(workers)}
 
-    @app.get("/", tags=["health"])
-    def discovery() -> dict[str, Any]:
-        """What this server is and where to go next."""
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", tags=["health"], responses={200: {"content": {"text/html": {}, "application/json": {}}}})
+    def discovery(request: Request) -> Any:
+        """The web page for browsers; for API clients, what this server is and where to go next."""
+        if "text/html" in request.headers.get("accept", ""):
+            return FileResponse(STATIC / "index.html", media_type="text/html",
+                                headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
         return {"name": "videogpt-serve", "version": _version(), "docs": "/docs", "openapi": "/openapi.json",
                 "endpoints": {"generate": "POST /v1/generate", "job": "GET /v1/jobs/{id}",
                               "events": "GET /v1/jobs/{id}/events", "cancel": "POST /v1/jobs/{id}/cancel",

@@ -1,0 +1,130 @@
+"""The web page at /, driven in Debian's Chromium by Playwright against a real gateway and worker."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from service_stack import REPO, publish_ghost, serving, write_bundle
+
+from media import png_bytes
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = REPO / "test-output"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("web")
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_DEFAULT_MODEL="tiny") as s:
+        publish_ghost(s)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--autoplay-policy=no-user-gesture-required"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, stack):
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(stack.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def wait_for_video(page, timeout_ms=60000) -> float:
+    page.wait_for_selector("#videos video", timeout=timeout_ms)
+    page.wait_for_function("() => { const v = document.querySelector('#videos video');"
+                           " return v && v.readyState >= 1 && v.duration > 0; }", timeout=timeout_ms)
+    return page.evaluate("document.querySelector('#videos video').duration")
+
+
+def test_generate_a_class_conditional_video_and_watch_it_play(page):
+    page.select_option("#model", "tiny")
+    page.check("#mode-class")
+    page.select_option("#class_label", label="three")
+    page.click("#submit")
+    page.wait_for_selector("#current[data-status='succeeded']", timeout=60000)
+    assert wait_for_video(page) > 0
+    video = page.locator("#videos video").first
+    assert video.evaluate("v => v.loop && v.muted && getComputedStyle(v).imageRendering") == "pixelated"
+    assert page.locator("#videos a[download]").first.get_attribute("href").startswith("http")
+    assert "tokens/s" in page.locator("#videos figcaption").first.inner_text()
+    assert page.locator("#progress").evaluate("p => p.value") == 1
+    assert page.locator("#recent li").count() >= 1  # this browser's recent jobs
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "web_page.png"), full_page=True)
+
+
+def test_upload_a_frame_for_frame_conditioning(page, tmp_path):
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    image[12:36, 20:44] = (240, 60, 200)
+    path = tmp_path / "first.png"
+    path.write_bytes(png_bytes(image))
+    page.check("#mode-frames")
+    assert page.is_visible("#frames-field") and not page.is_visible("#class-field")
+    page.set_input_files("#cond_frames", str(path))
+    page.wait_for_function("() => { const c = document.getElementById('frames-preview');"
+                           " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                           " for (let i = 0; i < d.length; i += 4) if (d[i] > 100) return true; return false; }")
+    page.click("#submit")
+    page.wait_for_selector("#current[data-status='succeeded']", timeout=60000)
+    assert wait_for_video(page) > 0
+
+
+def test_a_bad_value_shows_the_error_next_to_its_field(page):
+    page.check("#mode-unconditional")
+    page.click("#settings summary")
+    page.fill("#temperature", "0")
+    page.click("#submit")
+    error = page.locator("#temperature-error")
+    error.wait_for(state="visible")
+    assert "greater than 0" in error.inner_text()
+    assert page.get_attribute("#temperature", "aria-invalid") == "true"
+    page.check("#mode-frames")
+    page.click("#submit")  # no file chosen
+    assert "Choose an image" in page.locator("#cond_frames-error").inner_text()
+
+
+def test_cancel_a_job(page):
+    page.select_option("#model", "ghost")  # no worker serves it: the job waits in the queue
+    page.click("#submit")
+    page.wait_for_selector("#current[data-status='queued']")
+    page.click("#cancel")
+    page.wait_for_selector("#current[data-status='canceled']")
+    assert "canceled" in page.inner_text("#status-line")
+
+
+def test_labelled_controls_keyboard_and_phone_width(browser, stack):
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    page.goto(stack.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, select')]
+        .filter(e => !e.closest('[hidden]') && e.type !== 'hidden' && e.labels.length === 0).map(e => e.id)""")
+    assert unlabelled == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375, "no sideways scrolling at phone width"
+    page.focus("#model")
+    seen = set()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        seen.add(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert "submit" in seen, seen
+    context.close()
