@@ -62,3 +62,19 @@ def test_gateway_and_worker_series_move_during_a_job(stack):
     assert value(after_w, "vgs_worker_model_load_seconds", model="tiny") > 0
     assert value(after_w, "vgs_worker_last_heartbeat_timestamp_seconds") > 1.7e9
     assert ("vgs_worker_busy", ()) in after_w
+
+
+def test_logs_are_json_lines_that_name_the_job(stack):
+    import json
+    from pathlib import Path
+
+    with httpx.Client(base_url=stack.url, timeout=30) as api:
+        job = wait(api, submit(api, mode="unconditional").json()["id"])
+    log_path = Path(stack.env["VGS_STORAGE_DIR"]).parent / "worker0.log"
+    entries = []
+    for line in log_path.read_text().splitlines():
+        if line.strip():
+            entries.append(json.loads(line))  # every line is one JSON object
+    assert entries and all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    about_job = [e for e in entries if job["id"] == e.get("job_id") or job["id"] in e.get("job_ids", [])]
+    assert about_job, "a log line names the job"
