@@ -62,7 +62,7 @@ train-digits: $(STAMP)
 		--steps 3000 --val-every 500 --name moving-digits-vqvae --out $(DIGITS_WORK)/vqvae
 	$(BIN)/videogpt-serve train-gpt $(DIGITS_DATA) --vqvae $(DIGITS_WORK)/vqvae --class-cond --n-cond-frames 1 \
 		--condition-dropout 0.5 --hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 \
-		--lr 6e-4 --schedule cosine --warmup 100 --steps 3500 --val-every 500 \
+		--lr 6e-4 --schedule cosine --warmup 100 --steps 3000 --val-every 500 \
 		--checkpoint $(DIGITS_WORK)/gpt.train.pt --name moving-digits --out $(DIGITS)
 
 # The quality report of the shipped model (issue figures in the README): eval/report.json, eval/contact_sheet.png.
