@@ -45,7 +45,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, scale: int = 1) 
         h, w = h + pad_h, w + pad_w
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
-        output_params=["-crf", "16", "-preset", "medium", "-movflags", "+faststart"])
+        output_params=["-crf", "16", "-preset", "veryfast", "-movflags", "+faststart"])
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

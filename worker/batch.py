@@ -11,6 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .video import to_uint8_frames
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 16
+ENCODE_THREADS = 4
 
 
 @dataclass
@@ -156,45 +158,63 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
     decode_s = time.time() - sampled
     metrics.DECODE.labels(model).observe(decode_s)
     scale = output_scale(vq.resolution, upscale)
-    row = 0
-    for job in jobs:
-        videos_of_job = videos[row: row + job.n]
-        row += job.n
-        if job.id not in live:
-            continue
-        if store.cancel_requested(job.id):
-            _finish_canceled(store, job)
-            continue
-        encode_s = store_s = 0.0
-        outputs = []
-        with tempfile.TemporaryDirectory(prefix="vgs-") as tmp:
-            for i, video in enumerate(videos_of_job):
-                t0 = time.time()
-                path = Path(tmp) / f"{i}.mp4"
-                info = write_mp4(to_uint8_frames(video), path, fps=float(job.request["fps"]), scale=scale)
-                t1 = time.time()
-                key = f"{job.id}/{i}.mp4"
-                storage.put(key, path, MP4_CONTENT_TYPE)
-                store_s += time.time() - t1
-                encode_s += t1 - t0
-                outputs.append({"key": key, **info})
-        job_metrics = {
-            "queue_seconds": round(job.metrics.get("claimed_at", started) - job.created_at, 4),
-            "sampling_seconds": round(sampling_s, 4),
-            "decode_seconds": round(decode_s * job.n / n, 4),
-            "encode_seconds": round(encode_s, 4),
-            "store_seconds": round(store_s, 4),
-            "tokens_per_second": round(n * tokens / sampling_s, 1),
-            "batch_samples": n,
-            "batch_jobs": len(jobs),
-        }
-        job.metrics.update(job_metrics)
-        metrics.QUEUE_WAIT.labels(model).observe(job_metrics["queue_seconds"])
-        metrics.ENCODE.labels(model).observe(encode_s)
-        metrics.UPLOAD.labels(model).observe(store_s)
-        _retrying(functools.partial(store.transition, job.id, ("running",), status="succeeded", progress=1.0,
-                                    finished_at=now_iso(), outputs=outputs, metrics=job_metrics))
-        log.info("job %s succeeded: %d videos", job.id, job.n, extra={"job_id": job.id})
+    with tempfile.TemporaryDirectory(prefix="vgs-") as tmp, ThreadPoolExecutor(ENCODE_THREADS) as pool:
+        # ffmpeg runs in its own processes: encoding every video of the batch at once keeps the cores busy.
+        encodes: dict[tuple[str, int], Future] = {}
+        row = 0
+        for job in jobs:
+            for i in range(job.n):
+                if job.id in live:
+                    path = Path(tmp) / f"{job.id}-{i}.mp4"
+                    encodes[job.id, i] = pool.submit(_timed_write_mp4, videos[row + i], path,
+                                                     float(job.request["fps"]), scale)
+            row += job.n
+        for job in jobs:
+            if job.id not in live:
+                continue
+            if store.cancel_requested(job.id):
+                _finish_canceled(store, job)
+                continue
+            _finish_succeeded(store, storage, job, encodes, model, started, sampling_s, decode_s * job.n / n,
+                              tokens_per_second=n * tokens / sampling_s, batch_samples=n, batch_jobs=len(jobs))
+
+
+def _timed_write_mp4(video: torch.Tensor, path: Path, fps: float, scale: int) -> tuple[Path, dict, float]:
+    t0 = time.time()
+    info = write_mp4(to_uint8_frames(video), path, fps=fps, scale=scale)
+    return path, info, time.time() - t0
+
+
+def _finish_succeeded(store: JobStore, storage: Storage, job: BatchJob, encodes: dict[tuple[str, int], Future],
+                      model: str, started: float, sampling_s: float, decode_s: float, tokens_per_second: float,
+                      batch_samples: int, batch_jobs: int) -> None:
+    encode_s = store_s = 0.0
+    outputs = []
+    for i in range(job.n):
+        path, info, seconds = encodes[job.id, i].result()
+        encode_s += seconds
+        t1 = time.time()
+        key = f"{job.id}/{i}.mp4"
+        storage.put(key, path, MP4_CONTENT_TYPE)
+        store_s += time.time() - t1
+        outputs.append({"key": key, **info})
+    job_metrics = {
+        "queue_seconds": round(job.metrics.get("claimed_at", started) - job.created_at, 4),
+        "sampling_seconds": round(sampling_s, 4),
+        "decode_seconds": round(decode_s, 4),
+        "encode_seconds": round(encode_s, 4),
+        "store_seconds": round(store_s, 4),
+        "tokens_per_second": round(tokens_per_second, 1),
+        "batch_samples": batch_samples,
+        "batch_jobs": batch_jobs,
+    }
+    job.metrics.update(job_metrics)
+    metrics.QUEUE_WAIT.labels(model).observe(job_metrics["queue_seconds"])
+    metrics.ENCODE.labels(model).observe(encode_s)
+    metrics.UPLOAD.labels(model).observe(store_s)
+    _retrying(functools.partial(store.transition, job.id, ("running",), status="succeeded", progress=1.0,
+                                finished_at=now_iso(), outputs=outputs, metrics=job_metrics))
+    log.info("job %s succeeded: %d videos", job.id, job.n, extra={"job_id": job.id})
 
 
 def _retrying(write: Callable[[], object], for_s: float = 30.0) -> None:
