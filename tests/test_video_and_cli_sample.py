@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from media import read_frames, tile, write_mp4
+from media import pad_frames, read_frames, tile, write_mp4
 from models import convert_official_checkpoint
 from models.data.frames import frames_to_tensor
 from service.cli import main
@@ -60,7 +60,9 @@ def test_frames_from_an_image_are_resized_and_center_cropped(tmp_path):
     image = np.zeros((1, 40, 80, 3), dtype=np.uint8)
     image[:, :, 20:60] = 255  # the centre square is white, the sides black
     write_mp4(image, tmp_path / "wide.mp4", fps=1)
-    clip = frames_to_tensor(read_frames(tmp_path / "wide.mp4", 2, resolution=16))
+    frames = read_frames(tmp_path / "wide.mp4", 2, resolution=16)
+    assert len(frames) == 1  # a one-frame video gives one frame; pad_frames repeats it as the models need
+    clip = frames_to_tensor(pad_frames(frames, 2))
     assert clip.shape == (3, 2, 16, 16)
     assert float(clip.min()) >= -0.5 and float(clip.max()) <= 0.5
     assert float(clip[:, :, 4:12, 4:12].mean()) > 0.4  # the crop keeps the white centre
