@@ -31,7 +31,7 @@ class VideoClassifier(nn.Module):
         self.convs = nn.Sequential(
             nn.Conv3d(3, w, 3, padding=1), nn.ReLU(), nn.MaxPool3d((1, 2, 2)),
             nn.Conv3d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-            nn.Conv3d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1),
+            nn.Conv3d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool3d(1),
         )
         self.fc = nn.Linear(2 * w, config.feature_dim)
         self.head = nn.Linear(config.feature_dim, config.n_classes)

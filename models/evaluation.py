@@ -68,7 +68,7 @@ def motion_stats(video: torch.Tensor, glyph_size: int) -> tuple[torch.Tensor, to
     return displacement, fits.all(dim=1)
 
 
-def train_classifier(spec: MovingDigitsSpec, steps: int = 600, seed: int = 0, log: Log = print) -> VideoClassifier:
+def train_classifier(spec: MovingDigitsSpec, steps: int = 800, seed: int = 0, log: Log = print) -> VideoClassifier:
     """The evaluation classifier, trained on real moving-digits videos."""
     torch.manual_seed(seed)
     model = VideoClassifier()
@@ -80,7 +80,8 @@ def train_classifier(spec: MovingDigitsSpec, steps: int = 600, seed: int = 0, lo
         return {"loss": F.cross_entropy(logits, batch["label"]),
                 "accuracy": (logits.argmax(dim=1) == batch["label"]).float().mean()}
 
-    settings = TrainSettings(steps=steps, batch_size=32, lr=2e-3, val_every=steps, val_batches=8,
+    settings = TrainSettings(steps=steps, batch_size=32, lr=2e-3, val_every=steps, val_batches=8, schedule="cosine",
+                             warmup_steps=min(50, steps - 1),
                              checkpoint_every=steps, seed=seed)
     import tempfile
 

@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classifier", help="classifier .safetensors (default: classifier.safetensors beside the "
                                         "bundles; trained and saved there when missing)")
-    p.add_argument("--classifier-steps", type=int, default=600)
+    p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
 
