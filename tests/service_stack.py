@@ -149,8 +149,8 @@ class Stack:
         return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env or self.env, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT)
 
-    def start_gateway(self) -> None:
-        self.procs.append(self._spawn("gateway", "--port", str(self.port), log_name="gateway"))
+    def start_gateway(self, *options: str) -> None:
+        self.procs.append(self._spawn("gateway", "--port", str(self.port), *options, log_name="gateway"))
 
     def start_worker(self, metrics_port: int = 0) -> subprocess.Popen:
         env = dict(self.env, VGS_METRICS_PORT=str(metrics_port))

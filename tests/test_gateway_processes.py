@@ -19,7 +19,7 @@ def test_gateway_modules_do_not_import_torch():
 
 def test_two_gateway_processes_report_one_count(tmp_path):
     stack = make_stack(tmp_path, [])
-    stack.procs.append(stack._spawn("gateway", "--port", str(stack.port), "--workers", "2", log_name="gateway"))
+    stack.start_gateway("--workers", "2")
     try:
         stack.wait_ready(path="/healthz")
         for _ in range(40):  # a fresh connection each: the two processes share the listening socket

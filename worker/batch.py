@@ -158,25 +158,31 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
     decode_s = time.time() - sampled
     metrics.DECODE.labels(model).observe(decode_s)
     scale = output_scale(vq.resolution, upscale)
+    # What every job of the batch shares; each job adds its own queue, decode, encode and store times.
+    batch_metrics = {"sampling_seconds": round(sampling_s, 4), "tokens_per_second": round(n * tokens / sampling_s, 1),
+                     "batch_samples": n, "batch_jobs": len(jobs)}
     with tempfile.TemporaryDirectory(prefix="vgs-") as tmp, ThreadPoolExecutor(ENCODE_THREADS) as pool:
         # ffmpeg runs in its own processes: encoding every video of the batch at once keeps the cores busy.
         encodes: dict[tuple[str, int], Future] = {}
         row = 0
         for job in jobs:
+            first, row = row, row + job.n  # the job's samples are rows first..row-1 of the batch
+            if job.id in live and store.cancel_requested(job.id):  # no encoding for a job canceled by now
+                live.discard(job.id)
+                _finish_canceled(store, job)
+            if job.id not in live:
+                continue
             for i in range(job.n):
-                if job.id in live:
-                    path = Path(tmp) / f"{job.id}-{i}.mp4"
-                    encodes[job.id, i] = pool.submit(_timed_write_mp4, videos[row + i], path,
-                                                     float(job.request["fps"]), scale)
-            row += job.n
+                encodes[job.id, i] = pool.submit(_timed_write_mp4, videos[first + i],
+                                                 Path(tmp) / f"{job.id}-{i}.mp4", float(job.request["fps"]), scale)
         for job in jobs:
             if job.id not in live:
                 continue
             if store.cancel_requested(job.id):
                 _finish_canceled(store, job)
                 continue
-            _finish_succeeded(store, storage, job, encodes, model, started, sampling_s, decode_s * job.n / n,
-                              tokens_per_second=n * tokens / sampling_s, batch_samples=n, batch_jobs=len(jobs))
+            _finish_succeeded(store, storage, job, encodes, model, started,
+                              {**batch_metrics, "decode_seconds": round(decode_s * job.n / n, 4)})
 
 
 def _timed_write_mp4(video: torch.Tensor, path: Path, fps: float, scale: int) -> tuple[Path, dict, float]:
@@ -186,8 +192,7 @@ def _timed_write_mp4(video: torch.Tensor, path: Path, fps: float, scale: int) ->
 
 
 def _finish_succeeded(store: JobStore, storage: Storage, job: BatchJob, encodes: dict[tuple[str, int], Future],
-                      model: str, started: float, sampling_s: float, decode_s: float, tokens_per_second: float,
-                      batch_samples: int, batch_jobs: int) -> None:
+                      model: str, started: float, shared_metrics: dict[str, float]) -> None:
     encode_s = store_s = 0.0
     outputs = []
     for i in range(job.n):
@@ -200,13 +205,9 @@ def _finish_succeeded(store: JobStore, storage: Storage, job: BatchJob, encodes:
         outputs.append({"key": key, **info})
     job_metrics = {
         "queue_seconds": round(job.metrics.get("claimed_at", started) - job.created_at, 4),
-        "sampling_seconds": round(sampling_s, 4),
-        "decode_seconds": round(decode_s, 4),
+        **shared_metrics,
         "encode_seconds": round(encode_s, 4),
         "store_seconds": round(store_s, 4),
-        "tokens_per_second": round(tokens_per_second, 1),
-        "batch_samples": batch_samples,
-        "batch_jobs": batch_jobs,
     }
     job.metrics.update(job_metrics)
     metrics.QUEUE_WAIT.labels(model).observe(job_metrics["queue_seconds"])
