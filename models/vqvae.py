@@ -25,9 +25,15 @@ class VQVAEConfig(Settings):
     downsample: tuple[int, int, int] = (4, 4, 4)
     sequence_length: int = 16
     resolution: int = 64
+    # Ours, not the reference's: False drops the axial attention from the residual blocks, so each code
+    # sees only its neighbourhood. Codes of a background cell are then the same wherever the digit is,
+    # and a shifted digit gets shifted codes: far fewer distinct code patterns for the prior to learn.
+    axial_attention: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "downsample", tuple(self.downsample))
+        if not isinstance(self.axial_attention, bool):
+            raise ConfigError(f"axial_attention must be true or false, got {self.axial_attention!r}")
         for name in ("embedding_dim", "n_codes", "n_hiddens", "sequence_length", "resolution"):
             require_int(name, getattr(self, name), 1)
         require_int("n_res_layers", self.n_res_layers, 0)
@@ -91,37 +97,37 @@ class AxialBlock(nn.Module):
 
 
 class AttentionResidualBlock(nn.Module):
-    def __init__(self, n_hiddens: int):
+    def __init__(self, n_hiddens: int, attention: bool = True):
         super().__init__()
-        self.block = nn.Sequential(
+        layers: list[nn.Module] = [
             nn.BatchNorm3d(n_hiddens),
             nn.ReLU(),
             SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False),
             nn.BatchNorm3d(n_hiddens // 2),
             nn.ReLU(),
             SamePadConv3d(n_hiddens // 2, n_hiddens, 1, bias=False),
-            nn.BatchNorm3d(n_hiddens),
-            nn.ReLU(),
-            AxialBlock(n_hiddens, 2),
-        )
+        ]
+        if attention:
+            layers += [nn.BatchNorm3d(n_hiddens), nn.ReLU(), AxialBlock(n_hiddens, 2)]
+        self.block = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
 
 
-def _res_stack(n_hiddens: int, n_res_layers: int) -> nn.Sequential:
-    return nn.Sequential(*[AttentionResidualBlock(n_hiddens) for _ in range(n_res_layers)],
+def _res_stack(n_hiddens: int, n_res_layers: int, attention: bool) -> nn.Sequential:
+    return nn.Sequential(*[AttentionResidualBlock(n_hiddens, attention) for _ in range(n_res_layers)],
                          nn.BatchNorm3d(n_hiddens), nn.ReLU())
 
 
 class Encoder(nn.Module):
-    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: tuple[int, int, int]):
+    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: tuple[int, int, int], attention: bool = True):
         super().__init__()
         strides = halving_strides(downsample)
         self.convs = nn.ModuleList(
             SamePadConv3d(3 if i == 0 else n_hiddens, n_hiddens, 4, stride=s) for i, s in enumerate(strides))
         self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, 3)
-        self.res_stack = _res_stack(n_hiddens, n_res_layers)
+        self.res_stack = _res_stack(n_hiddens, n_res_layers, attention)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
@@ -130,10 +136,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: tuple[int, int, int]):
+    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: tuple[int, int, int], attention: bool = True):
         super().__init__()
         strides = halving_strides(upsample)
-        self.res_stack = _res_stack(n_hiddens, n_res_layers)
+        self.res_stack = _res_stack(n_hiddens, n_res_layers, attention)
         self.convts = nn.ModuleList(
             SamePadConvTranspose3d(n_hiddens, 3 if i == len(strides) - 1 else n_hiddens, 4, stride=s)
             for i, s in enumerate(strides))
@@ -230,8 +236,8 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.encoder = Encoder(c.n_hiddens, c.n_res_layers, c.downsample)
-        self.decoder = Decoder(c.n_hiddens, c.n_res_layers, c.downsample)
+        self.encoder = Encoder(c.n_hiddens, c.n_res_layers, c.downsample, c.axial_attention)
+        self.decoder = Decoder(c.n_hiddens, c.n_res_layers, c.downsample, c.axial_attention)
         self.pre_vq_conv = SamePadConv3d(c.n_hiddens, c.embedding_dim, 1)
         self.post_vq_conv = SamePadConv3d(c.embedding_dim, c.n_hiddens, 1)
         self.codebook = Codebook(c.n_codes, c.embedding_dim)

@@ -147,6 +147,7 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
     torch.manual_seed(settings.seed)
     config = VQVAEConfig(embedding_dim=args.embedding_dim, n_codes=args.n_codes, n_hiddens=args.n_hiddens,
                          n_res_layers=args.n_res_layers, downsample=tuple(args.downsample),
+                         axial_attention=not args.no_axial_attention,
                          sequence_length=args.frames, resolution=args.resolution)
     train_set, val_set = _datasets(args, config.sequence_length, config.resolution)
     model = VQVAE(config)
@@ -381,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-codes", type=int, default=512)
     p.add_argument("--n-hiddens", type=int, default=64)
     p.add_argument("--n-res-layers", type=int, default=2)
+    p.add_argument("--no-axial-attention", action="store_true",
+                   help="residual blocks without axial attention: local codes, easier for the prior")
     p.add_argument("--downsample", type=int, nargs=3, default=[4, 8, 8], metavar=("T", "H", "W"))
     p.set_defaults(func=cmd_train_vqvae)
 
