@@ -58,11 +58,11 @@ DIGITS_DATA := --data moving-digits --train-size 20000 --batch-size 16 --save-dt
 .PHONY: train-digits eval-digits
 train-digits: $(STAMP)
 	$(BIN)/videogpt-serve train-vqvae $(DIGITS_DATA) --resolution 32 --frames 16 --n-hiddens 64 \
-		--embedding-dim 64 --n-codes 512 --n-res-layers 2 --downsample 2 4 4 --lr 1e-3 --schedule cosine \
-		--steps 3000 --val-every 500 --name moving-digits-vqvae --out $(DIGITS_WORK)/vqvae
+		--embedding-dim 64 --n-codes 1024 --n-res-layers 2 --no-axial-attention --downsample 4 4 4 \
+		--lr 1e-3 --schedule cosine --steps 5000 --val-every 500 --name moving-digits-vqvae --out $(DIGITS_WORK)/vqvae
 	$(BIN)/videogpt-serve train-gpt $(DIGITS_DATA) --vqvae $(DIGITS_WORK)/vqvae --class-cond --n-cond-frames 1 \
 		--condition-dropout 0.5 --hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 \
-		--lr 6e-4 --schedule cosine --warmup 100 --steps 3000 --val-every 500 \
+		--lr 6e-4 --schedule cosine --warmup 100 --steps 5000 --val-every 500 \
 		--checkpoint $(DIGITS_WORK)/gpt.train.pt --name moving-digits --out $(DIGITS)
 
 # The quality report of the shipped model (issue figures in the README): eval/report.json, eval/contact_sheet.png.
