@@ -44,14 +44,15 @@ class SamePadConv3d(nn.Module):
     """Conv3d whose output size is input size / stride, padded as the reference pads."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int | tuple[int, ...] = 1, bias: bool = True):
+                 stride: int | tuple[int, ...] = 1, bias: bool = True, padding: str = "zeros"):
         super().__init__()
         kernel, strides = _triple(kernel_size), _triple(stride)
         self.pad_input = same_padding(kernel, strides)
+        self.pad_mode = {"zeros": "constant", "replicate": "replicate"}[padding]
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, padding=0, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, self.pad_input))
+        return self.conv(F.pad(x, self.pad_input, mode=self.pad_mode))
 
 
 class SamePadConvTranspose3d(nn.Module):

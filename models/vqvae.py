@@ -13,6 +13,8 @@ from .errors import ConfigError, InputError
 from .layers import MultiHeadAttention, SamePadConv3d, SamePadConvTranspose3d, halving_strides
 from .settings import Settings, require_int
 
+PADDINGS = ("zeros", "replicate")
+
 
 @dataclass(frozen=True)
 class VQVAEConfig(Settings):
@@ -29,11 +31,17 @@ class VQVAEConfig(Settings):
     # sees only its neighbourhood. Codes of a background cell are then the same wherever the digit is,
     # and a shifted digit gets shifted codes: far fewer distinct code patterns for the prior to learn.
     axial_attention: bool = True
+    # Ours too: "replicate" pads the convolutions with the edge values instead of zeros. Zero is mid-grey
+    # for video in [-0.5, 0.5], so with zeros the first and last code steps and the border cells see a grey
+    # frame around a dark one and get codes of their own; replicate keeps a digit's codes the same there.
+    padding: str = "zeros"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "downsample", tuple(self.downsample))
         if not isinstance(self.axial_attention, bool):
             raise ConfigError(f"axial_attention must be true or false, got {self.axial_attention!r}")
+        if self.padding not in PADDINGS:
+            raise ConfigError(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
         for name in ("embedding_dim", "n_codes", "n_hiddens", "sequence_length", "resolution"):
             require_int(name, getattr(self, name), 1)
         require_int("n_res_layers", self.n_res_layers, 0)
@@ -97,12 +105,12 @@ class AxialBlock(nn.Module):
 
 
 class AttentionResidualBlock(nn.Module):
-    def __init__(self, n_hiddens: int, attention: bool = True):
+    def __init__(self, n_hiddens: int, attention: bool = True, padding: str = "zeros"):
         super().__init__()
         layers: list[nn.Module] = [
             nn.BatchNorm3d(n_hiddens),
             nn.ReLU(),
-            SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False),
+            SamePadConv3d(n_hiddens, n_hiddens // 2, 3, bias=False, padding=padding),
             nn.BatchNorm3d(n_hiddens // 2),
             nn.ReLU(),
             SamePadConv3d(n_hiddens // 2, n_hiddens, 1, bias=False),
@@ -115,19 +123,21 @@ class AttentionResidualBlock(nn.Module):
         return x + self.block(x)
 
 
-def _res_stack(n_hiddens: int, n_res_layers: int, attention: bool) -> nn.Sequential:
-    return nn.Sequential(*[AttentionResidualBlock(n_hiddens, attention) for _ in range(n_res_layers)],
+def _res_stack(n_hiddens: int, n_res_layers: int, attention: bool, padding: str) -> nn.Sequential:
+    return nn.Sequential(*[AttentionResidualBlock(n_hiddens, attention, padding) for _ in range(n_res_layers)],
                          nn.BatchNorm3d(n_hiddens), nn.ReLU())
 
 
 class Encoder(nn.Module):
-    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: tuple[int, int, int], attention: bool = True):
+    def __init__(self, n_hiddens: int, n_res_layers: int, downsample: tuple[int, int, int], attention: bool = True,
+                 padding: str = "zeros"):
         super().__init__()
         strides = halving_strides(downsample)
         self.convs = nn.ModuleList(
-            SamePadConv3d(3 if i == 0 else n_hiddens, n_hiddens, 4, stride=s) for i, s in enumerate(strides))
-        self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, 3)
-        self.res_stack = _res_stack(n_hiddens, n_res_layers, attention)
+            SamePadConv3d(3 if i == 0 else n_hiddens, n_hiddens, 4, stride=s, padding=padding)
+            for i, s in enumerate(strides))
+        self.conv_last = SamePadConv3d(n_hiddens, n_hiddens, 3, padding=padding)
+        self.res_stack = _res_stack(n_hiddens, n_res_layers, attention, padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for conv in self.convs:
@@ -136,10 +146,11 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: tuple[int, int, int], attention: bool = True):
+    def __init__(self, n_hiddens: int, n_res_layers: int, upsample: tuple[int, int, int], attention: bool = True,
+                 padding: str = "zeros"):
         super().__init__()
         strides = halving_strides(upsample)
-        self.res_stack = _res_stack(n_hiddens, n_res_layers, attention)
+        self.res_stack = _res_stack(n_hiddens, n_res_layers, attention, padding)
         self.convts = nn.ModuleList(
             SamePadConvTranspose3d(n_hiddens, 3 if i == len(strides) - 1 else n_hiddens, 4, stride=s)
             for i, s in enumerate(strides))
@@ -236,8 +247,8 @@ class VQVAE(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.encoder = Encoder(c.n_hiddens, c.n_res_layers, c.downsample, c.axial_attention)
-        self.decoder = Decoder(c.n_hiddens, c.n_res_layers, c.downsample, c.axial_attention)
+        self.encoder = Encoder(c.n_hiddens, c.n_res_layers, c.downsample, c.axial_attention, c.padding)
+        self.decoder = Decoder(c.n_hiddens, c.n_res_layers, c.downsample, c.axial_attention, c.padding)
         self.pre_vq_conv = SamePadConv3d(c.n_hiddens, c.embedding_dim, 1)
         self.post_vq_conv = SamePadConv3d(c.embedding_dim, c.n_hiddens, 1)
         self.codebook = Codebook(c.n_codes, c.embedding_dim)

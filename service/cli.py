@@ -148,6 +148,7 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
     config = VQVAEConfig(embedding_dim=args.embedding_dim, n_codes=args.n_codes, n_hiddens=args.n_hiddens,
                          n_res_layers=args.n_res_layers, downsample=tuple(args.downsample),
                          axial_attention=not args.no_axial_attention,
+                         padding=args.padding,
                          sequence_length=args.frames, resolution=args.resolution)
     train_set, val_set = _datasets(args, config.sequence_length, config.resolution)
     model = VQVAE(config)
@@ -384,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-res-layers", type=int, default=2)
     p.add_argument("--no-axial-attention", action="store_true",
                    help="residual blocks without axial attention: local codes, easier for the prior")
+    p.add_argument("--padding", choices=["zeros", "replicate"], default="zeros",
+                   help="convolution padding: zeros (the reference's) or replicate (edge codes like inner ones)")
     p.add_argument("--downsample", type=int, nargs=3, default=[4, 8, 8], metavar=("T", "H", "W"))
     p.set_defaults(func=cmd_train_vqvae)
 

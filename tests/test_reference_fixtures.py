@@ -58,8 +58,8 @@ def test_converted_configs_match_the_fixture_configs(fixtures_dir, tmp_path):
         expected = json.loads((fixtures_dir / f"{name}.config.json").read_text())
         gpt = load_gpt(convert_official_checkpoint(fixtures_dir / f"{name}.ckpt", tmp_path / name))
         c = gpt.config
-        # The reference's VQ-VAEs all have axial attention; the setting is ours, not in the fixture.
-        assert gpt.vqvae.config.to_dict() == {**expected["vqvae"], "axial_attention": True}
+        # The reference's VQ-VAEs all have axial attention and zero padding; these settings are ours.
+        assert gpt.vqvae.config.to_dict() == {**expected["vqvae"], "axial_attention": True, "padding": "zeros"}
         for key in ("n_cond_frames", "class_cond_dim", "hidden_dim", "heads", "layers", "attn_type"):
             assert getattr(c, key) == expected[key], (name, key)
         if "resnet_widths" in expected:

@@ -41,3 +41,20 @@ def test_setting_round_trips_through_a_bundle(tmp_path):
 def test_setting_must_be_a_bool():
     with pytest.raises(ConfigError, match="axial_attention must be true or false"):
         VQVAEConfig(axial_attention="no")
+
+
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_replicate_padding_gives_edge_cells_the_codes_of_inner_ones(padding):
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
+                           sequence_length=4, resolution=32, axial_attention=False, padding=padding)).eval()
+    dark = torch.full((1, 3, 4, 32, 32), -0.5)  # an empty frame: background everywhere
+    with torch.no_grad():
+        z = vq.encode_continuous(dark)
+    same_everywhere = bool(torch.allclose(z, z[..., :1, :1, :1].expand_as(z), atol=1e-6))
+    assert same_everywhere == (padding == "replicate")
+
+
+def test_padding_must_be_known():
+    with pytest.raises(ConfigError, match="padding must be one of zeros, replicate"):
+        VQVAEConfig(padding="reflect")
