@@ -40,6 +40,10 @@ def halving_strides(factors: tuple[int, ...], stages: int | None = None) -> list
     return strides
 
 
+# Padding names of the VQ-VAE config -> F.pad modes. "zeros" is the reference's.
+PADDINGS = {"zeros": "constant", "replicate": "replicate"}
+
+
 class SamePadConv3d(nn.Module):
     """Conv3d whose output size is input size / stride, padded as the reference pads."""
 
@@ -48,7 +52,7 @@ class SamePadConv3d(nn.Module):
         super().__init__()
         kernel, strides = _triple(kernel_size), _triple(stride)
         self.pad_input = same_padding(kernel, strides)
-        self.pad_mode = {"zeros": "constant", "replicate": "replicate"}[padding]
+        self.pad_mode = PADDINGS[padding]
         self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=strides, padding=0, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, InputError
-from .layers import MultiHeadAttention, SamePadConv3d, SamePadConvTranspose3d, halving_strides
+from .layers import PADDINGS, MultiHeadAttention, SamePadConv3d, SamePadConvTranspose3d, halving_strides
 from .settings import Settings, require_int
-
-PADDINGS = ("zeros", "replicate")
 
 
 @dataclass(frozen=True)

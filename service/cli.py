@@ -385,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-res-layers", type=int, default=2)
     p.add_argument("--no-axial-attention", action="store_true",
                    help="residual blocks without axial attention: local codes, easier for the prior")
+    # models.layers.PADDINGS, spelled out: the parser must not import torch (the gateway uses it too).
     p.add_argument("--padding", choices=["zeros", "replicate"], default="zeros",
                    help="convolution padding: zeros (the reference's) or replicate (edge codes like inner ones)")
     p.add_argument("--downsample", type=int, nargs=3, default=[4, 8, 8], metavar=("T", "H", "W"))

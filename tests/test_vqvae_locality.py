@@ -1,4 +1,4 @@
-"""VQ-VAEs without axial attention: local codes, saved and loaded like any other."""
+"""VQ-VAE settings of ours: no axial attention (local codes), replicate padding; saved and loaded like any other."""
 
 import pytest
 import torch
@@ -6,10 +6,10 @@ import torch
 from models import VQVAE, BundleInfo, ConfigError, VQVAEConfig, load_vqvae, save_bundle
 
 
-def _vqvae(axial_attention: bool) -> VQVAE:
+def _vqvae(axial_attention: bool, padding: str = "zeros") -> VQVAE:
     torch.manual_seed(0)
     config = VQVAEConfig(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
-                         sequence_length=4, resolution=32, axial_attention=axial_attention)
+                         sequence_length=4, resolution=32, axial_attention=axial_attention, padding=padding)
     return VQVAE(config).eval()
 
 
@@ -45,9 +45,7 @@ def test_setting_must_be_a_bool():
 
 @pytest.mark.parametrize("padding", ["zeros", "replicate"])
 def test_replicate_padding_gives_edge_cells_the_codes_of_inner_ones(padding):
-    torch.manual_seed(0)
-    vq = VQVAE(VQVAEConfig(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
-                           sequence_length=4, resolution=32, axial_attention=False, padding=padding)).eval()
+    vq = _vqvae(False, padding)
     dark = torch.full((1, 3, 4, 32, 32), -0.5)  # an empty frame: background everywhere
     with torch.no_grad():
         z = vq.encode_continuous(dark)
