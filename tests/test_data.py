@@ -70,6 +70,22 @@ def test_labels_cover_all_digits_and_test_uses_other_glyphs():
         dataset[3]
 
 
+def test_each_video_has_one_of_six_pure_colours():
+    pure = {(1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 1, 1), (0, 0, 1), (1, 0, 1)}
+    seen = set()
+    for i in range(60):
+        frames, _ = moving_digit(0, "train", i, MovingDigitsSpec(resolution=32, scale=2))
+        brightest = frames.reshape(-1, 3)[frames.reshape(-1, 3).sum(axis=1).argmax()]
+        colour = tuple(int(c) for c in (brightest > 0))
+        assert colour in pure and set(brightest.tolist()) <= {0, int(brightest.max())}
+        seen.add(colour)
+    assert seen == pure
+    any_hue, _ = moving_digit(0, "train", 1, MovingDigitsSpec(hues=0, min_saturation=0.4))
+    assert len(set(any_hue.reshape(-1, 3)[any_hue.reshape(-1, 3).sum(axis=1).argmax()].tolist())) == 3
+    with pytest.raises(ValueError, match="hues must be >= 0"):
+        MovingDigitsSpec(hues=-1)
+
+
 def test_zero_saturation_gives_white_digits():
     frames, _ = moving_digit(0, "train", 1, MovingDigitsSpec(min_saturation=0.0, max_saturation=0.0))
     lit = frames.max(axis=-1) > 0
