@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import CheckpointError, ConfigError
 from .gpt import GPTConfig, VideoGPT
+from .sampling import MAX_GUIDANCE
 from .vqvae import VQVAE, VQVAEConfig
 
 BUNDLE_FORMAT = "videogpt-serve-bundle"
@@ -43,17 +44,23 @@ class BundleInfo:
     fps: float = DEFAULT_FPS
     class_names: list[str] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    # The classifier-free guidance scale of requests that name none (1: off; needs condition dropout).
+    guidance: float = 1.0
 
 
 def config_from_dict(cls: type, data: Any, where: str) -> Any:
-    """Build a config dataclass from JSON data: every field present, no unknown ones."""
+    """Build a config dataclass from JSON data: every field present, no unknown ones.
+
+    Settings added after bundles were first written (the class's LATER_SETTINGS) may be missing: older
+    bundles predate them and get their defaults, which are what those bundles' models computed.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected an object of settings, got {type(data).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown setting '{unknown[0]}' (known: {', '.join(names)})")
-    missing = [n for n in names if n not in data]
+    missing = [n for n in names if n not in data and n not in getattr(cls, "LATER_SETTINGS", ())]
     if missing:
         raise ConfigError(f"{where}: missing setting '{missing[0]}'")
     try:
@@ -112,8 +119,18 @@ def read_bundle_config(bundle_dir: str | Path) -> tuple[BundleInfo, VQVAEConfig,
     n_classes = gpt_config.class_cond_dim if gpt_config else None
     class_names = check_class_names(raw.get("class_names"), n_classes, str(path))
     source = raw.get("source") or {}
-    info = BundleInfo(name=name, kind=kind, fps=float(fps), class_names=class_names, source=source)
+    guidance = raw.get("guidance", 1.0)
+    check_guidance(guidance, gpt_config, str(path))
+    info = BundleInfo(name=name, kind=kind, fps=float(fps), class_names=class_names, source=source,
+                      guidance=float(guidance))
     return info, vq_config, gpt_config
+
+
+def check_guidance(guidance: Any, gpt_config: GPTConfig | None, where: str) -> None:
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= MAX_GUIDANCE:
+        raise ConfigError(f"{where}: guidance must be a number in [0, {MAX_GUIDANCE}], got {guidance!r}")
+    if guidance != 1 and not (gpt_config and gpt_config.conditions_optional):
+        raise ConfigError(f"{where}: guidance {guidance} needs a prior trained with condition dropout")
 
 
 def check_tensors(expected: dict[str, torch.Tensor], got: dict[str, Any], where: str) -> None:
@@ -200,6 +217,7 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
     if isinstance(model, VideoGPT):
         vq, gpt_config = model.vqvae, model.config
         check_class_names(info.class_names, gpt_config.class_cond_dim, "class_names")
+        check_guidance(info.guidance, gpt_config, "guidance")
         save_file(_contiguous(own_state(model, VQVAE_PREFIX), storage_dtype), str(out / GPT_FILE))
     else:
         vq, gpt_config = model, None
@@ -219,8 +237,9 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         "latent_shape": list(vq.latent_shape),
         "n_tokens": math.prod(vq.latent_shape),
         "source": info.source,
+        "guidance": info.guidance,
     }
     if gpt_config is None:
-        del config["gpt"]
+        del config["gpt"], config["guidance"]
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out

@@ -97,12 +97,14 @@ def _classify(classifier: VideoClassifier, video: torch.Tensor) -> tuple[torch.T
 
 
 @torch.no_grad()
-def _generate(gpt: VideoGPT, n: int, batch: int, seed: int, **cond: torch.Tensor | list | None) -> torch.Tensor:
+def _generate(gpt: VideoGPT, n: int, batch: int, seed: int, guidance: float = 1.0,
+              **cond: torch.Tensor | list | None) -> torch.Tensor:
     videos = []
     for start in range(0, n, batch):
         size = min(batch, n - start)
         part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
-        codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], **part)
+        codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
+                       **part)
         videos.append(gpt.vqvae.decode(codes).clamp(-0.5, 0.5))
     return torch.cat(videos)
 
@@ -122,8 +124,10 @@ def _sheet_row(videos: torch.Tensor, count: int = 8, frames: tuple[int, ...] = (
 
 def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassifier, spec: MovingDigitsSpec,
              n: int = 200, batch: int = 50, seed: int = 0, sheet_path: str | Path | None = None,
-             log: Log = print) -> dict:
-    """The quality report. `models` maps a mode (unconditional, class, frames) to the prior that serves it."""
+             log: Log = print, guidance: dict[str, float] | None = None) -> dict:
+    """The quality report. `models` maps a mode (unconditional, class, frames) to the prior that serves it;
+    `guidance` maps class and frames to the guidance scale to sample them with (default 1: none)."""
+    guidance = guidance or {}
     test = MovingDigits("test", length=n, seed=seed + 7, spec=spec)
     real = torch.stack([test[i]["video"] for i in range(n)])
     labels = torch.stack([test[i]["label"] for i in range(n)])
@@ -144,10 +148,11 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
     for mode, gpt in models.items():
         if mode == "class":
             wanted = torch.arange(n) % gpt.config.class_cond_dim
-            generated = _generate(gpt, n, batch, seed, class_labels=wanted)
+            generated = _generate(gpt, n, batch, seed, guidance=guidance.get(mode, 1.0), class_labels=wanted)
         elif mode == "frames":
             wanted = labels
-            generated = _generate(gpt, n, batch, seed, cond_frames=real[:, :, : gpt.config.n_cond_frames])
+            generated = _generate(gpt, n, batch, seed, guidance=guidance.get(mode, 1.0),
+                                  cond_frames=real[:, :, : gpt.config.n_cond_frames])
         else:
             wanted = None
             generated = _generate(gpt, n, batch, seed)
@@ -157,6 +162,7 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
         counts = torch.bincount(predicted, minlength=probs.shape[1]).double()
         share = counts / counts.sum()
         entry = {
+            "guidance": guidance.get(mode, 1.0) if mode != "unconditional" else 1.0,
             "frechet_distance": frechet_distance(real_feats, feats),
             "mean_confidence": float(probs.amax(dim=1).mean()),
             "class_entropy_nats": float(-(share[share > 0] * share[share > 0].log()).sum()),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,12 @@ class GPTConfig(Settings):
     sparse_local_blocks: int = 4
     # Training-time probability of dropping each condition of a sample; > 0 makes the conditions optional.
     condition_dropout: float = 0.0
+    # Also add the frame encoding, pooled to the latent (h, w) grid, to the input of every code at the same
+    # (h, w) (not in the reference): a code sees what the given frame holds at its place without first
+    # learning to find it by cross-attention, which a small prior trained briefly barely does.
+    aligned_frames: bool = False
+
+    LATER_SETTINGS: ClassVar[tuple[str, ...]] = ("aligned_frames",)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resnet_widths", tuple(self.resnet_widths))
@@ -75,6 +82,10 @@ class GPTConfig(Settings):
                 require_int(name, v, 1)
         if self.resnet_dim % 3:
             raise ConfigError(f"resnet_dim {self.resnet_dim} must be divisible by 3 (frame position embedding)")
+        if not isinstance(self.aligned_frames, bool):
+            raise ConfigError(f"aligned_frames must be true or false, got {self.aligned_frames!r}")
+        if self.aligned_frames and not self.frame_conditional:
+            raise ConfigError("aligned_frames needs frame conditioning: set n_cond_frames >= 1")
         if self.condition_dropout and not (self.class_conditional or self.frame_conditional):
             raise ConfigError("condition_dropout needs a condition to drop: set class_cond_dim or n_cond_frames")
 
@@ -175,12 +186,14 @@ class Conditioning:
     """What every layer reads besides the codes: one-hot classes (B, C) and the frame encoding (B, L, 240).
 
     frames_present (B, 1, 1), when set, is 1 for the samples that have frames and 0 for those that do not
-    (their cross-attention branch is zeroed); None means every sample has them.
+    (their cross-attention branch is zeroed); None means every sample has them. frames_aligned (B, N, D),
+    for priors with aligned_frames, is added to the input at each of the N positions (zero without frames).
     """
 
     class_onehot: torch.Tensor | None = None
     frames: torch.Tensor | None = None
     frames_present: torch.Tensor | None = None
+    frames_aligned: torch.Tensor | None = None
 
     def gate_frames(self, branch: torch.Tensor) -> torch.Tensor:
         """The cross-attention branch (B, ..., D) with the samples that have no frames zeroed."""
@@ -204,6 +217,10 @@ class VideoGPT(nn.Module):
             self.resnet = FrameEncoder(c.resnet_widths, c.resnet_blocks, c.resnet_dim, FRAME_ENCODER_STRIDE)
             grid = (c.n_cond_frames, *(vq.resolution // s for s in FRAME_ENCODER_STRIDE[1:]))
             self.cond_pos_embd = AddBroadcastPosEmbed(grid, c.resnet_dim)
+        if c.aligned_frames:
+            self.frames_in = nn.Linear(c.n_cond_frames * c.resnet_dim, c.hidden_dim)
+            nn.init.zeros_(self.frames_in.weight)  # starts as the plain prior
+            nn.init.zeros_(self.frames_in.bias)
         self.fc_in = nn.Linear(vq.embedding_dim, c.hidden_dim, bias=False)
         nn.init.normal_(self.fc_in.weight, std=0.02)
         self.attn_stack = AttentionStack(c, vq.latent_shape)
@@ -244,7 +261,8 @@ class VideoGPT(nn.Module):
         elif class_labels is not None:
             raise InputError("this model is not class-conditional: pass class_labels=None")
         if c.frame_conditional:
-            cond.frames, cond.frames_present = self._frame_encoding(cond_frames, frames_present, batch)
+            cond.frames, cond.frames_present, cond.frames_aligned = self._frame_encoding(
+                cond_frames, frames_present, batch)
         elif cond_frames is not None or frames_present is not None:
             raise InputError("this model is not frame-conditional: pass cond_frames=None")
         return cond
@@ -272,7 +290,7 @@ class VideoGPT(nn.Module):
         return onehot.to(dtype)
 
     def _frame_encoding(self, cond_frames: torch.Tensor | None, frames_present: torch.Tensor | None,
-                        batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                        batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         c, vq = self.config, self.vqvae.config
         expected = (batch, 3, c.n_cond_frames, vq.resolution, vq.resolution)
         if cond_frames is None:
@@ -280,7 +298,7 @@ class VideoGPT(nn.Module):
                 raise InputError(f"this model is frame-conditional: cond_frames of shape {expected} are required")
             if frames_present is not None and bool(torch.as_tensor(frames_present).any()):
                 raise InputError("frames_present marks samples with frames, but cond_frames is None")
-            return None, None
+            return None, None, None
         if not isinstance(cond_frames, torch.Tensor) or not cond_frames.is_floating_point() \
                 or tuple(cond_frames.shape) != expected:
             got = tuple(cond_frames.shape) if isinstance(cond_frames, torch.Tensor) else type(cond_frames).__name__
@@ -296,8 +314,19 @@ class VideoGPT(nn.Module):
                                  f"got {present.dtype} {tuple(present.shape)}")
             present = None if bool(present.all()) else present
         dtype = self.fc_in.weight.dtype
-        encoded = self.cond_pos_embd(self.resnet(cond_frames.to(device=self.fc_in.weight.device, dtype=dtype)))
-        return encoded.flatten(1, -2), present
+        features = self.resnet(cond_frames.to(device=self.fc_in.weight.device, dtype=dtype))
+        aligned = self._aligned_frames(features, present) if c.aligned_frames else None
+        return self.cond_pos_embd(features).flatten(1, -2), present, aligned
+
+    def _aligned_frames(self, features: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        """Frame features (B, n, R/4, R/4, C) -> (B, t*h*w, D): pooled to the latent grid, the same at every t."""
+        t, h, w = self.latent_shape
+        grid = features.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, n*C, R/4, R/4)
+        pooled = F.adaptive_avg_pool2d(grid, (h, w)).permute(0, 2, 3, 1)  # (B, h, w, n*C)
+        aligned = self.frames_in(pooled).unsqueeze(1).expand(-1, t, -1, -1, -1).flatten(1, 3)
+        if present is not None:
+            aligned = aligned * present.view(-1, 1, 1).to(aligned.dtype)
+        return aligned
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (B, t, h, w) -> input features (B, N, D) before the right shift."""
@@ -308,6 +337,8 @@ class VideoGPT(nn.Module):
         stack = self.attn_stack
         x = stack.right_shift(self.embed_codes(codes))
         x = x + stack.pos_embd.table().flatten(0, -2)
+        if cond.frames_aligned is not None:
+            x = x + cond.frames_aligned
         for layer in stack.attn_nets:
             x = layer(x, cond, self.attn_mask)
         logits = self.fc_out(self.norm(x, cond.class_onehot))

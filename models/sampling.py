@@ -24,6 +24,7 @@ from .layers import LayerNorm
 from .layout import causal_mask, sparse_block_layout
 
 MAX_SEED = 2**63 - 1
+MAX_GUIDANCE = 20.0  # the API's limit too (service/schemas.py)
 PROGRESS_INTERVAL_S = 0.2
 STOP_POLL_INTERVAL_S = 0.05
 
@@ -257,6 +258,8 @@ class CachedDecoder:
         batch = self.keys.shape[1]
         x = self.sos.expand(batch, -1) if previous is None else self.token_features[previous]
         x = x + self.positions[pos]
+        if self.cond.frames_aligned is not None:
+            x = x + self.cond.frames_aligned[:, pos]
 
         def attend_self(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             self.keys[i, :, :, :, pos] = k[:, :, 0]
@@ -273,6 +276,8 @@ class CachedDecoder:
             self._read_mask = causal_mask(self.gpt.latent_shape, c.attn_type, c.sparse_block_size,
                                           c.sparse_local_blocks).to(self.device)
         x = torch.where(pos == 0, self.sos, self.token_features[previous]) + self.positions.index_select(0, pos)
+        if self.cond.frames_aligned is not None:
+            x = x + self.cond.frames_aligned.index_select(1, pos)[:, 0]
         mask = self._read_mask.index_select(0, pos)  # (1, N): what pos may read
 
         def attend_self(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -312,10 +317,37 @@ def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None
     return torch.as_tensor(value, device=device)
 
 
+def guidance_scales(gpt: VideoGPT, guidance: object, n: int) -> torch.Tensor | None:
+    """The (n,) guidance scales on the model's device, or None when no sample is guided."""
+    values = [1.0 if g is None else g for g in _per_sample("guidance", guidance, n)]
+    for g in values:
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= MAX_GUIDANCE:
+            raise InputError(f"guidance must be a number in [0, {MAX_GUIDANCE}] (1: no guidance), got {g!r}")
+    if all(g == 1 for g in values):
+        return None
+    if not gpt.config.conditions_optional:
+        raise InputError("guidance needs a prior trained with condition dropout (conditions_optional); "
+                         "this one always needs its conditions: leave guidance at 1")
+    return torch.tensor(values, dtype=torch.float32, device=gpt.fc_in.weight.device)
+
+
+def _unconditioned_copies(labels: torch.Tensor | None, frames: torch.Tensor | None,
+                          present: torch.Tensor | None, n: int) -> tuple:
+    """Conditions for 2n rows: the n samples as given, then the same n with class and frames dropped."""
+    if labels is not None:
+        labels = torch.cat([labels.long(), torch.full_like(labels.long(), -1)])
+    if frames is not None:
+        given = torch.ones(n, dtype=torch.bool, device=frames.device) if present is None else present.bool()
+        present = torch.cat([given, torch.zeros_like(given)])
+        frames = frames.repeat(2, 1, 1, 1, 1)
+    return labels, frames, present
+
+
 @torch.no_grad()
 def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: torch.Tensor | None = None,
            frames_present: object = None, temperature: object = 1.0, top_k: object = None,
-           top_p: object = None, seed: object = None, progress: Callable[[int, int], None] | None = None,
+           top_p: object = None, seed: object = None, guidance: object = None,
+           progress: Callable[[int, int], None] | None = None,
            should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
 
@@ -325,17 +357,26 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     should_stop() is polled about every 50 ms, and SamplingCancelled is raised when it answers True.
     With a prior trained with condition dropout, label -1 is "no class" and frames_present (n bools) says
     which samples of cond_frames have frames: one batch can mix modes.
+    guidance (one scale or n; None or 1 = off) is classifier-free guidance for such a prior: each step's
+    logits become u + s * (c - u), c with the sample's conditions and u with them dropped, so the codes
+    follow the class or frames more closely; guided samples cost a second row in the batch.
     On CUDA the decode step is captured once as a CUDA graph and replayed (cuda_graph=False turns it off);
     the model's dtype (cast it with `gpt.to(torch.bfloat16)`) is the sampler's.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n must be an integer >= 1, got {n!r}")
     controls = SamplingControls.build(n, temperature, top_k, top_p, seed)
+    scales = guidance_scales(gpt, guidance, n)
     device = gpt.fc_in.weight.device
-    cond = gpt.condition(_as_batch_tensor(class_labels, device),
-                         None if cond_frames is None else cond_frames.to(device), n,
-                         _as_batch_tensor(frames_present, device))
-    decoder = CachedDecoder(gpt, cond, n)
+    labels = _as_batch_tensor(class_labels, device)
+    frames = None if cond_frames is None else cond_frames.to(device)
+    present = _as_batch_tensor(frames_present, device)
+    gpt.condition(labels, frames, n, present)  # validates the inputs as given
+    guided = scales is not None
+    if guided:  # rows n..2n-1: the same samples with every condition dropped
+        labels, frames, present = _unconditioned_copies(labels, frames, present, n)
+    rows = 2 * n if guided else n
+    decoder = CachedDecoder(gpt, gpt.condition(labels, frames, rows, present), rows)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
     step = decoder.graph_step() if cuda_graph else decoder.step
@@ -349,7 +390,13 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
             last_poll = time.monotonic()
             if should_stop():
                 raise SamplingCancelled(pos, total)
-        logits = step(pos, previous)
+        if guided:
+            logits = step(pos, None if previous is None else previous.repeat(2))
+            conditioned, unconditioned = logits[:n], logits[n:]
+            logits = torch.where(scales[:, None] == 1, conditioned,
+                                 torch.lerp(unconditioned.float(), conditioned.float(), scales[:, None]))
+        else:
+            logits = step(pos, previous)
         previous = draw(logits, controls, uniforms[:, pos])
         codes[:, pos] = previous
         if progress is not None and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:

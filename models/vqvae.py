@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,8 @@ class VQVAEConfig(Settings):
     # for video in [-0.5, 0.5], so with zeros the first and last code steps and the border cells see a grey
     # frame around a dark one and get codes of their own; replicate keeps a digit's codes the same there.
     padding: str = "zeros"
+
+    LATER_SETTINGS: ClassVar[tuple[str, ...]] = ("axial_attention", "padding")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "downsample", tuple(self.downsample))

@@ -88,8 +88,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
             shown[0] = time.perf_counter()
             print(f"\r{done}/{total} steps", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
+    guidance = args.guidance if args.guidance is not None else (1.0 if labels is None and frames is None
+                                                                else info.guidance)
     codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, progress=progress)
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance, progress=progress)
     sampled = time.perf_counter()
     with torch.no_grad():
         videos = gpt.vqvae.decode(codes).float()
@@ -166,6 +168,7 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
     import torch
 
     from models import BundleInfo, GPTConfig, VideoGPT, load_vqvae, save_bundle
+    from models.bundle import check_guidance
     from models.training import train
 
     settings = _train_settings(args)
@@ -181,7 +184,8 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                        class_cond_dim=len(class_names) if args.class_cond else None,
                        n_cond_frames=args.n_cond_frames, resnet_widths=tuple(args.resnet_widths),
                        resnet_blocks=tuple(args.resnet_blocks), resnet_dim=args.resnet_dim,
-                       condition_dropout=args.condition_dropout)
+                       condition_dropout=args.condition_dropout, aligned_frames=args.aligned_frames)
+    check_guidance(args.default_guidance, config, "--default-guidance")  # before training, not after
     model = VideoGPT(config, vqvae)
 
     def loss_fn(batch: dict) -> dict:
@@ -191,7 +195,7 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
     info = BundleInfo(name=args.name or Path(args.out).name, kind="gpt", fps=args.fps,
                       class_names=list(class_names) if args.class_cond else None,
                       source={"trained_on": args.data, "steps": settings.steps, "vqvae": str(args.vqvae),
-                              "validation": metrics})
+                              "validation": metrics}, guidance=args.default_guidance)
     save_bundle(model, args.out, info, storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
@@ -222,14 +226,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     bundles = _bundle_dirs(args.bundles)
-    models, sources = {}, {}
+    models, sources, guidance = {}, {}, {}
     for path in bundles:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
             continue
         gpt = load_gpt(path)
-        for mode in gpt_config.modes:  # a prior trained with condition dropout serves several
-            models[mode], sources[mode] = gpt, str(path)
+        # A prior trained with condition dropout serves several modes; the first bundle given for a mode
+        # serves it, as the first model does for requests that name none.
+        for mode in gpt_config.modes:
+            if mode not in models:
+                models[mode], sources[mode], guidance[mode] = gpt, str(path), gpt.info.guidance
     vqvae = load_vqvae(bundles[0])
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
@@ -243,13 +250,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = evaluate(models, vqvae, classifier, spec, n=args.n, batch=args.batch, seed=args.seed,
-                      sheet_path=out / "contact_sheet.png", log=lambda line: print(line, file=sys.stderr))
+                      sheet_path=out / "contact_sheet.png", log=lambda line: print(line, file=sys.stderr),
+                      guidance=guidance)
     report["bundles"] = sources
     report["bars"] = check_bars(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for bar in report["bars"]:
         print(f"{'ok  ' if bar['met'] else 'MISS'} {bar['metric']:40s} {bar['value']:.3f} (bar {bar['bar']})")
     print(f"wrote {out / 'report.json'} and {out / 'contact_sheet.png'}")
+    return 0
+
+
+def cmd_train_classifier(args: argparse.Namespace) -> int:
+    from models.classifier import save_classifier
+    from models.data import MovingDigitsSpec
+    from models.evaluation import train_classifier
+
+    spec = MovingDigitsSpec.for_video(args.frames, args.resolution)
+    classifier = train_classifier(spec, steps=args.steps, seed=args.seed)
+    save_classifier(classifier, args.out)
+    print(f"wrote the evaluation classifier {args.out}")
     return 0
 
 
@@ -293,7 +313,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     request: dict = {"mode": args.mode, "num_samples": args.n, "temperature": args.temperature}
     for key, value in (("model", args.model), ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
-                       ("fps", args.fps)):
+                       ("fps", args.fps), ("guidance", args.guidance)):
         if value is not None:
             request[key] = value
     if args.label is not None:
@@ -364,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale for modes class and frames (default: the model's)")
     p.add_argument("-o", "--output", default="sample.mp4", help="output mp4 (default sample.mp4)")
     p.add_argument("--per-sample", action="store_true", help="one file per sample: OUT_0.mp4, OUT_1.mp4, ...")
     p.add_argument("--fps", type=float, help="frames per second (default: the bundle's)")
@@ -400,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--condition-dropout", type=float, default=0.0,
                    help="probability of dropping each condition in training: one prior then also serves "
                         "the modes without it (unconditional with both)")
+    p.add_argument("--default-guidance", type=float, default=1.0,
+                   help="guidance scale of requests that name none (needs --condition-dropout; 1: off)")
+    p.add_argument("--aligned-frames", action="store_true",
+                   help="also add the frame encoding to the input of each code at the same place (a shortcut "
+                        "a small prior learns far sooner than cross-attention)")
     p.add_argument("--hidden-dim", type=int, default=144)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
@@ -425,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("train-classifier", help="train the evaluation classifier on real moving-digits videos",
+                       description="The 3D-CNN video classifier `eval` scores generated videos with (as I3D is "
+                                   "for FVD); `eval` trains one itself when none is given.")
+    p.add_argument("--out", required=True, help="classifier .safetensors to write")
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser("info", help="print a bundle's settings")
     p.add_argument("bundle", help="bundle directory")
@@ -468,6 +505,8 @@ def _add_service_commands(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance scale for modes class and frames (default: the model's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--fps", type=float)
     p.add_argument("--api-key", help="API key, when the gateway requires one")

@@ -48,10 +48,14 @@ def invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, field)
 
 
-def resolve_model(name: str | None, models: dict[str, dict], default: str | None) -> dict:
-    if name is None:  # the configured default, else the first model a live worker serves, else the first
+def resolve_model(name: str | None, models: dict[str, dict], default: str | None, mode: str | None = None) -> dict:
+    """The model a request names; with none, the first of: the configured default, a model a live worker
+    serves, any model, taking models that do `mode` before those that do not."""
+    if name is None:
         served = sorted(n for n, m in models.items() if m.get("workers_up"))
-        name = default if default in models else (served or sorted(models) or [None])[0]
+        ranked = ([default] if default in models else []) + served + sorted(models)
+        doing = [n for n in ranked if mode in models[n].get("modes", [])]
+        name = (doing or ranked or [None])[0]
         if name is None:
             raise ApiError(503, "no_models", "no model is available yet: no worker has announced one",
                            headers={"Retry-After": "5"})
@@ -128,7 +132,7 @@ def decode_cond_frames(value: str, model: dict, settings: ServiceSettings) -> tu
 def validate_request(req: GenerateRequest, models: dict[str, dict],
                      settings: ServiceSettings) -> tuple[dict[str, Any], bytes | None]:
     """The job's request record (every setting explicit, a seed drawn when none was given) and its frames."""
-    model = resolve_model(req.model, models, settings.default_model)
+    model = resolve_model(req.model, models, settings.default_model, req.mode)
     if req.mode not in model["modes"]:
         raise invalid("mode", f"model {model['name']!r} does not do mode {req.mode!r}; its modes are "
                               f"{', '.join(model['modes'])}")
@@ -140,6 +144,7 @@ def validate_request(req: GenerateRequest, models: dict[str, dict],
         "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p,
         "seed": req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little") & MAX_SEED,
         "fps": req.fps or model["fps"], "class_label": None, "class_name": None, "cond_frames": None,
+        "guidance": request_guidance(req, model),
     }
     if req.mode == "class":
         if req.class_label is None:
@@ -164,6 +169,18 @@ def validate_request(req: GenerateRequest, models: dict[str, dict],
     elif req.cond_frames is not None:
         raise invalid("cond_frames", f"cond_frames is only for mode 'frames', not {req.mode!r}")
     return record, frames
+
+
+def request_guidance(req: GenerateRequest, model: dict) -> float:
+    """The guidance scale the job samples with: the request's, else the model's default (1 = none)."""
+    if req.guidance is None:
+        return 1.0 if req.mode == "unconditional" else float(model.get("guidance", 1.0))
+    if req.mode == "unconditional":
+        raise invalid("guidance", "guidance steers towards a class or frames: leave it out in mode 'unconditional'")
+    if req.guidance != 1 and not model.get("guidance_supported"):
+        raise invalid("guidance", f"model {model['name']!r} was not trained with condition dropout, so it cannot "
+                                  "be guided: leave guidance out or set it to 1")
+    return req.guidance
 
 
 def body_fingerprint(req: GenerateRequest) -> str:

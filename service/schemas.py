@@ -26,6 +26,10 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1, le=1_000_000, description="keep the k most likely codes")
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling")
+    guidance: float | None = Field(
+        None, ge=0, le=20, allow_inf_nan=False,  # 20: models.sampling.MAX_GUIDANCE
+        description="classifier-free guidance scale, modes class and frames: > 1 follows the condition more "
+                    "closely (1: off; default: the model's)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed and settings: same videos")
     fps: float | None = Field(None, gt=0, le=120, allow_inf_nan=False, description="default: the model's")
     webhook: str | None = Field(None, max_length=2048, description="URL that receives the job's events (POST, "

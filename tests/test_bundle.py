@@ -1,5 +1,6 @@
 """Bundles round-trip exactly and refuse configs and tensors that do not fit."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from models import (
     CheckpointError,
     ConfigError,
     GPTConfig,
+    VideoGPT,
     VQVAEConfig,
     convert_official_checkpoint,
     load_gpt,
@@ -51,8 +53,8 @@ def test_bundle_records_every_setting(gpt_bundle):
     assert config["format"] == "videogpt-serve-bundle" and config["format_version"] == 1
     assert config["kind"] == "gpt" and config["name"] == "gpt_classcond_full"
     assert config["class_names"] == ["a", "b", "c", "d", "e"]
-    assert set(config["gpt"]) == set(GPTConfig.__dataclass_fields__)
-    assert set(config["vqvae"]) == set(VQVAEConfig.__dataclass_fields__)
+    assert set(config["gpt"]) == {f.name for f in dataclasses.fields(GPTConfig)}
+    assert set(config["vqvae"]) == {f.name for f in dataclasses.fields(VQVAEConfig)}
     assert config["latent_shape"] == [4, 8, 8]
     # derived causal masks are not shipped
     assert not any(k.endswith("attn.attn.mask") for k in load_file(str(gpt_bundle / "gpt.safetensors")))
@@ -86,11 +88,30 @@ def _edit_config(bundle, **changes):
     ({"format_version": 99}, "format_version 99 is not supported"),
     ({"kind": "diffusion"}, "kind must be 'vqvae' or 'gpt'"),
     ({"fps": -1}, r"fps must be a number in \(0, 240\]"),
+    ({"guidance": "high"}, r"guidance must be a number in \[0, 20.0\]"),
+    ({"guidance": 2.0}, "guidance 2.0 needs a prior trained with condition dropout"),
 ])
 def test_bad_config_is_refused_with_a_message(gpt_bundle, changes, message):
     _edit_config(gpt_bundle, **changes)
     with pytest.raises(ConfigError, match=message):
         load_gpt(gpt_bundle)
+
+
+def test_guidance_default_round_trips_and_older_bundles_still_load(tmp_path, gpt_bundle):
+    gpt = load_gpt(gpt_bundle)
+    assert gpt.info.guidance == 1.0
+    optional = dataclasses.replace(gpt.config, condition_dropout=0.2, aligned_frames=False)
+    model = VideoGPT(optional, gpt.vqvae)
+    saved = save_bundle(model, tmp_path / "guided", dataclasses.replace(gpt.info, guidance=2.5))
+    assert load_gpt(saved).info.guidance == 2.5
+    with pytest.raises(ConfigError, match="guidance 2.5 needs a prior trained with condition dropout"):
+        save_bundle(gpt, tmp_path / "refused", dataclasses.replace(gpt.info, guidance=2.5))
+    # Bundles written before guidance, aligned_frames, axial_attention and padding existed load with the
+    # defaults, which are what their models computed.
+    _edit_config(saved, guidance=KeyError, gpt__aligned_frames=KeyError, vqvae__axial_attention=KeyError,
+                 vqvae__padding=KeyError)
+    old = load_gpt(saved)
+    assert old.info.guidance == 1.0 and old.config == optional and old.vqvae.config == gpt.vqvae.config
 
 
 def test_config_that_is_not_json(gpt_bundle):

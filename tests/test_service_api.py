@@ -93,7 +93,7 @@ def png_data_uri(height=40, width=56) -> str:
 @pytest.mark.parametrize("body", [
     {"mode": "unconditional", "num_samples": 2},
     {"mode": "class", "class_label": "three"},
-    {"mode": "class", "class_label": 1, "model": "tiny", "top_k": 5, "temperature": 0.8, "seed": 7},
+    {"mode": "class", "class_label": 1, "model": "tiny", "top_k": 5, "temperature": 0.8, "seed": 7, "guidance": 1},
     {"mode": "frames", "cond_frames": png_data_uri(), "top_p": 0.9},
     {"mode": "frames", "cond_frames": "mp4"},
     {"mode": "frames", "cond_frames": "gif", "num_samples": 3},
@@ -122,6 +122,8 @@ def test_each_mode_end_to_end(api, body, tmp_path):
         assert metrics[key] is not None and metrics[key] >= 0
     request = job["request"]
     assert request["model"] == "tiny" and isinstance(request["seed"], int)
+    # The model's default guidance (2) for class and frames; none for unconditional.
+    assert request["guidance"] == body.get("guidance", 1.0 if body["mode"] == "unconditional" else 2.0)
     if body["mode"] == "class":
         assert request["class_label"] == 3 if body["class_label"] == "three" else 1
     if body["mode"] == "frames":
@@ -174,6 +176,8 @@ def test_models_health_and_discovery(api):
     ({"mode": "unconditional", "top_p": 1.5}, "top_p", "less than or equal to 1"),
     ({"mode": "unconditional", "seed": -1}, "seed", "greater than or equal to 0"),
     ({"mode": "unconditional", "colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ({"mode": "unconditional", "guidance": 3}, "guidance", "leave it out in mode 'unconditional'"),
+    ({"mode": "class", "class_label": 1, "guidance": 21}, "guidance", "less than or equal to 20"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 20 else None)
 def test_bad_requests_are_refused_with_the_field_and_nothing_is_queued(api, stack, body, field, text):
     client = stack.redis.client()

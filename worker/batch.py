@@ -140,6 +140,7 @@ def run_batch(gpt: VideoGPT, jobs: list[BatchJob], store: JobStore, storage: Sto
                        temperature=[job.request["temperature"] for job, _ in rows],
                        top_k=[job.request["top_k"] for job, _ in rows],
                        top_p=[job.request["top_p"] for job, _ in rows],
+                       guidance=[job.request.get("guidance", 1.0) for job, _ in rows],
                        seed=[sample_seed(int(job.request["seed"]), i) for job, i in rows],
                        progress=progress, should_stop=should_stop)
     except SamplingCancelled:

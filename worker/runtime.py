@@ -41,7 +41,8 @@ def model_info(gpt: VideoGPT) -> dict[str, Any]:
     class_names = info.class_names or ([str(i) for i in range(c.class_cond_dim)] if c.class_conditional else None)
     return {"name": info.name, "modes": c.modes, "class_names": class_names,
             "n_classes": c.class_cond_dim or 0, "n_cond_frames": c.n_cond_frames, "frames": vq.sequence_length,
-            "resolution": vq.resolution, "fps": info.fps, "latent_shape": list(vq.latent_shape)}
+            "resolution": vq.resolution, "fps": info.fps, "latent_shape": list(vq.latent_shape),
+            "guidance": info.guidance, "guidance_supported": c.conditions_optional}
 
 
 class WorkerRuntime:

@@ -1,0 +1,96 @@
+"""Classifier-free guidance in the sampler, and priors that also add the frame encoding at each code's place."""
+
+import dataclasses
+
+import pytest
+import torch
+from model_factory import random_gpt
+from test_generality import CASES
+from test_optional_conditions import mixed_inputs
+from test_sampling import forced_step_logits
+
+from models import ConfigError, InputError, VideoGPT, sample
+
+VQ_CONFIG, BASE = CASES["class-frames-sparse"]
+ALIGNED = dataclasses.replace(BASE, condition_dropout=0.5, aligned_frames=True)
+
+
+@pytest.fixture(scope="module")
+def aligned():
+    return random_gpt(VQ_CONFIG, ALIGNED, seed=3)
+
+
+@pytest.fixture(scope="module")
+def plain(aligned):
+    """The aligned prior without its aligned path: every other weight the same."""
+    model = VideoGPT(dataclasses.replace(ALIGNED, aligned_frames=False), aligned.vqvae)
+    state = {k: v for k, v in aligned.state_dict().items() if not k.startswith("frames_in.")}
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def test_aligned_frames_need_frames():
+    with pytest.raises(ConfigError, match="aligned_frames needs frame conditioning"):
+        dataclasses.replace(CASES["stride1x2x2-uncond-sparse"][1], aligned_frames=True)
+    with pytest.raises(ConfigError, match="aligned_frames must be true or false"):
+        dataclasses.replace(ALIGNED, aligned_frames="yes")
+
+
+def test_aligned_path_adds_the_frames_at_each_place_and_only_for_samples_with_frames(aligned, plain):
+    codes, labels, frames, present = mixed_inputs(aligned)
+    with torch.no_grad():
+        base = plain.condition(labels, frames, 4, present)
+        cond = aligned.condition(labels, frames, 4, present)
+        t, h, w = aligned.latent_shape
+        added = cond.frames_aligned.view(4, t, h, w, -1)
+        assert torch.equal(added[:, 0], added[:, 1])  # the same at every latent time step
+        assert added[:2].abs().amin(dim=-1).amax() > 0 and torch.equal(added[2:], torch.zeros_like(added[2:]))
+        assert not torch.equal(added[0, 0, 0, 0], added[0, 0, 1, 1])  # it differs by place
+        # The rest of the model is the plain prior's: with the path zeroed, the logits are the same.
+        differs = (aligned.forward(codes, cond) - plain.forward(codes, base)).abs().amax(dim=(1, 2, 3, 4))
+        assert differs[:2].min() > 1e-3 and differs[2:].max() < 1e-5
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
+def test_cached_decoding_of_an_aligned_prior_equals_teacher_forcing(aligned, static):
+    codes, labels, frames, present = mixed_inputs(aligned, seed=2)
+    with torch.no_grad():
+        expected = aligned.forward(codes, aligned.condition(labels, frames, 4, present))
+    got = forced_step_logits(aligned, codes, labels, frames, static, frames_present=present)
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_guidance_one_is_plain_sampling(aligned):
+    _, labels, frames, present = mixed_inputs(aligned)
+    kwargs = {"class_labels": labels, "cond_frames": frames, "frames_present": present, "seed": 5}
+    assert torch.equal(sample(aligned, 4, **kwargs), sample(aligned, 4, guidance=1.0, **kwargs))
+    assert not torch.equal(sample(aligned, 4, **kwargs), sample(aligned, 4, guidance=4.0, **kwargs))
+
+
+def test_guided_greedy_codes_follow_the_extrapolated_logits(aligned):
+    """Each guided pick is the argmax of u + s (c - u), c and u the teacher-forced logits with and
+    without the sample's conditions."""
+    _, labels, frames, present = mixed_inputs(aligned)
+    scales = [3.0, 1.0, 0.5, 2.0]
+    codes = sample(aligned, 4, class_labels=labels, cond_frames=frames, frames_present=present, top_k=1,
+                   guidance=scales, seed=0)
+    with torch.no_grad():
+        c = aligned.forward(codes, aligned.condition(labels, frames, 4, present))
+        u = aligned.forward(codes, aligned.condition(torch.full_like(labels, -1), None, 4))
+    s = torch.tensor(scales).view(4, 1, 1, 1, 1)
+    assert torch.equal(codes, (u + s * (c - u)).argmax(dim=-1))
+
+
+def test_guidance_is_checked(aligned):
+    with pytest.raises(InputError, match="guidance must be a number in"):
+        sample(aligned, 2, guidance=-1.0)
+    with pytest.raises(InputError, match="guidance must be a number in"):
+        sample(aligned, 2, guidance=[1.0, float("nan")])
+    with pytest.raises(InputError, match="guidance has 3 entries for 2 samples"):
+        sample(aligned, 2, guidance=[1.0, 2.0, 3.0])
+    strict = random_gpt(VQ_CONFIG, BASE, seed=1)
+    _, labels, frames, _ = mixed_inputs(strict)
+    labels = labels.clamp_min(0)
+    with pytest.raises(InputError, match="guidance needs a prior trained with condition dropout"):
+        sample(strict, 4, class_labels=labels, cond_frames=frames, guidance=2.0)
+    sample(strict, 4, class_labels=labels, cond_frames=frames, guidance=1.0)  # 1 is no guidance: allowed
