@@ -278,7 +278,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         """Every model a worker has announced, and whether a worker serving it is up now."""
         models = []
         for info in gw.catalog.models().values():
-            shown = {k: info.get(k) for k in ModelInfo.model_fields if k not in ("worker_up", "workers")}
+            # Fields a worker of an older version did not announce keep their defaults.
+            shown = {k: info[k] for k in ModelInfo.model_fields if k in info and k not in ("worker_up", "workers")}
             models.append({**shown, "worker_up": info["workers_up"] > 0, "workers": info["workers_up"]})
         return {"models": models, "default_model": settings.default_model}
 

@@ -92,6 +92,8 @@ class ModelInfo(BaseModel):
     resolution: int
     fps: float
     latent_shape: list[int]
+    guidance: float = Field(1.0, description="guidance scale of class and frames requests that name none")
+    guidance_supported: bool = Field(False, description="whether requests may set guidance (condition dropout)")
     worker_up: bool
     workers: int
 

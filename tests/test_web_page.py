@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from service_stack import REPO, publish_ghost, serving, write_bundle
@@ -101,6 +102,20 @@ def test_a_bad_value_shows_the_error_next_to_its_field(page):
     page.check("#mode-frames")
     page.click("#submit")  # no file chosen
     assert "Choose an image" in page.locator("#cond_frames-error").inner_text()
+
+
+def test_guidance_follows_the_mode_and_reaches_the_job(page, stack):
+    page.select_option("#model", "tiny")
+    page.check("#mode-unconditional")
+    page.click("#settings summary")
+    assert not page.is_visible("#guidance")  # guidance has nothing to steer towards without a condition
+    page.check("#mode-class")
+    assert page.is_visible("#guidance") and page.get_attribute("#guidance", "placeholder") == "2"
+    page.fill("#guidance", "4")
+    page.click("#submit")
+    page.wait_for_selector("#current[data-status='succeeded']", timeout=60000)
+    job_id = page.evaluate("JSON.parse(localStorage.getItem('vgs.recentJobs') || '[]')[0]")
+    assert httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()["request"]["guidance"] == 4
 
 
 def test_cancel_a_job(page):

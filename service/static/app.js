@@ -29,7 +29,7 @@ async function api(path, options = {}) {
 
 // Errors appear next to the field they concern, or under the form.
 const FIELD_ERRORS = ["api_key", "model", "mode", "class_label", "cond_frames", "num_samples", "temperature",
-                      "top_k", "top_p", "seed"];
+                      "top_k", "top_p", "guidance", "seed"];
 function clearErrors() {
   for (const name of FIELD_ERRORS) {
     const box = $(`${name === "api_key" ? "api-key" : name}-error`);
@@ -104,6 +104,10 @@ function onModeChange() {
   const mode = currentMode();
   $("class-field").hidden = mode !== "class";
   $("frames-field").hidden = mode !== "frames";
+  // Guidance steers towards the class or frames, with models trained to also work without them.
+  const model = currentModel();
+  $("guidance-field").hidden = mode === "unconditional" || !model?.guidance_supported;
+  $("guidance").placeholder = String(model?.guidance ?? 1);
 }
 
 // The preview draws what the model will get: the first frame, shorter side scaled, centre cut.
@@ -153,7 +157,8 @@ async function buildRequest() {
     body.cond_frames = await readAsDataUri(file);
   }
   for (const [name, parse] of [["num_samples", parseInt], ["temperature", parseFloat], ["top_k", parseInt],
-                               ["top_p", parseFloat], ["seed", parseInt]]) {
+                               ["top_p", parseFloat], ["guidance", parseFloat], ["seed", parseInt]]) {
+    if ($(`${name}-field`)?.hidden) continue;
     const raw = $(name).value.trim();
     if (raw !== "") body[name] = Number.isNaN(parse(raw)) ? raw : parse(raw);
   }
