@@ -1,4 +1,6 @@
-"""Classifier-free guidance in the sampler, and priors that also add the frame encoding at each code's place."""
+"""Classifier-free guidance in the sampler, and priors that also add the frame encoding at each code's place.
+
+(Cached decoding of aligned priors equals teacher forcing: test_optional_conditions.)"""
 
 import dataclasses
 
@@ -7,7 +9,6 @@ import torch
 from model_factory import random_gpt
 from test_generality import CASES
 from test_optional_conditions import mixed_inputs
-from test_sampling import forced_step_logits
 
 from models import ConfigError, InputError, VideoGPT, sample
 
@@ -49,15 +50,6 @@ def test_aligned_path_adds_the_frames_at_each_place_and_only_for_samples_with_fr
         # The rest of the model is the plain prior's: with the path zeroed, the logits are the same.
         differs = (aligned.forward(codes, cond) - plain.forward(codes, base)).abs().amax(dim=(1, 2, 3, 4))
         assert differs[:2].min() > 1e-3 and differs[2:].max() < 1e-5
-
-
-@pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
-def test_cached_decoding_of_an_aligned_prior_equals_teacher_forcing(aligned, static):
-    codes, labels, frames, present = mixed_inputs(aligned, seed=2)
-    with torch.no_grad():
-        expected = aligned.forward(codes, aligned.condition(labels, frames, 4, present))
-    got = forced_step_logits(aligned, codes, labels, frames, static, frames_present=present)
-    assert (got - expected).abs().max() < 1e-4
 
 
 def test_guidance_one_is_plain_sampling(aligned):

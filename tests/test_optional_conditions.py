@@ -63,8 +63,10 @@ def test_a_mixed_batch_computes_each_sample_as_alone(gpt):
             assert (together[i:i + 1] - alone).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("aligned", [False, True], ids=["cross-attention", "aligned-frames"])
 @pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
-def test_cached_decoding_of_a_mixed_batch_equals_teacher_forcing(gpt, static):
+def test_cached_decoding_of_a_mixed_batch_equals_teacher_forcing(static, aligned):
+    gpt = random_gpt(VQ_CONFIG, dataclasses.replace(OPTIONAL, aligned_frames=aligned), seed=5)
     codes, labels, frames, present = mixed_inputs(gpt)
     with torch.no_grad():
         expected = gpt.forward(codes, gpt.condition(labels, frames, 4, present))
