@@ -2,6 +2,7 @@
 
     python bench/sampler.py                                  # all configs, batches 1 and 8, CPU, 2 threads
     python bench/sampler.py --configs small --batches 1 4 --device cuda --dtype bfloat16
+    python bench/sampler.py --configs small-class --guidance 1 3     # what classifier-free guidance costs
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import VQVAE, GPTConfig, VideoGPT, VQVAEConfig, sample
 
+SMALL_VQVAE = VQVAEConfig(embedding_dim=64, n_codes=256, n_hiddens=64, n_res_layers=2, downsample=(4, 4, 4),
+                          sequence_length=16, resolution=64)  # latent 4x16x16 = 1024 steps
 BAIR_VQVAE = VQVAEConfig(embedding_dim=256, n_codes=1024, n_hiddens=240, n_res_layers=4, downsample=(4, 2, 2),
                          sequence_length=16, resolution=64)  # latent 4x32x32 = 4096 steps
 CONFIGS = {
     "bair-like": (BAIR_VQVAE, GPTConfig(hidden_dim=576, heads=4, layers=8, attn_type="full")),
     "bair-like-sparse": (BAIR_VQVAE, GPTConfig(hidden_dim=576, heads=4, layers=8, attn_type="sparse")),
-    "small": (VQVAEConfig(embedding_dim=64, n_codes=256, n_hiddens=64, n_res_layers=2, downsample=(4, 4, 4),
-                          sequence_length=16, resolution=64),  # latent 4x16x16 = 1024 steps
-              GPTConfig(hidden_dim=192, heads=4, layers=4, attn_type="full")),
+    "small": (SMALL_VQVAE, GPTConfig(hidden_dim=192, heads=4, layers=4, attn_type="full")),
+    # class-conditional with condition dropout: can be guided
+    "small-class": (SMALL_VQVAE, GPTConfig(hidden_dim=192, heads=4, layers=4, attn_type="full", class_cond_dim=10,
+                                           condition_dropout=0.3)),
 }
 
 
@@ -46,20 +50,25 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def run(name: str, batch: int, device: str, dtype: torch.dtype) -> dict:
+def run(name: str, batch: int, device: str, dtype: torch.dtype, guidance: float = 1.0) -> dict:
     gpt = build(name, device, dtype)
     steps = math.prod(gpt.latent_shape)
-    sample(gpt, batch, seed=0, top_k=None) if steps <= 1024 else None  # warm-up on small models only
+    c = gpt.config
+    cond = {"class_labels": [i % c.class_cond_dim for i in range(batch)]} if c.class_conditional else {}
+    if guidance != 1:
+        cond["guidance"] = guidance
+    sample(gpt, batch, seed=0, top_k=None, **cond) if steps <= 1024 else None  # warm-up on small models only
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    sample(gpt, batch, seed=1)
+    sample(gpt, batch, seed=1, **cond)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     return {
-        "config": name, "batch": batch, "device": device, "dtype": str(dtype).replace("torch.", ""),
+        "config": name, "batch": batch, "guidance": guidance, "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(), "steps": steps,
         "ms_per_step": round(elapsed / steps * 1000, 3),
         "tokens_per_s": round(batch * steps / elapsed, 1),
@@ -78,17 +87,20 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--guidance", nargs="+", type=float, default=[1.0],
+                        help="guidance scales (other than 1 only for configs trained with condition dropout)")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.configs:
         for batch in args.batches:
-            if args.in_process:
-                print(json.dumps(run(name, batch, args.device, getattr(torch, args.dtype))), flush=True)
-            else:  # a fresh process per case, so peak memory is that case's
-                subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches", str(batch),
-                                "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads)],
-                               check=True)
+            for guidance in args.guidance:
+                if args.in_process:
+                    print(json.dumps(run(name, batch, args.device, getattr(torch, args.dtype), guidance)), flush=True)
+                else:  # a fresh process per case, so peak memory is that case's
+                    subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches",
+                                    str(batch), "--device", args.device, "--dtype", args.dtype, "--threads",
+                                    str(args.threads), "--guidance", str(guidance)], check=True)
 
 
 if __name__ == "__main__":
