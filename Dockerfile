@@ -39,7 +39,7 @@ RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0 \
     && mkdir -p /data/outputs && chown app:app /data/outputs
 COPY weights ./weights
 USER 10001:10001
-ENV VGS_BUNDLES='["/app/weights/moving-digits"]' \
+ENV VGS_BUNDLES='["/app/weights/moving-digits","/app/weights/moving-digits-frames"]' \
     VGS_METRICS_PORT=9100
 EXPOSE 9100
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -48,23 +48,16 @@ run: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-# Retrain the shipped moving-digits model from scratch (CPU; the README says how long it takes).
-# Training state goes to build/train-digits (resumable: rerun to continue); the bundle to weights/moving-digits.
-# One prior, class- and frame-conditional, trained with condition dropout: it serves all three modes.
-DIGITS := weights/moving-digits
-DIGITS_WORK := build/train-digits
-DIGITS_DATA := --data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0
+# Retrain the shipped moving-digits models from scratch (CPU; the README says how long it takes):
+# scripts/train-digits.sh. Training state and logs go to build/train-digits (resumable: rerun to continue);
+# the bundles to weights/moving-digits (class-conditional and unconditional) and weights/moving-digits-frames.
+DIGITS := weights/moving-digits weights/moving-digits-frames
 
 .PHONY: train-digits eval-digits
+
 train-digits: $(STAMP)
-	$(BIN)/videogpt-serve train-vqvae $(DIGITS_DATA) --resolution 32 --frames 16 --n-hiddens 64 \
-		--embedding-dim 64 --n-codes 1024 --n-res-layers 2 --no-axial-attention --downsample 4 4 4 \
-		--lr 1e-3 --schedule cosine --steps 5000 --val-every 500 --name moving-digits-vqvae --out $(DIGITS_WORK)/vqvae
-	$(BIN)/videogpt-serve train-gpt $(DIGITS_DATA) --vqvae $(DIGITS_WORK)/vqvae --class-cond --n-cond-frames 1 \
-		--condition-dropout 0.5 --hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 \
-		--lr 6e-4 --schedule cosine --warmup 100 --steps 5000 --val-every 500 \
-		--checkpoint $(DIGITS_WORK)/gpt.train.pt --name moving-digits --out $(DIGITS)
+	BIN=$(BIN) scripts/train-digits.sh
 
 # The quality report of the shipped model (issue figures in the README): eval/report.json, eval/contact_sheet.png.
 eval-digits: $(STAMP)
-	$(BIN)/videogpt-serve eval $(DIGITS) --classifier $(DIGITS)-classifier.safetensors --n 200 --out eval
+	$(BIN)/videogpt-serve eval $(DIGITS) --classifier weights/moving-digits-classifier.safetensors --n 200 --out eval

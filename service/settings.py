@@ -56,7 +56,8 @@ class ServiceSettings(BaseSettings):
     s3_secret_key: str | None = Field(None, description="S3 credentials (empty: boto3's own lookup)")
 
     # Workers
-    bundles: list[Path] = Field(default_factory=lambda: [Path("weights/moving-digits")],
+    bundles: list[Path] = Field(default_factory=lambda: [Path("weights/moving-digits"),
+                                                         Path("weights/moving-digits-frames")],
                                 description="bundle directories a worker loads at start")
     device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
     batch_size: int = Field(8, ge=1, description="most samples decoded together")

@@ -129,10 +129,13 @@ def test_kubernetes_manifests():
     worker = docs[("Deployment", "worker")]["spec"]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert ("Deployment", "gateway") in docs and ("Service", "gateway") in docs
-    trigger = docs[("ScaledObject", "worker")]["spec"]["triggers"][0]
+    triggers = docs[("ScaledObject", "worker")]["spec"]["triggers"]
     import redis
 
     from service.jobs import JobStore
+    from service.settings import ServiceSettings
 
-    queue_key = JobStore(redis.Redis(), "vgs", 60).queue("moving-digits").key  # no connection is made
-    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue_key
+    store = JobStore(redis.Redis(), "vgs", 60)  # no connection is made
+    shipped = [path.name for path in ServiceSettings().bundles]  # the bundle folders are named as the models
+    assert [t["type"] for t in triggers] == ["redis"] * len(shipped)
+    assert [t["metadata"]["listName"] for t in triggers] == [store.queue(name).key for name in shipped]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Retrain the shipped moving-digits models from scratch on CPU (`make train-digits`; the README says how
+# long it takes). Two stages of two trainings side by side, one torch thread each: on a 2-core CPU these
+# small models run about as fast on one thread as on two, so pairing them doubles the work done per hour.
+#   1. the VQ-VAE                      | the evaluation classifier (for `make eval-digits`)
+#   2. the class prior (+ unconditional) | the frames prior
+# State goes to build/train-digits (each training resumes from its checkpoint: rerun to continue), logs to
+# build/train-digits/*.log, bundles to weights/.
+set -euo pipefail
+BIN=${BIN:-.venv/bin}
+WORK=build/train-digits
+DATA=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0)
+PRIOR=(--hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 --lr 6e-4 --schedule cosine
+       --warmup 100 --steps 3000 --val-every 500)
+mkdir -p "$WORK"
+export OMP_NUM_THREADS=1
+
+# Runs each "name|command" line as a background job logging to $WORK/name.log; fails if any job fails.
+side_by_side() {
+  local pids=() names=() failed=0
+  for job in "$@"; do
+    local name=${job%%|*}
+    echo "$(date +%T) start $name (log: $WORK/$name.log)"
+    bash -c "${job#*|}" > "$WORK/$name.log" 2>&1 &
+    pids+=($!) names+=("$name")
+  done
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then
+      echo "$(date +%T) done  ${names[$i]}"
+    else
+      echo "$(date +%T) FAILED ${names[$i]}; the end of $WORK/${names[$i]}.log:" >&2
+      tr '\r' '\n' < "$WORK/${names[$i]}.log" | tail -5 >&2
+      failed=1
+    fi
+  done
+  return $failed
+}
+
+side_by_side \
+  "vqvae|$BIN/videogpt-serve train-vqvae ${DATA[*]} --resolution 32 --frames 16 --n-hiddens 64 \
+     --embedding-dim 64 --n-codes 256 --n-res-layers 2 --no-axial-attention --downsample 4 4 4 --lr 1e-3 \
+     --schedule cosine --steps 4000 --val-every 500 --name moving-digits-vqvae --out $WORK/vqvae" \
+  "classifier|$BIN/videogpt-serve train-classifier --steps 2000 --resolution 32 --frames 16 \
+     --out weights/moving-digits-classifier.safetensors"
+
+side_by_side \
+  "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
+     --condition-dropout 0.3 --default-guidance 3 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
+     --name moving-digits --out weights/moving-digits" \
+  "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
+     --aligned-frames --condition-dropout 0.2 --default-guidance 3 ${PRIOR[*]} \
+     --checkpoint $WORK/frames-prior.train.pt --name moving-digits-frames --out weights/moving-digits-frames"
