@@ -3,7 +3,7 @@
 # long it takes). Two stages of two trainings side by side, one torch thread each: on a 2-core CPU these
 # small models run about as fast on one thread as on two, so pairing them doubles the work done per hour.
 #   1. the VQ-VAE                      | the evaluation classifier (for `make eval-digits`)
-#   2. the class prior (+ unconditional) | the frames prior
+#   2. the class prior (+ unconditional) | the frames prior (slower per step: it takes fewer steps)
 # State goes to build/train-digits (each training resumes from its checkpoint: rerun to continue), logs to
 # build/train-digits/*.log, bundles to weights/.
 set -euo pipefail
@@ -11,7 +11,7 @@ BIN=${BIN:-.venv/bin}
 WORK=build/train-digits
 DATA=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0)
 PRIOR=(--hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 --lr 6e-4 --schedule cosine
-       --warmup 100 --steps 3000 --val-every 500)
+       --warmup 100 --val-every 500)
 mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 
@@ -45,8 +45,8 @@ side_by_side \
 
 side_by_side \
   "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
-     --condition-dropout 0.3 --default-guidance 3 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
+     --condition-dropout 0.3 --default-guidance 3 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
      --name moving-digits --out weights/moving-digits" \
   "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
-     --aligned-frames --condition-dropout 0.2 --default-guidance 3 ${PRIOR[*]} \
+     --aligned-frames --condition-dropout 0.2 --default-guidance 3 --steps 3000 ${PRIOR[*]} \
      --checkpoint $WORK/frames-prior.train.pt --name moving-digits-frames --out weights/moving-digits-frames"
