@@ -162,7 +162,7 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
         counts = torch.bincount(predicted, minlength=probs.shape[1]).double()
         share = counts / counts.sum()
         entry = {
-            "guidance": guidance.get(mode, 1.0) if mode != "unconditional" else 1.0,
+            "guidance": guidance.get(mode, 1.0),
             "frechet_distance": frechet_distance(real_feats, feats),
             "mean_confidence": float(probs.amax(dim=1).mean()),
             "class_entropy_nats": float(-(share[share > 0] * share[share > 0].log()).sum()),

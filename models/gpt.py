@@ -201,6 +201,22 @@ class Conditioning:
             return branch
         return branch * self.frames_present.view(-1, *(1,) * (branch.dim() - 1)).to(branch.dtype)
 
+    def with_dropped_copy(self) -> Conditioning:
+        """Conditioning of 2B rows: these B samples, then the same B with every condition dropped (an all-zero
+        class one-hot, frames gated off), as classifier-free guidance reads them; nothing is recomputed."""
+        dropped = Conditioning()
+        if self.class_onehot is not None:
+            dropped.class_onehot = torch.cat([self.class_onehot, torch.zeros_like(self.class_onehot)])
+        if self.frames is not None:
+            batch = self.frames.shape[0]
+            given = (torch.ones(batch, dtype=torch.bool, device=self.frames.device) if self.frames_present is None
+                     else self.frames_present.bool())
+            dropped.frames = torch.cat([self.frames, self.frames])
+            dropped.frames_present = torch.cat([given, torch.zeros_like(given)])
+            if self.frames_aligned is not None:
+                dropped.frames_aligned = torch.cat([self.frames_aligned, torch.zeros_like(self.frames_aligned)])
+        return dropped
+
 
 class VideoGPT(nn.Module):
     """The prior over a frozen VQ-VAE's codes; `logits` is the teacher-forced forward pass."""

@@ -331,18 +331,6 @@ def guidance_scales(gpt: VideoGPT, guidance: object, n: int) -> torch.Tensor | N
     return torch.tensor(values, dtype=torch.float32, device=gpt.fc_in.weight.device)
 
 
-def _unconditioned_copies(labels: torch.Tensor | None, frames: torch.Tensor | None,
-                          present: torch.Tensor | None, n: int) -> tuple:
-    """Conditions for 2n rows: the n samples as given, then the same n with class and frames dropped."""
-    if labels is not None:
-        labels = torch.cat([labels.long(), torch.full_like(labels.long(), -1)])
-    if frames is not None:
-        given = torch.ones(n, dtype=torch.bool, device=frames.device) if present is None else present.bool()
-        present = torch.cat([given, torch.zeros_like(given)])
-        frames = frames.repeat(2, 1, 1, 1, 1)
-    return labels, frames, present
-
-
 @torch.no_grad()
 def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: torch.Tensor | None = None,
            frames_present: object = None, temperature: object = 1.0, top_k: object = None,
@@ -368,15 +356,14 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     controls = SamplingControls.build(n, temperature, top_k, top_p, seed)
     scales = guidance_scales(gpt, guidance, n)
     device = gpt.fc_in.weight.device
-    labels = _as_batch_tensor(class_labels, device)
-    frames = None if cond_frames is None else cond_frames.to(device)
-    present = _as_batch_tensor(frames_present, device)
-    gpt.condition(labels, frames, n, present)  # validates the inputs as given
+    cond = gpt.condition(_as_batch_tensor(class_labels, device),
+                         None if cond_frames is None else cond_frames.to(device), n,
+                         _as_batch_tensor(frames_present, device))
     guided = scales is not None
     if guided:  # rows n..2n-1: the same samples with every condition dropped
-        labels, frames, present = _unconditioned_copies(labels, frames, present, n)
+        cond = cond.with_dropped_copy()
     rows = 2 * n if guided else n
-    decoder = CachedDecoder(gpt, gpt.condition(labels, frames, rows, present), rows)
+    decoder = CachedDecoder(gpt, cond, rows)
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
     step = decoder.graph_step() if cuda_graph else decoder.step

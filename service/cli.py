@@ -236,7 +236,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # serves it, as the first model does for requests that name none.
         for mode in gpt_config.modes:
             if mode not in models:
-                models[mode], sources[mode], guidance[mode] = gpt, str(path), gpt.info.guidance
+                models[mode], sources[mode] = gpt, str(path)
+                if mode != "unconditional":  # guidance steers towards a condition; without one it is off
+                    guidance[mode] = gpt.info.guidance
     vqvae = load_vqvae(bundles[0])
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
