@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from media import write_png
 
-from .classifier import VideoClassifier
+from .classifier import ClassifierConfig, VideoClassifier
 from .data import MovingDigits, MovingDigitsSpec
 from .gpt import VideoGPT
 from .sampling import sample
@@ -68,10 +68,11 @@ def motion_stats(video: torch.Tensor, glyph_size: int) -> tuple[torch.Tensor, to
     return displacement, fits.all(dim=1)
 
 
-def train_classifier(spec: MovingDigitsSpec, steps: int = 800, seed: int = 0, log: Log = print) -> VideoClassifier:
-    """The evaluation classifier, trained on real moving-digits videos."""
+def train_classifier(spec: MovingDigitsSpec, steps: int = 800, seed: int = 0, log: Log = print,
+                     config: ClassifierConfig = ClassifierConfig(), device: str = "cpu") -> VideoClassifier:
+    """The evaluation classifier, trained on real moving-digits videos (returned on the CPU)."""
     torch.manual_seed(seed)
-    model = VideoClassifier()
+    model = VideoClassifier(config)
     train_set = MovingDigits("train", length=20000, seed=seed + 1000, spec=spec)
     val_set = MovingDigits("test", length=256, seed=seed + 1000, spec=spec)
 
@@ -82,13 +83,13 @@ def train_classifier(spec: MovingDigitsSpec, steps: int = 800, seed: int = 0, lo
 
     settings = TrainSettings(steps=steps, batch_size=32, lr=2e-3, val_every=steps, val_batches=8, schedule="cosine",
                              warmup_steps=min(50, steps - 1),
-                             checkpoint_every=steps, seed=seed)
+                             checkpoint_every=steps, seed=seed, device=device)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         metrics = train(model, loss_fn, train_set, val_set, settings, Path(tmp) / "classifier.pt")
     log(f"classifier: held-out accuracy {metrics['accuracy']:.3f}")
-    return model.eval()
+    return model.cpu().eval()
 
 
 @torch.no_grad()
@@ -105,7 +106,7 @@ def _generate(gpt: VideoGPT, n: int, batch: int, seed: int, guidance: float = 1.
         part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
         codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
                        **part)
-        videos.append(gpt.vqvae.decode(codes).clamp(-0.5, 0.5))
+        videos.append(gpt.vqvae.decode(codes).clamp(-0.5, 0.5).cpu())
     return torch.cat(videos)
 
 
@@ -132,9 +133,12 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
     real = torch.stack([test[i]["video"] for i in range(n)])
     labels = torch.stack([test[i]["label"] for i in range(n)])
     glyph = 8 * spec.scale
-    report: dict = {"n_per_mode": n, "resolution": spec.resolution, "frames": spec.frames}
+    # "frames" names the frame-conditional mode's section, so the video length is "video_frames".
+    report: dict = {"n_per_mode": n, "resolution": spec.resolution, "video_frames": spec.frames}
+    device = next(vqvae.parameters()).device  # the models' device: generation runs there, scoring on the CPU
     with torch.no_grad():
-        recon = torch.cat([vqvae.decode(vqvae.encode(real[i:i + batch])) for i in range(0, n, batch)]).clamp(-0.5, 0.5)
+        recon = torch.cat([vqvae.decode(vqvae.encode(real[i:i + batch].to(device))).cpu()
+                           for i in range(0, n, batch)]).clamp(-0.5, 0.5)
     real_probs, real_feats = _classify(classifier, real)
     recon_probs, recon_feats = _classify(classifier, recon)
     report["real"] = {"classifier_accuracy": float((real_probs.argmax(1) == labels).float().mean())}

@@ -225,13 +225,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = args.device or _default_device()
     bundles = _bundle_dirs(args.bundles)
     models, sources, guidance = {}, {}, {}
     for path in bundles:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
             continue
-        gpt = load_gpt(path)
+        gpt = load_gpt(path).to(device)
         # A prior trained with condition dropout serves several modes; the first bundle given for a mode
         # serves it, as the first model does for requests that name none.
         for mode in gpt_config.modes:
@@ -239,7 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 models[mode], sources[mode] = gpt, str(path)
                 if mode != "unconditional":  # guidance steers towards a condition; without one it is off
                     guidance[mode] = gpt.info.guidance
-    vqvae = load_vqvae(bundles[0])
+    vqvae = load_vqvae(bundles[0]).to(device)
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
     classifier_path = Path(args.classifier or bundles[0].parent / "classifier.safetensors")
@@ -247,7 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         classifier = load_classifier(classifier_path)
     else:
         print(f"training the evaluation classifier ({classifier_path} not found)", file=sys.stderr)
-        classifier = train_classifier(spec, steps=args.classifier_steps, seed=args.seed)
+        classifier = train_classifier(spec, steps=args.classifier_steps, seed=args.seed, device=device)
         save_classifier(classifier, classifier_path)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,12 +265,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from models.classifier import save_classifier
+    from models.classifier import ClassifierConfig, save_classifier
     from models.data import MovingDigitsSpec
     from models.evaluation import train_classifier
 
     spec = MovingDigitsSpec.for_video(args.frames, args.resolution)
-    classifier = train_classifier(spec, steps=args.steps, seed=args.seed)
+    classifier = train_classifier(spec, steps=args.steps, seed=args.seed, config=ClassifierConfig(width=args.width),
+                                  device=args.device or _default_device())
     save_classifier(classifier, args.out)
     print(f"wrote the evaluation classifier {args.out}")
     return 0
@@ -453,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "bundles; trained and saved there when missing)")
     p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="cpu or cuda, where the videos are generated (default: cuda when available)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("train-classifier", help="train the evaluation classifier on real moving-digits videos",
@@ -462,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--width", type=int, default=32, help="channels of the first convolution (doubled after)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_train_classifier)
 
     p = sub.add_parser("info", help="print a bundle's settings")

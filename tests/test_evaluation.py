@@ -63,6 +63,7 @@ def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
     assert set(report) >= {"real", "reconstruction", "class", "frames", "unconditional", "bars"}
     assert 0 <= report["class"]["classifier_agreement"] <= 1
     assert "first_frame_psnr_db" in report["frames"]
+    assert report["video_frames"] == 16
     assert (tmp_path / "b" / "classifier.safetensors").exists()
     sheet = (tmp_path / "eval" / "contact_sheet.png").read_bytes()
     assert sheet.startswith(b"\x89PNG")
@@ -70,3 +71,20 @@ def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
     assert "reconstruction.psnr_db" in out and ("MISS" in out or "ok" in out)
     image = read_frames(tmp_path / "eval" / "contact_sheet.png", 1)[0]  # ffmpeg decodes it
     assert image.shape[1] >= 512 and image.shape[2] == 3 and image.max() > 0
+
+
+def test_eval_of_a_prior_without_frames_mode(tmp_path, capsys):
+    """A report without a frames section: the video length must not be mistaken for one (it was, and crashed)."""
+    common = ["--steps", "2", "--batch-size", "4", "--train-size", "40", "--val-every", "2", "--device", "cpu"]
+    assert main(["train-vqvae", "--out", str(tmp_path / "vq"), "--frames", "16", "--resolution", "32",
+                 "--n-hiddens", "8", "--embedding-dim", "8", "--n-codes", "16", "--n-res-layers", "0",
+                 "--downsample", "8", "8", "8", *common]) == 0
+    assert main(["train-gpt", "--vqvae", str(tmp_path / "vq"), "--hidden-dim", "12", "--heads", "2", "--layers", "1",
+                 "--class-cond", "--condition-dropout", "0.5", *common, "--out", str(tmp_path / "class")]) == 0
+    assert main(["train-classifier", "--steps", "2", "--width", "4", "--device", "cpu",
+                 "--out", str(tmp_path / "cls.safetensors")]) == 0
+    assert main(["eval", str(tmp_path / "class"), "--classifier", str(tmp_path / "cls.safetensors"), "--device", "cpu",
+                 "--out", str(tmp_path / "eval"), "--n", "4", "--batch", "2"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert set(report) >= {"unconditional", "class"} and "frames" not in report
+    assert {bar["metric"].split(".")[0] for bar in report["bars"]} == {"reconstruction", "class", "unconditional"}
