@@ -69,10 +69,10 @@ def motion_stats(video: torch.Tensor, glyph_size: int) -> tuple[torch.Tensor, to
 
 
 def train_classifier(spec: MovingDigitsSpec, steps: int = 800, seed: int = 0, log: Log = print,
-                     config: ClassifierConfig = ClassifierConfig(), device: str = "cpu") -> VideoClassifier:
+                     config: ClassifierConfig | None = None, device: str = "cpu") -> VideoClassifier:
     """The evaluation classifier, trained on real moving-digits videos (returned on the CPU)."""
     torch.manual_seed(seed)
-    model = VideoClassifier(config)
+    model = VideoClassifier(config or ClassifierConfig())
     train_set = MovingDigits("train", length=20000, seed=seed + 1000, spec=spec)
     val_set = MovingDigits("test", length=256, seed=seed + 1000, spec=spec)
 

@@ -45,7 +45,7 @@ side_by_side \
 
 side_by_side \
   "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
-     --condition-dropout 0.3 --default-guidance 3 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
+     --condition-dropout 0.3 --default-guidance 5 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
      --name moving-digits --out weights/moving-digits" \
   "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
      --aligned-frames --condition-dropout 0.2 --default-guidance 3 --steps 3000 ${PRIOR[*]} \
