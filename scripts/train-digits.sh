@@ -48,5 +48,5 @@ side_by_side \
      --condition-dropout 0.3 --default-guidance 5 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
      --name moving-digits --out weights/moving-digits" \
   "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
-     --aligned-frames --condition-dropout 0.2 --default-guidance 3 --steps 3000 ${PRIOR[*]} \
+     --aligned-frames --condition-dropout 0.2 --default-guidance 2.5 --steps 3000 ${PRIOR[*]} \
      --checkpoint $WORK/frames-prior.train.pt --name moving-digits-frames --out weights/moving-digits-frames"
