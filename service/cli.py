@@ -232,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
             continue
-        gpt = load_gpt(path).to(device)
+        gpt = load_gpt(path, device=device)
         # A prior trained with condition dropout serves several modes; the first bundle given for a mode
         # serves it, as the first model does for requests that name none.
         for mode in gpt_config.modes:
@@ -240,7 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 models[mode], sources[mode] = gpt, str(path)
                 if mode != "unconditional":  # guidance steers towards a condition; without one it is off
                     guidance[mode] = gpt.info.guidance
-    vqvae = load_vqvae(bundles[0]).to(device)
+    vqvae = load_vqvae(bundles[0], device=device)
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
     classifier_path = Path(args.classifier or bundles[0].parent / "classifier.safetensors")

@@ -46,11 +46,16 @@ def test_check_bars_reports_met_and_missed():
                                                      "class.classifier_agreement": False}
 
 
+def _train_tiny_vqvae(out, common: list[str]) -> None:
+    """A 2-step VQ-VAE for 16 frames of 32x32 moving digits, the size the eval's data needs."""
+    assert main(["train-vqvae", "--out", str(out), "--frames", "16", "--resolution", "32", "--n-hiddens", "8",
+                 "--embedding-dim", "8", "--n-codes", "16", "--n-res-layers", "0", "--downsample", "8", "8", "8",
+                 *common]) == 0
+
+
 def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
     common = ["--steps", "2", "--batch-size", "4", "--train-size", "40", "--val-every", "2"]
-    assert main(["train-vqvae", "--out", str(tmp_path / "work" / "vq"), "--frames", "16", "--resolution", "32",
-                 "--n-hiddens", "8", "--embedding-dim", "8", "--n-codes", "16", "--n-res-layers", "0",
-                 "--downsample", "8", "8", "8", *common]) == 0
+    _train_tiny_vqvae(tmp_path / "work" / "vq", common)
     gpt_args = ["--vqvae", str(tmp_path / "work" / "vq"), "--hidden-dim", "12", "--heads", "2", "--layers", "1",
                 *common]
     assert main(["train-gpt", *gpt_args, "--class-cond", "--out", str(tmp_path / "b" / "class")]) == 0
@@ -76,9 +81,7 @@ def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
 def test_eval_of_a_prior_without_frames_mode(tmp_path, capsys):
     """A report without a frames section: the video length must not be mistaken for one (it was, and crashed)."""
     common = ["--steps", "2", "--batch-size", "4", "--train-size", "40", "--val-every", "2", "--device", "cpu"]
-    assert main(["train-vqvae", "--out", str(tmp_path / "vq"), "--frames", "16", "--resolution", "32",
-                 "--n-hiddens", "8", "--embedding-dim", "8", "--n-codes", "16", "--n-res-layers", "0",
-                 "--downsample", "8", "8", "8", *common]) == 0
+    _train_tiny_vqvae(tmp_path / "vq", common)
     assert main(["train-gpt", "--vqvae", str(tmp_path / "vq"), "--hidden-dim", "12", "--heads", "2", "--layers", "1",
                  "--class-cond", "--condition-dropout", "0.5", *common, "--out", str(tmp_path / "class")]) == 0
     assert main(["train-classifier", "--steps", "2", "--width", "4", "--device", "cpu",
