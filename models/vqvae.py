@@ -177,10 +177,13 @@ class Codebook(nn.Module):
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of flat (M, E); first code on ties."""
-        # The reference's expansion of the squared distance, term for term, so codes match it exactly.
-        distances = ((flat ** 2).sum(dim=1, keepdim=True)
-                     - 2 * flat @ self.embeddings.t()
-                     + (self.embeddings.t() ** 2).sum(dim=0, keepdim=True))
+        # The reference's expansion of the squared distance, term for term, so codes match it exactly;
+        # in float32 even under bf16 autocast, where rounded distances would pick other codes near ties.
+        with torch.autocast(flat.device.type, enabled=False):
+            flat = flat.float()
+            distances = ((flat ** 2).sum(dim=1, keepdim=True)
+                         - 2 * flat @ self.embeddings.t()
+                         + (self.embeddings.t() ** 2).sum(dim=0, keepdim=True))
         return torch.argmin(distances, dim=1)
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
@@ -222,7 +225,12 @@ class Codebook(nn.Module):
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Quantise z (B, E, t, h, w) for training: straight-through embeddings, codes, commitment loss,
-        perplexity; in training mode the codebook also takes its EMA step."""
+        perplexity; in training mode the codebook also takes its EMA step. All in float32 (the EMA sums would
+        lose precision in bf16), so under autocast it runs with autocast off."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantise_for_training(z.float())
+
+    def _quantise_for_training(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         flat = z.movedim(1, -1).flatten(end_dim=-2)
         if self.training and self.needs_init:
             self._initialise(flat.detach())

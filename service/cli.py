@@ -113,12 +113,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _train_settings(args: argparse.Namespace):
-    from models.training import TrainSettings
+    from models.training import TrainSettings, resolve_precision
 
+    device = args.device or _default_device()
     return TrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, val_every=args.val_every,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, schedule=args.schedule,
-                         warmup_steps=args.warmup,
-                         device=args.device or _default_device())
+                         warmup_steps=args.warmup, device=device,
+                         precision=resolve_precision(args.precision, device))
 
 
 def _default_device() -> str:
@@ -359,6 +360,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=int, default=20000, help="moving-digits: training videos (test: a tenth)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "auto"], default="float32",
+                   help="bfloat16 runs the forward pass under autocast (faster where the hardware has bf16); "
+                        "auto: bfloat16 on CUDA with bf16 and on CPUs with AVX-512, else float32")
     p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32",
                    help="storage precision of the bundle's weights (float16 halves the files)")
 

@@ -7,7 +7,7 @@ import torch
 
 from models import VQVAE, GPTConfig, VideoGPT, VQVAEConfig, load_gpt, load_vqvae, sample
 from models.data import MovingDigits, MovingDigitsSpec
-from models.training import TrainSettings, train
+from models.training import TrainSettings, resolve_precision, train
 from models.vqvae import Codebook
 from service.cli import main
 
@@ -106,7 +106,7 @@ def test_train_commands_write_bundles_that_sample(tmp_path, capsys):
     assert (tmp_path / "vq.train.pt").exists()
     assert main(["train-gpt", "--vqvae", str(tmp_path / "vq"), "--out", str(tmp_path / "gpt"), "--class-cond",
                  "--n-cond-frames", "1", "--hidden-dim", "12", "--heads", "2", "--layers", "1",
-                 "--resnet-widths", "4", "4", "4", "--resnet-dim", "12", *common]) == 0
+                 "--resnet-widths", "4", "4", "4", "--resnet-dim", "12", "--precision", "bfloat16", *common]) == 0
     gpt = load_gpt(tmp_path / "gpt")
     assert gpt.info.class_names == [str(d) for d in range(10)]
     codes = sample(gpt, 2, class_labels=[3, 4], cond_frames=torch.zeros(2, 3, 1, 16, 16), seed=0)
@@ -134,3 +134,46 @@ def test_bad_training_settings():
         TrainSettings(steps=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         TrainSettings(lr=0)
+
+
+def test_codebook_picks_codes_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    book = Codebook(n_codes=256, embedding_dim=64).eval()
+    # Encoder outputs almost halfway between two codes: float32 tells which is nearer, bf16 distances
+    # (measured: 256 of these 4096 rows) do not.
+    e = book.embeddings
+    first, second = torch.randint(0, 256, (2, 4096))
+    flat = 0.5 * (e[first] + e[second]) + 0.001 * (e[first] - e[second]) * torch.randn(4096, 1).sign()
+    z = flat.t().reshape(1, 64, 16, 16, 16)
+    plain = book(z)["codes"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = book(z)
+        quantised = book.quantize(z.bfloat16())
+    assert torch.equal(autocast["codes"], plain) and torch.equal(quantised, plain)
+    assert autocast["embeddings"].dtype == torch.float32
+
+
+def test_bf16_training_keeps_float32_weights_and_learns(tmp_path):
+    data = MovingDigits("train", length=64, seed=0, spec=TINY_DATA)
+    val = MovingDigits("test", length=8, seed=0, spec=TINY_DATA)
+    torch.manual_seed(1)
+    model = VQVAE(TINY_VQ)
+    with torch.no_grad():
+        before = model.training_losses(torch.stack([val[i]["video"] for i in range(8)]))["recon_loss"]
+    settings = TrainSettings(steps=8, batch_size=4, lr=1e-3, val_every=8, precision="bfloat16")
+    metrics = train(model, _vq_loss(model), data, val, settings, tmp_path / "bf16.pt", progress=False)
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+    assert metrics["recon_loss"] < float(before)
+    state = torch.load(tmp_path / "bf16.pt", weights_only=True)
+    assert state["settings"]["precision"] == "bfloat16"
+
+
+def test_precision_choices():
+    assert resolve_precision("float32", "cpu") == "float32"
+    assert resolve_precision("bfloat16", "cpu") == "bfloat16"
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, auto"):
+        resolve_precision("fp8", "cpu")
+    with pytest.raises(ValueError, match="resolve auto first"):
+        TrainSettings(precision="auto")
