@@ -243,3 +243,21 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         del config["gpt"], config["guidance"]
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def set_decoder(prior_dir: str | Path, vqvae_dir: str | Path, storage_dtype: torch.dtype | None = None) -> Path:
+    """Give the prior bundle at prior_dir the VQ-VAE of vqvae_dir: allowed only when the two encode every
+    video to the same codes (identical encoder, pre-VQ conv and codebook), as after a decoder fine-tune."""
+    gpt, new = load_gpt(prior_dir), load_vqvae(vqvae_dir)
+    if new.config != gpt.vqvae.config:
+        raise ConfigError(f"{vqvae_dir}: its VQ-VAE settings differ from those of {prior_dir}'s VQ-VAE")
+    old_state, new_state = gpt.vqvae.state_dict(), new.state_dict()
+    code_side = tuple(name + "." for name, module in new.named_children() if module in new.code_modules())
+    differing = [k for k in old_state if k.startswith(code_side) and not torch.equal(old_state[k], new_state[k])]
+    if differing:
+        raise ConfigError(f"{vqvae_dir}: its VQ-VAE encodes videos differently from {prior_dir}'s ({differing[0]} "
+                          "differs), so the prior's codes would not match; only a decoder fine-tuned with the "
+                          "codes held fixed (train-vqvae --finetune-decoder) can replace it")
+    gpt.vqvae.load_state_dict(new_state)
+    info = dataclasses.replace(gpt.info, source={**(gpt.info.source or {}), "decoder": str(vqvae_dir)})
+    return save_bundle(gpt, prior_dir, info, storage_dtype=storage_dtype)

@@ -261,6 +261,26 @@ class VQVAE(nn.Module):
         self.pre_vq_conv = SamePadConv3d(c.n_hiddens, c.embedding_dim, 1)
         self.post_vq_conv = SamePadConv3d(c.embedding_dim, c.n_hiddens, 1)
         self.codebook = Codebook(c.n_codes, c.embedding_dim)
+        self.codes_frozen = False
+
+    def code_modules(self) -> tuple[nn.Module, ...]:
+        """The parts that decide a video's codes."""
+        return self.encoder, self.pre_vq_conv, self.codebook
+
+    def freeze_codes(self) -> None:
+        """Hold the codes fixed: later training changes only the decoder (and post-VQ conv), so a prior
+        trained on this VQ-VAE's codes stays valid with the fine-tuned decoder."""
+        for module in self.code_modules():
+            module.requires_grad_(False)
+        self.codes_frozen = True
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VQVAE:
+        super().train(mode)
+        if self.codes_frozen:  # no BatchNorm statistics or codebook EMA updates on the code side
+            for module in self.code_modules():
+                module.eval()
+        return self
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

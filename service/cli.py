@@ -143,23 +143,26 @@ def _checkpoint_path(args: argparse.Namespace) -> str:
 def cmd_train_vqvae(args: argparse.Namespace) -> int:
     import torch
 
-    from models import VQVAE, BundleInfo, VQVAEConfig, save_bundle
+    from models import VQVAE, BundleInfo, VQVAEConfig, load_vqvae, save_bundle
     from models.training import train
 
     settings = _train_settings(args)
     torch.manual_seed(settings.seed)
-    config = VQVAEConfig(embedding_dim=args.embedding_dim, n_codes=args.n_codes, n_hiddens=args.n_hiddens,
-                         n_res_layers=args.n_res_layers, downsample=tuple(args.downsample),
-                         axial_attention=not args.no_axial_attention,
-                         padding=args.padding,
-                         sequence_length=args.frames, resolution=args.resolution)
-    train_set, val_set = _datasets(args, config.sequence_length, config.resolution)
-    model = VQVAE(config)
+    source = {"trained_on": args.data, "steps": settings.steps}
+    if args.finetune_decoder:
+        model = load_vqvae(args.finetune_decoder)
+        model.freeze_codes()
+        source["decoder_finetuned_from"] = str(args.finetune_decoder)
+    else:
+        model = VQVAE(VQVAEConfig(embedding_dim=args.embedding_dim, n_codes=args.n_codes, n_hiddens=args.n_hiddens,
+                                  n_res_layers=args.n_res_layers, downsample=tuple(args.downsample),
+                                  axial_attention=not args.no_axial_attention, padding=args.padding,
+                                  sequence_length=args.frames, resolution=args.resolution))
+    train_set, val_set = _datasets(args, model.config.sequence_length, model.config.resolution)
     metrics = train(model, lambda batch: model.training_losses(batch["video"]), train_set, val_set, settings,
                     _checkpoint_path(args))
     save_bundle(model, args.out, BundleInfo(name=args.name or Path(args.out).name, kind="vqvae", fps=args.fps,
-                                            source={"trained_on": args.data, "steps": settings.steps,
-                                                    "validation": metrics}),
+                                            source={**source, "validation": metrics}),
                 storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote VQ-VAE bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
@@ -199,6 +202,17 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                               "validation": metrics}, guidance=args.default_guidance)
     save_bundle(model, args.out, info, storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def cmd_set_decoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.bundle import set_decoder
+
+    for prior in args.priors:
+        set_decoder(prior, args.vqvae, storage_dtype=getattr(torch, args.save_dtype))
+        print(f"{prior}: decoder of {args.vqvae}")
     return 0
 
 
@@ -419,7 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", choices=["zeros", "replicate"], default="zeros",
                    help="convolution padding: zeros (the reference's) or replicate (edge codes like inner ones)")
     p.add_argument("--downsample", type=int, nargs=3, default=[4, 8, 8], metavar=("T", "H", "W"))
+    p.add_argument("--finetune-decoder", metavar="BUNDLE",
+                   help="train only the decoder of BUNDLE's VQ-VAE (its settings replace the options above), "
+                        "codes held fixed: priors trained on its codes take the result with set-decoder")
     p.set_defaults(func=cmd_train_vqvae)
+
+    p = sub.add_parser("set-decoder", help="give prior bundles a fine-tuned decoder of their own VQ-VAE",
+                       description="Replace each prior bundle's VQ-VAE by VQVAE's, refused unless both encode "
+                                   "videos to the same codes (train-vqvae --finetune-decoder keeps them).")
+    p.add_argument("priors", nargs="+", help="GPT bundle directories, rewritten in place")
+    p.add_argument("--vqvae", required=True, help="the VQ-VAE bundle with the fine-tuned decoder")
+    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
+    p.set_defaults(func=cmd_set_decoder)
 
     p = sub.add_parser("train-gpt", help="train a GPT prior on a VQ-VAE bundle's codes and write a bundle",
                        description="Train the prior (unconditional, --class-cond and/or --n-cond-frames N).")

@@ -97,11 +97,18 @@ def test_gpt_training_loss_and_conditioning():
     assert gpt.fc_out.weight.grad is not None and vq.encoder.convs[0].conv.weight.grad is None
 
 
-def test_train_commands_write_bundles_that_sample(tmp_path, capsys):
-    common = ["--steps", "3", "--batch-size", "4", "--train-size", "40", "--val-every", "3"]
-    assert main(["train-vqvae", "--out", str(tmp_path / "vq"), "--frames", "4", "--resolution", "16",
+TINY_TRAINING = ["--steps", "3", "--batch-size", "4", "--train-size", "40", "--val-every", "3"]
+
+
+def _train_tiny_vqvae(out, seed: int = 0) -> None:
+    assert main(["train-vqvae", "--out", str(out), "--frames", "4", "--resolution", "16", "--seed", str(seed),
                  "--n-hiddens", "8", "--embedding-dim", "8", "--n-codes", "16", "--n-res-layers", "1",
-                 "--downsample", "2", "4", "4", *common]) == 0
+                 "--downsample", "2", "4", "4", *TINY_TRAINING]) == 0
+
+
+def test_train_commands_write_bundles_that_sample(tmp_path, capsys):
+    common = TINY_TRAINING
+    _train_tiny_vqvae(tmp_path / "vq")
     assert load_vqvae(tmp_path / "vq").config.latent_shape == (2, 4, 4)
     assert (tmp_path / "vq.train.pt").exists()
     assert main(["train-gpt", "--vqvae", str(tmp_path / "vq"), "--out", str(tmp_path / "gpt"), "--class-cond",
@@ -177,3 +184,27 @@ def test_precision_choices():
         resolve_precision("fp8", "cpu")
     with pytest.raises(ValueError, match="resolve auto first"):
         TrainSettings(precision="auto")
+
+
+def test_a_decoder_finetune_keeps_the_codes_and_replaces_the_priors_decoder(tmp_path, capsys):
+    _train_tiny_vqvae(tmp_path / "vq")
+    assert main(["train-gpt", "--vqvae", str(tmp_path / "vq"), "--out", str(tmp_path / "gpt"), "--hidden-dim", "12",
+                 "--heads", "2", "--layers", "1", *TINY_TRAINING]) == 0
+    assert main(["train-vqvae", "--finetune-decoder", str(tmp_path / "vq"), "--out", str(tmp_path / "ft"),
+                 "--lr", "1e-2", *TINY_TRAINING]) == 0
+    base, tuned = load_vqvae(tmp_path / "vq"), load_vqvae(tmp_path / "ft")
+    video = torch.stack([MovingDigits("test", 4, spec=TINY_DATA)[i]["video"] for i in range(4)])
+    assert torch.equal(base.encode(video), tuned.encode(video))
+    for name, value in base.state_dict().items():
+        same = torch.equal(value, tuned.state_dict()[name])
+        assert same == name.startswith(("encoder.", "pre_vq_conv.", "codebook.")), name
+
+    assert main(["set-decoder", str(tmp_path / "gpt"), "--vqvae", str(tmp_path / "ft")]) == 0
+    gpt = load_gpt(tmp_path / "gpt")
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in gpt.vqvae.state_dict().items())
+    assert gpt.info.source["decoder"] == str(tmp_path / "ft")
+
+    _train_tiny_vqvae(tmp_path / "other", seed=1)  # another encoder: the prior's codes would not match
+    assert main(["set-decoder", str(tmp_path / "gpt"), "--vqvae", str(tmp_path / "other")]) == 2
+    assert "encodes videos differently" in capsys.readouterr().err
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in load_gpt(tmp_path / "gpt").vqvae.state_dict().items())
