@@ -3,13 +3,16 @@
 # long it takes). Two stages of two trainings side by side, one torch thread each: on a 2-core CPU these
 # small models run about as fast on one thread as on two, so pairing them doubles the work done per hour.
 #   1. the VQ-VAE                      | the evaluation classifier (for `make eval-digits`)
-#   2. the class prior (+ unconditional) | the frames prior (slower per step: it takes fewer steps)
+#   2. the class prior (+ unconditional) | the frames prior (slower per step: it takes fewer steps), then
+#                                          a fine-tune of the VQ-VAE's decoder with the codes held fixed
+#   3. both prior bundles take the fine-tuned decoder (their codes are unchanged, so the priors still fit)
 # State goes to build/train-digits (each training resumes from its checkpoint: rerun to continue), logs to
 # build/train-digits/*.log, bundles to weights/.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 WORK=build/train-digits
-DATA=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0)
+# --precision auto: bf16 autocast where the CPU (AVX-512) or GPU computes it natively, else float32.
+DATA=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0 --precision auto)
 PRIOR=(--hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 --lr 6e-4 --schedule cosine
        --warmup 100 --val-every 500)
 mkdir -p "$WORK"
@@ -38,15 +41,20 @@ side_by_side() {
 
 side_by_side \
   "vqvae|$BIN/videogpt-serve train-vqvae ${DATA[*]} --resolution 32 --frames 16 --n-hiddens 64 \
-     --embedding-dim 64 --n-codes 256 --n-res-layers 2 --no-axial-attention --downsample 4 4 4 --lr 1e-3 \
-     --schedule cosine --steps 4000 --val-every 500 --name moving-digits-vqvae --out $WORK/vqvae" \
+     --embedding-dim 64 --n-codes 256 --n-res-layers 2 --no-axial-attention --downsample 2 4 4 --lr 1e-3 \
+     --schedule cosine --steps 5000 --val-every 500 --name moving-digits-vqvae --out $WORK/vqvae" \
   "classifier|$BIN/videogpt-serve train-classifier --steps 2000 --resolution 32 --frames 16 \
      --out weights/moving-digits-classifier.safetensors"
 
 side_by_side \
   "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
-     --condition-dropout 0.3 --default-guidance 5 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
+     --condition-dropout 0.3 --default-guidance 4 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
      --name moving-digits --out weights/moving-digits" \
   "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
      --aligned-frames --condition-dropout 0.2 --default-guidance 2.5 --steps 3000 ${PRIOR[*]} \
-     --checkpoint $WORK/frames-prior.train.pt --name moving-digits-frames --out weights/moving-digits-frames"
+     --checkpoint $WORK/frames-prior.train.pt --name moving-digits-frames --out weights/moving-digits-frames \
+   && $BIN/videogpt-serve train-vqvae ${DATA[*]} --finetune-decoder $WORK/vqvae --lr 3e-4 --schedule cosine \
+     --warmup 50 --steps 1000 --val-every 250 --name moving-digits-vqvae --out $WORK/vqvae-decoder"
+
+$BIN/videogpt-serve set-decoder weights/moving-digits weights/moving-digits-frames --vqvae $WORK/vqvae-decoder \
+  --save-dtype float16
