@@ -252,7 +252,7 @@ def set_decoder(prior_dir: str | Path, vqvae_dir: str | Path, storage_dtype: tor
     if new.config != gpt.vqvae.config:
         raise ConfigError(f"{vqvae_dir}: its VQ-VAE settings differ from those of {prior_dir}'s VQ-VAE")
     old_state, new_state = gpt.vqvae.state_dict(), new.state_dict()
-    code_side = tuple(name + "." for name, module in new.named_children() if module in new.code_modules())
+    code_side = tuple(f"{name}." for name in VQVAE.CODE_SIDE)
     differing = [k for k in old_state if k.startswith(code_side) and not torch.equal(old_state[k], new_state[k])]
     if differing:
         raise ConfigError(f"{vqvae_dir}: its VQ-VAE encodes videos differently from {prior_dir}'s ({differing[0]} "

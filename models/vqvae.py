@@ -252,6 +252,9 @@ class Codebook(nn.Module):
 class VQVAE(nn.Module):
     """Encodes (B,3,T,H,W) video in [-0.5, 0.5] to (B,t,h,w) codes and decodes them back."""
 
+    # The parts that decide a video's codes (held fixed by freeze_codes).
+    CODE_SIDE: ClassVar[tuple[str, ...]] = ("encoder", "pre_vq_conv", "codebook")
+
     def __init__(self, config: VQVAEConfig):
         super().__init__()
         self.config = config
@@ -264,8 +267,7 @@ class VQVAE(nn.Module):
         self.codes_frozen = False
 
     def code_modules(self) -> tuple[nn.Module, ...]:
-        """The parts that decide a video's codes."""
-        return self.encoder, self.pre_vq_conv, self.codebook
+        return tuple(getattr(self, name) for name in self.CODE_SIDE)
 
     def freeze_codes(self) -> None:
         """Hold the codes fixed: later training changes only the decoder (and post-VQ conv), so a prior

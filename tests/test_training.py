@@ -107,13 +107,13 @@ def _train_tiny_vqvae(out, seed: int = 0) -> None:
 
 
 def test_train_commands_write_bundles_that_sample(tmp_path, capsys):
-    common = TINY_TRAINING
     _train_tiny_vqvae(tmp_path / "vq")
     assert load_vqvae(tmp_path / "vq").config.latent_shape == (2, 4, 4)
     assert (tmp_path / "vq.train.pt").exists()
     assert main(["train-gpt", "--vqvae", str(tmp_path / "vq"), "--out", str(tmp_path / "gpt"), "--class-cond",
                  "--n-cond-frames", "1", "--hidden-dim", "12", "--heads", "2", "--layers", "1",
-                 "--resnet-widths", "4", "4", "4", "--resnet-dim", "12", "--precision", "bfloat16", *common]) == 0
+                 "--resnet-widths", "4", "4", "4", "--resnet-dim", "12", "--precision", "bfloat16",
+                 *TINY_TRAINING]) == 0
     gpt = load_gpt(tmp_path / "gpt")
     assert gpt.info.class_names == [str(d) for d in range(10)]
     codes = sample(gpt, 2, class_labels=[3, 4], cond_frames=torch.zeros(2, 3, 1, 16, 16), seed=0)
