@@ -51,8 +51,13 @@ class GPTConfig(Settings):
     # (h, w) (not in the reference): a code sees what the given frame holds at its place without first
     # learning to find it by cross-attention, which a small prior trained briefly barely does.
     aligned_frames: bool = False
+    # Also give every layer norm a position-free summary of the given frames, their encoding's mean and
+    # maximum over space (not in the reference), the way class conditioning gives them the class: what
+    # the frame shows (for moving digits: which digit, what colour) reaches every code wherever the
+    # content has moved to, without cross-attention having to find it.
+    global_frames: bool = False
 
-    LATER_SETTINGS: ClassVar[tuple[str, ...]] = ("aligned_frames",)
+    LATER_SETTINGS: ClassVar[tuple[str, ...]] = ("aligned_frames", "global_frames")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resnet_widths", tuple(self.resnet_widths))
@@ -82,10 +87,11 @@ class GPTConfig(Settings):
                 require_int(name, v, 1)
         if self.resnet_dim % 3:
             raise ConfigError(f"resnet_dim {self.resnet_dim} must be divisible by 3 (frame position embedding)")
-        if not isinstance(self.aligned_frames, bool):
-            raise ConfigError(f"aligned_frames must be true or false, got {self.aligned_frames!r}")
-        if self.aligned_frames and not self.frame_conditional:
-            raise ConfigError("aligned_frames needs frame conditioning: set n_cond_frames >= 1")
+        for name in ("aligned_frames", "global_frames"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+            if getattr(self, name) and not self.frame_conditional:
+                raise ConfigError(f"{name} needs frame conditioning: set n_cond_frames >= 1")
         if self.condition_dropout and not (self.class_conditional or self.frame_conditional):
             raise ConfigError("condition_dropout needs a condition to drop: set class_cond_dim or n_cond_frames")
 
@@ -105,6 +111,11 @@ class GPTConfig(Settings):
         if self.frame_conditional:
             modes.append("frames")
         return modes
+
+    @property
+    def summary_dim(self) -> int | None:
+        """The size of the frame summary the layer norms read (global_frames), else None."""
+        return 2 * self.n_cond_frames * self.resnet_dim if self.global_frames else None
 
     @property
     def frame_conditional(self) -> bool:
@@ -150,26 +161,26 @@ class AttentionBlock(nn.Module):
         super().__init__()
         c = config
         self.attn_dropout = c.attn_dropout if c.attn_type == "full" else 0.0  # the sparse kernels have none
-        self.pre_attn_norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+        self.pre_attn_norm = LayerNorm(c.hidden_dim, c.class_cond_dim, c.summary_dim)
         self.post_attn_dp = nn.Dropout(c.dropout)
         self.attn = MultiHeadAttention(c.hidden_dim, c.hidden_dim, c.heads, c.layers)
         if c.frame_conditional:
-            self.pre_enc_norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+            self.pre_enc_norm = LayerNorm(c.hidden_dim, c.class_cond_dim, c.summary_dim)
             self.post_enc_dp = nn.Dropout(c.dropout)
             self.enc_attn = MultiHeadAttention(c.hidden_dim, c.resnet_dim, c.heads, c.layers)
-        self.pre_fc_norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+        self.pre_fc_norm = LayerNorm(c.hidden_dim, c.class_cond_dim, c.summary_dim)
         self.post_fc_dp = nn.Dropout(c.dropout)
         self.fc_block = nn.Sequential(nn.Linear(c.hidden_dim, 4 * c.hidden_dim), GeLU2(),
                                       nn.Linear(4 * c.hidden_dim, c.hidden_dim))
 
     def forward(self, x: torch.Tensor, cond: Conditioning, mask: torch.Tensor | None) -> torch.Tensor:
         """x (B, N, D) over the whole sequence; mask None means plain causal attention."""
-        h = self.pre_attn_norm(x, cond.class_onehot)
+        h = self.pre_attn_norm(x, cond.class_onehot, cond.frames_summary)
         x = x + self.post_attn_dp(self.attn(h, h, mask=mask, is_causal=mask is None, dropout=self.attn_dropout))
         if cond.frames is not None:
-            h = self.pre_enc_norm(x, cond.class_onehot)
+            h = self.pre_enc_norm(x, cond.class_onehot, cond.frames_summary)
             x = x + cond.gate_frames(self.post_enc_dp(self.enc_attn(h, cond.frames)))
-        h = self.pre_fc_norm(x, cond.class_onehot)
+        h = self.pre_fc_norm(x, cond.class_onehot, cond.frames_summary)
         return x + self.post_fc_dp(self.fc_block(h))
 
 
@@ -187,13 +198,15 @@ class Conditioning:
 
     frames_present (B, 1, 1), when set, is 1 for the samples that have frames and 0 for those that do not
     (their cross-attention branch is zeroed); None means every sample has them. frames_aligned (B, N, D),
-    for priors with aligned_frames, is added to the input at each of the N positions (zero without frames).
+    for priors with aligned_frames, is added to the input at each of the N positions (zero without frames);
+    frames_summary (B, S), for priors with global_frames, goes to every layer norm (zero without frames).
     """
 
     class_onehot: torch.Tensor | None = None
     frames: torch.Tensor | None = None
     frames_present: torch.Tensor | None = None
     frames_aligned: torch.Tensor | None = None
+    frames_summary: torch.Tensor | None = None
 
     def gate_frames(self, branch: torch.Tensor) -> torch.Tensor:
         """The cross-attention branch (B, ..., D) with the samples that have no frames zeroed."""
@@ -215,6 +228,8 @@ class Conditioning:
             dropped.frames_present = torch.cat([given, torch.zeros_like(given)])
             if self.frames_aligned is not None:
                 dropped.frames_aligned = torch.cat([self.frames_aligned, torch.zeros_like(self.frames_aligned)])
+            if self.frames_summary is not None:
+                dropped.frames_summary = torch.cat([self.frames_summary, torch.zeros_like(self.frames_summary)])
         return dropped
 
 
@@ -240,7 +255,7 @@ class VideoGPT(nn.Module):
         self.fc_in = nn.Linear(vq.embedding_dim, c.hidden_dim, bias=False)
         nn.init.normal_(self.fc_in.weight, std=0.02)
         self.attn_stack = AttentionStack(c, vq.latent_shape)
-        self.norm = LayerNorm(c.hidden_dim, c.class_cond_dim)
+        self.norm = LayerNorm(c.hidden_dim, c.class_cond_dim, c.summary_dim)
         self.fc_out = nn.Linear(c.hidden_dim, vq.n_codes, bias=False)
         nn.init.zeros_(self.fc_out.weight)
         # Derived from the config, never saved: the official full-attention checkpoints' 512 MB of
@@ -277,7 +292,7 @@ class VideoGPT(nn.Module):
         elif class_labels is not None:
             raise InputError("this model is not class-conditional: pass class_labels=None")
         if c.frame_conditional:
-            cond.frames, cond.frames_present, cond.frames_aligned = self._frame_encoding(
+            cond.frames, cond.frames_present, cond.frames_aligned, cond.frames_summary = self._frame_encoding(
                 cond_frames, frames_present, batch)
         elif cond_frames is not None or frames_present is not None:
             raise InputError("this model is not frame-conditional: pass cond_frames=None")
@@ -306,7 +321,8 @@ class VideoGPT(nn.Module):
         return onehot.to(dtype)
 
     def _frame_encoding(self, cond_frames: torch.Tensor | None, frames_present: torch.Tensor | None,
-                        batch: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+                        batch: int) -> tuple[torch.Tensor | None, ...]:
+        """(cross-attention features, frames_present, aligned features, summary): Conditioning's fields."""
         c, vq = self.config, self.vqvae.config
         expected = (batch, 3, c.n_cond_frames, vq.resolution, vq.resolution)
         if cond_frames is None:
@@ -314,7 +330,7 @@ class VideoGPT(nn.Module):
                 raise InputError(f"this model is frame-conditional: cond_frames of shape {expected} are required")
             if frames_present is not None and bool(torch.as_tensor(frames_present).any()):
                 raise InputError("frames_present marks samples with frames, but cond_frames is None")
-            return None, None, None
+            return None, None, None, None
         if not isinstance(cond_frames, torch.Tensor) or not cond_frames.is_floating_point() \
                 or tuple(cond_frames.shape) != expected:
             got = tuple(cond_frames.shape) if isinstance(cond_frames, torch.Tensor) else type(cond_frames).__name__
@@ -332,7 +348,17 @@ class VideoGPT(nn.Module):
         dtype = self.fc_in.weight.dtype
         features = self.resnet(cond_frames.to(device=self.fc_in.weight.device, dtype=dtype))
         aligned = self._aligned_frames(features, present) if c.aligned_frames else None
-        return self.cond_pos_embd(features).flatten(1, -2), present, aligned
+        summary = self._frames_summary(features, present) if c.global_frames else None
+        return self.cond_pos_embd(features).flatten(1, -2), present, aligned, summary
+
+    @staticmethod
+    def _frames_summary(features: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
+        """Frame features (B, n, R/4, R/4, C) -> (B, 2*n*C): each frame's mean and maximum over space."""
+        spatial = features.flatten(2, 3)  # (B, n, S, C)
+        summary = torch.cat([spatial.mean(dim=2), spatial.amax(dim=2)], dim=-1).flatten(1)
+        if present is not None:
+            summary = summary * present.view(-1, 1).to(summary.dtype)
+        return summary
 
     def _aligned_frames(self, features: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
         """Frame features (B, n, R/4, R/4, C) -> (B, t*h*w, D): pooled to the latent grid, the same at every t."""
@@ -357,7 +383,7 @@ class VideoGPT(nn.Module):
             x = x + cond.frames_aligned
         for layer in stack.attn_nets:
             x = layer(x, cond, self.attn_mask)
-        logits = self.fc_out(self.norm(x, cond.class_onehot))
+        logits = self.fc_out(self.norm(x, cond.class_onehot, cond.frames_summary))
         return logits.view(*codes.shape, -1)
 
     def training_loss(self, video: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:

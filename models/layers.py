@@ -120,9 +120,14 @@ class MultiHeadAttention(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """The reference's layer norm: epsilon added to the reciprocal root; class-conditional gain/bias."""
+    """The reference's layer norm: epsilon added to the reciprocal root; class-conditional gain/bias.
 
-    def __init__(self, dim: int, class_cond_dim: int | None):
+    With summary_dim, gain and bias also take a learned term of a (B, summary_dim) summary of the given
+    frames (ours, `GPTConfig.global_frames`), zero at the start so training begins from the plain norm;
+    summary None (no frames) adds nothing, as a zero summary would.
+    """
+
+    def __init__(self, dim: int, class_cond_dim: int | None, summary_dim: int | None = None):
         super().__init__()
         self.conditional = class_cond_dim is not None
         if self.conditional:
@@ -132,13 +137,25 @@ class LayerNorm(nn.Module):
         else:
             self.g = nn.Parameter(torch.ones(dim))
             self.b = nn.Parameter(torch.zeros(dim))
+        self.summarized = summary_dim is not None
+        if self.summarized:
+            self.summary_g = nn.Linear(summary_dim, dim, bias=False)
+            self.summary_b = nn.Linear(summary_dim, dim, bias=False)
+            nn.init.zeros_(self.summary_g.weight)
+            nn.init.zeros_(self.summary_b.weight)
 
-    def gain_bias(self, class_onehot: torch.Tensor | None, ndim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gain and bias, shaped (B, 1, ..., D) for inputs of ndim dimensions when class-conditional."""
-        if not self.conditional:
-            return self.g, self.b
-        shape = (class_onehot.shape[0],) + (1,) * (ndim - 2) + (-1,)
-        return 1 + self.w(class_onehot).view(shape), self.wb(class_onehot).view(shape)
+    def gain_bias(self, class_onehot: torch.Tensor | None, summary: torch.Tensor | None = None,
+                  ndim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gain and bias, shaped (B, 1, ..., D) for inputs of ndim dimensions when conditional."""
+        if self.conditional:
+            shape = (class_onehot.shape[0],) + (1,) * (ndim - 2) + (-1,)
+            g, b = 1 + self.w(class_onehot).view(shape), self.wb(class_onehot).view(shape)
+        else:
+            g, b = self.g, self.b
+        if self.summarized and summary is not None:
+            shape = (summary.shape[0],) + (1,) * (ndim - 2) + (-1,)
+            g, b = g + self.summary_g(summary).view(shape), b + self.summary_b(summary).view(shape)
+        return g, b
 
     @staticmethod
     def normalize(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -148,8 +165,9 @@ class LayerNorm(nn.Module):
         x_float = (x_float - mu) * (1e-5 + s.rsqrt())
         return x_float.type_as(x) * g + b
 
-    def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None) -> torch.Tensor:
-        return self.normalize(x, *self.gain_bias(class_onehot, x.dim()))
+    def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None,
+                summary: torch.Tensor | None = None) -> torch.Tensor:
+        return self.normalize(x, *self.gain_bias(class_onehot, summary, x.dim()))
 
 
 class GeLU2(nn.Module):

@@ -199,12 +199,12 @@ class CachedDecoder:
         self.token_features = gpt.fc_in(gpt.vqvae.codebook.embeddings.to(self.dtype))
         self.positions = gpt.attn_stack.pos_embd.table().flatten(0, -2)
         self.sos = gpt.attn_stack.right_shift.sos.to(self.dtype)
-        onehot = cond.class_onehot
+        norm_inputs = (cond.class_onehot, cond.frames_summary)
         self.norms = [
-            {name: getattr(layer, name).gain_bias(onehot, ndim=2)
+            {name: getattr(layer, name).gain_bias(*norm_inputs, ndim=2)
              for name in ("pre_attn_norm", "pre_enc_norm", "pre_fc_norm") if hasattr(layer, name)}
             for layer in self.layers]
-        self.final_norm = gpt.norm.gain_bias(onehot, ndim=2)
+        self.final_norm = gpt.norm.gain_bias(*norm_inputs, ndim=2)
         self.cross = None
         self.cond = cond
         if cond.frames is not None:

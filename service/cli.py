@@ -188,7 +188,8 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                        class_cond_dim=len(class_names) if args.class_cond else None,
                        n_cond_frames=args.n_cond_frames, resnet_widths=tuple(args.resnet_widths),
                        resnet_blocks=tuple(args.resnet_blocks), resnet_dim=args.resnet_dim,
-                       condition_dropout=args.condition_dropout, aligned_frames=args.aligned_frames)
+                       condition_dropout=args.condition_dropout, aligned_frames=args.aligned_frames,
+                       global_frames=args.global_frames)
     check_guidance(args.default_guidance, config, "--default-guidance")  # before training, not after
     model = VideoGPT(config, vqvae)
 
@@ -460,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned-frames", action="store_true",
                    help="also add the frame encoding to the input of each code at the same place (a shortcut "
                         "a small prior learns far sooner than cross-attention)")
+    p.add_argument("--global-frames", action="store_true",
+                   help="also give every layer norm a summary of the frame encoding (its mean and maximum over "
+                        "space), as class conditioning gives the class: what the frame shows reaches every code")
     p.add_argument("--hidden-dim", type=int, default=144)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)

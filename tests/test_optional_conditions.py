@@ -63,15 +63,20 @@ def test_a_mixed_batch_computes_each_sample_as_alone(gpt):
             assert (together[i:i + 1] - alone).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("aligned", [False, True], ids=["cross-attention", "aligned-frames"])
+FRAME_PATHS = {"cross-attention": {}, "aligned-frames": {"aligned_frames": True},
+               "global-frames": {"global_frames": True}}
+
+
+@pytest.mark.parametrize("paths", FRAME_PATHS.values(), ids=FRAME_PATHS.keys())
 @pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
-def test_cached_decoding_of_a_mixed_batch_equals_teacher_forcing(static, aligned):
-    gpt = random_gpt(VQ_CONFIG, dataclasses.replace(OPTIONAL, aligned_frames=aligned), seed=5)
+def test_cached_decoding_of_a_mixed_batch_equals_teacher_forcing(static, paths):
+    gpt = random_gpt(VQ_CONFIG, dataclasses.replace(OPTIONAL, **paths), seed=5)
     codes, labels, frames, present = mixed_inputs(gpt)
     with torch.no_grad():
         expected = gpt.forward(codes, gpt.condition(labels, frames, 4, present))
     got = forced_step_logits(gpt, codes, labels, frames, static, frames_present=present)
-    assert (got - expected).abs().max() < 1e-4
+    # float32 rounding grows with the logits' size (random frame-summary gains make them large)
+    assert (got - expected).abs().max() < 1e-5 * expected.abs().max().clamp_min(10)
 
 
 def test_sampling_a_mixed_batch_matches_sampling_each_mode_alone(gpt):

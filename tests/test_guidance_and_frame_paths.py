@@ -1,4 +1,5 @@
-"""Classifier-free guidance in the sampler, and priors that also add the frame encoding at each code's place.
+"""Classifier-free guidance in the sampler, and priors with our extra frame paths: the frame encoding added at
+each code's place (aligned_frames) and a summary of it given to every layer norm (global_frames).
 
 (Cached decoding of aligned priors equals teacher forcing: test_optional_conditions.)"""
 
@@ -30,11 +31,41 @@ def plain(aligned):
     return model.eval()
 
 
-def test_aligned_frames_need_frames():
-    with pytest.raises(ConfigError, match="aligned_frames needs frame conditioning"):
-        dataclasses.replace(CASES["stride1x2x2-uncond-sparse"][1], aligned_frames=True)
-    with pytest.raises(ConfigError, match="aligned_frames must be true or false"):
-        dataclasses.replace(ALIGNED, aligned_frames="yes")
+@pytest.mark.parametrize("name", ["aligned_frames", "global_frames"])
+def test_frame_paths_need_frames(name):
+    with pytest.raises(ConfigError, match=f"{name} needs frame conditioning"):
+        dataclasses.replace(CASES["stride1x2x2-uncond-sparse"][1], **{name: True})
+    with pytest.raises(ConfigError, match=f"{name} must be true or false"):
+        dataclasses.replace(ALIGNED, **{name: "yes"})
+
+
+def test_a_new_global_frames_prior_computes_what_the_plain_prior_does():
+    """The summary's gains and biases start at zero: training begins from the plain prior."""
+    plain = random_gpt(VQ_CONFIG, ALIGNED, seed=4)
+    fresh = VideoGPT(dataclasses.replace(ALIGNED, global_frames=True), plain.vqvae).eval()
+    missing, unexpected = fresh.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".summary_" in k for k in missing)
+    codes, labels, frames, present = mixed_inputs(plain)
+    with torch.no_grad():
+        assert torch.equal(fresh.forward(codes, fresh.condition(labels, frames, 4, present)),
+                           plain.forward(codes, plain.condition(labels, frames, 4, present)))
+
+
+def test_global_summary_reaches_only_the_samples_with_frames():
+    gpt = random_gpt(VQ_CONFIG, dataclasses.replace(ALIGNED, global_frames=True), seed=6)
+    without = VideoGPT(dataclasses.replace(ALIGNED, global_frames=False), gpt.vqvae).eval()
+    without.load_state_dict({k: v for k, v in gpt.state_dict().items() if ".summary_" not in k})
+    codes, labels, frames, present = mixed_inputs(gpt)
+    c = gpt.config
+    with torch.no_grad():
+        cond = gpt.condition(labels, frames, 4, present)
+        assert cond.frames_summary.shape == (4, 2 * c.n_cond_frames * c.resnet_dim)
+        assert cond.frames_summary[:2].abs().amax(dim=-1).amin() > 0  # present = [1, 1, 0, 0]
+        assert torch.equal(cond.frames_summary[2:], torch.zeros_like(cond.frames_summary[2:]))
+        # The summary's only effect is in the samples with frames.
+        differs = (gpt.forward(codes, cond) - without.forward(codes, without.condition(labels, frames, 4, present)))
+        differs = differs.abs().amax(dim=(1, 2, 3, 4))
+        assert differs[:2].min() > 1e-3 and differs[2:].max() < 1e-5
 
 
 def test_aligned_path_adds_the_frames_at_each_place_and_only_for_samples_with_frames(aligned, plain):
