@@ -28,6 +28,9 @@ ATTN_TYPES = ("full", "sparse")
 FRAME_ENCODER_STRIDE = (1, 4, 4)
 
 
+ALIGNED_STEPS = ("all", "given")
+
+
 @dataclass(frozen=True)
 class GPTConfig(Settings):
     """Every setting of the prior (its VQ-VAE has its own VQVAEConfig); defaults are the official ones."""
@@ -51,13 +54,17 @@ class GPTConfig(Settings):
     # (h, w) (not in the reference): a code sees what the given frame holds at its place without first
     # learning to find it by cross-attention, which a small prior trained briefly barely does.
     aligned_frames: bool = False
+    # Which latent time steps get the aligned frames: "all" holds the frames' content in place for the whole
+    # video; "given" only the steps the given frames fall in (ceil(n_cond_frames / time downsample)), so
+    # later steps are not pulled back to where things were once they have moved.
+    aligned_steps: str = "all"
     # Also give every layer norm a position-free summary of the given frames, their encoding's mean and
     # maximum over space (not in the reference), the way class conditioning gives them the class: what
     # the frame shows (for moving digits: which digit, what colour) reaches every code wherever the
     # content has moved to, without cross-attention having to find it.
     global_frames: bool = False
 
-    LATER_SETTINGS: ClassVar[tuple[str, ...]] = ("aligned_frames", "global_frames")
+    LATER_SETTINGS: ClassVar[tuple[str, ...]] = ("aligned_frames", "aligned_steps", "global_frames")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resnet_widths", tuple(self.resnet_widths))
@@ -92,6 +99,10 @@ class GPTConfig(Settings):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
             if getattr(self, name) and not self.frame_conditional:
                 raise ConfigError(f"{name} needs frame conditioning: set n_cond_frames >= 1")
+        if self.aligned_steps not in ALIGNED_STEPS:
+            raise ConfigError(f"aligned_steps must be one of {', '.join(ALIGNED_STEPS)}, got {self.aligned_steps!r}")
+        if self.aligned_steps != "all" and not self.aligned_frames:
+            raise ConfigError(f"aligned_steps {self.aligned_steps!r} needs aligned_frames")
         if self.condition_dropout and not (self.class_conditional or self.frame_conditional):
             raise ConfigError("condition_dropout needs a condition to drop: set class_cond_dim or n_cond_frames")
 
@@ -361,11 +372,16 @@ class VideoGPT(nn.Module):
         return summary
 
     def _aligned_frames(self, features: torch.Tensor, present: torch.Tensor | None) -> torch.Tensor:
-        """Frame features (B, n, R/4, R/4, C) -> (B, t*h*w, D): pooled to the latent grid, the same at every t."""
+        """Frame features (B, n, R/4, R/4, C) -> (B, t*h*w, D): pooled to the latent grid, the same at every
+        aligned time step (all, or those the given frames fall in), zero at the others."""
         t, h, w = self.latent_shape
         grid = features.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, n*C, R/4, R/4)
         pooled = F.adaptive_avg_pool2d(grid, (h, w)).permute(0, 2, 3, 1)  # (B, h, w, n*C)
-        aligned = self.frames_in(pooled).unsqueeze(1).expand(-1, t, -1, -1, -1).flatten(1, 3)
+        aligned = self.frames_in(pooled).unsqueeze(1).expand(-1, t, -1, -1, -1)
+        if self.config.aligned_steps == "given":
+            steps = min(t, math.ceil(self.config.n_cond_frames / self.vqvae.config.downsample[0]))
+            aligned = F.pad(aligned[:, :steps], (0, 0, 0, 0, 0, 0, 0, t - steps))
+        aligned = aligned.flatten(1, 3)
         if present is not None:
             aligned = aligned * present.view(-1, 1, 1).to(aligned.dtype)
         return aligned

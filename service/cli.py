@@ -188,7 +188,8 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                        class_cond_dim=len(class_names) if args.class_cond else None,
                        n_cond_frames=args.n_cond_frames, resnet_widths=tuple(args.resnet_widths),
                        resnet_blocks=tuple(args.resnet_blocks), resnet_dim=args.resnet_dim,
-                       condition_dropout=args.condition_dropout, aligned_frames=args.aligned_frames,
+                       condition_dropout=args.condition_dropout, aligned_frames=args.aligned_frames is not None,
+                       aligned_steps=args.aligned_frames or "all",
                        global_frames=args.global_frames)
     check_guidance(args.default_guidance, config, "--default-guidance")  # before training, not after
     model = VideoGPT(config, vqvae)
@@ -458,9 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the modes without it (unconditional with both)")
     p.add_argument("--default-guidance", type=float, default=1.0,
                    help="guidance scale of requests that name none (needs --condition-dropout; 1: off)")
-    p.add_argument("--aligned-frames", action="store_true",
+    p.add_argument("--aligned-frames", nargs="?", const="all", choices=["all", "given"],
                    help="also add the frame encoding to the input of each code at the same place (a shortcut "
-                        "a small prior learns far sooner than cross-attention)")
+                        "a small prior learns far sooner than cross-attention): at every latent time step "
+                        "(all, the default) or only at those the given frames fall in (given)")
     p.add_argument("--global-frames", action="store_true",
                    help="also give every layer norm a summary of the frame encoding (its mean and maximum over "
                         "space), as class conditioning gives the class: what the frame shows reaches every code")

@@ -106,10 +106,10 @@ def test_guidance_default_round_trips_and_older_bundles_still_load(tmp_path, gpt
     assert load_gpt(saved).info.guidance == 2.5
     with pytest.raises(ConfigError, match="guidance 2.5 needs a prior trained with condition dropout"):
         save_bundle(gpt, tmp_path / "refused", dataclasses.replace(gpt.info, guidance=2.5))
-    # Bundles written before guidance, aligned_frames, global_frames, axial_attention and padding existed
-    # load with the defaults, which are what their models computed.
-    _edit_config(saved, guidance=KeyError, gpt__aligned_frames=KeyError, gpt__global_frames=KeyError,
-                 vqvae__axial_attention=KeyError, vqvae__padding=KeyError)
+    # Bundles written before guidance, aligned_frames (and its steps), global_frames, axial_attention and
+    # padding existed load with the defaults, which are what their models computed.
+    _edit_config(saved, guidance=KeyError, gpt__aligned_frames=KeyError, gpt__aligned_steps=KeyError,
+                 gpt__global_frames=KeyError, vqvae__axial_attention=KeyError, vqvae__padding=KeyError)
     old = load_gpt(saved)
     assert old.info.guidance == 1.0 and old.config == optional and old.vqvae.config == gpt.vqvae.config
 

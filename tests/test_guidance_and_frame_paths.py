@@ -37,6 +37,27 @@ def test_frame_paths_need_frames(name):
         dataclasses.replace(CASES["stride1x2x2-uncond-sparse"][1], **{name: True})
     with pytest.raises(ConfigError, match=f"{name} must be true or false"):
         dataclasses.replace(ALIGNED, **{name: "yes"})
+    with pytest.raises(ConfigError, match="aligned_steps must be one of all, given, got 'first'"):
+        dataclasses.replace(ALIGNED, aligned_steps="first")
+    with pytest.raises(ConfigError, match="aligned_steps 'given' needs aligned_frames"):
+        dataclasses.replace(ALIGNED, aligned_frames=False, aligned_steps="given")
+
+
+def test_aligned_given_steps_hold_the_frames_only_where_they_fall():
+    """With aligned_steps "given", the frames' features go to the latent steps the frames fall in, and
+    are the same there as with "all"."""
+    everywhere = random_gpt(VQ_CONFIG, ALIGNED, seed=7)
+    given = VideoGPT(dataclasses.replace(ALIGNED, aligned_steps="given"), everywhere.vqvae).eval()
+    given.load_state_dict(everywhere.state_dict())
+    _, labels, frames, present = mixed_inputs(everywhere)
+    t, h, w = everywhere.latent_shape
+    steps = -(-ALIGNED.n_cond_frames // VQ_CONFIG.downsample[0])
+    assert 0 < steps < t
+    with torch.no_grad():
+        full = everywhere.condition(labels, frames, 4, present).frames_aligned.view(4, t, h, w, -1)
+        part = given.condition(labels, frames, 4, present).frames_aligned.view(4, t, h, w, -1)
+    assert torch.equal(part[:, :steps], full[:, :steps]) and part[:2, :steps].abs().amax() > 0
+    assert torch.equal(part[:, steps:], torch.zeros_like(part[:, steps:]))
 
 
 def test_a_new_global_frames_prior_computes_what_the_plain_prior_does():

@@ -64,6 +64,7 @@ def test_a_mixed_batch_computes_each_sample_as_alone(gpt):
 
 
 FRAME_PATHS = {"cross-attention": {}, "aligned-frames": {"aligned_frames": True},
+               "aligned-given-steps": {"aligned_frames": True, "aligned_steps": "given"},
                "global-frames": {"global_frames": True}}
 
 
