@@ -13,8 +13,8 @@ BIN=${BIN:-.venv/bin}
 WORK=build/train-digits
 # --precision auto: bf16 autocast where the CPU (AVX-512) or GPU computes it natively, else float32.
 DATA=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 0 --precision auto)
-PRIOR=(--hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 --lr 6e-4 --schedule cosine
-       --warmup 100 --val-every 500)
+PRIOR=(--hidden-dim 144 --heads 4 --layers 4 --dropout 0.1 --attn-dropout 0 --schedule cosine --warmup 100
+       --val-every 500)
 mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 
@@ -48,10 +48,11 @@ side_by_side \
 
 side_by_side \
   "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
-     --condition-dropout 0.3 --default-guidance 4 --steps 4000 ${PRIOR[*]} --checkpoint $WORK/class-prior.train.pt \
-     --name moving-digits --out weights/moving-digits" \
+     --condition-dropout 0.3 --default-guidance 4 --steps 4000 --lr 6e-4 ${PRIOR[*]} \
+     --checkpoint $WORK/class-prior.train.pt --name moving-digits --out weights/moving-digits" \
   "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
-     --aligned-frames --condition-dropout 0.2 --default-guidance 2.5 --steps 3000 ${PRIOR[*]} \
+     --aligned-frames given --global-frames --condition-dropout 0.2 --default-guidance 2.5 --steps 3000 \
+     --lr 1e-3 ${PRIOR[*]} \
      --checkpoint $WORK/frames-prior.train.pt --name moving-digits-frames --out weights/moving-digits-frames \
    && $BIN/videogpt-serve train-vqvae ${DATA[*]} --finetune-decoder $WORK/vqvae --lr 3e-4 --schedule cosine \
      --warmup 50 --steps 1000 --val-every 250 --name moving-digits-vqvae --out $WORK/vqvae-decoder"
