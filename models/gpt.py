@@ -26,8 +26,6 @@ from .vqvae import VQVAE, VQVAEConfig
 ATTN_TYPES = ("full", "sparse")
 # The frame encoder halves the conditioning frames' height and width twice (the reference's R/4 grid).
 FRAME_ENCODER_STRIDE = (1, 4, 4)
-
-
 ALIGNED_STEPS = ("all", "given")
 
 
@@ -377,11 +375,10 @@ class VideoGPT(nn.Module):
         t, h, w = self.latent_shape
         grid = features.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (B, n*C, R/4, R/4)
         pooled = F.adaptive_avg_pool2d(grid, (h, w)).permute(0, 2, 3, 1)  # (B, h, w, n*C)
-        aligned = self.frames_in(pooled).unsqueeze(1).expand(-1, t, -1, -1, -1)
-        if self.config.aligned_steps == "given":
-            steps = min(t, math.ceil(self.config.n_cond_frames / self.vqvae.config.downsample[0]))
-            aligned = F.pad(aligned[:, :steps], (0, 0, 0, 0, 0, 0, 0, t - steps))
-        aligned = aligned.flatten(1, 3)
+        steps = t if self.config.aligned_steps == "all" else \
+            min(t, math.ceil(self.config.n_cond_frames / self.vqvae.config.downsample[0]))
+        aligned = self.frames_in(pooled).unsqueeze(1).expand(-1, steps, -1, -1, -1)
+        aligned = F.pad(aligned, (0, 0, 0, 0, 0, 0, 0, t - steps)).flatten(1, 3)  # zero at later steps
         if present is not None:
             aligned = aligned * present.view(-1, 1, 1).to(aligned.dtype)
         return aligned

@@ -147,14 +147,15 @@ class LayerNorm(nn.Module):
     def gain_bias(self, class_onehot: torch.Tensor | None, summary: torch.Tensor | None = None,
                   ndim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
         """Gain and bias, shaped (B, 1, ..., D) for inputs of ndim dimensions when conditional."""
+        def per_sample(t: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, 1, ..., D)
+            return t.view(t.shape[0], *(1,) * (ndim - 2), -1)
+
         if self.conditional:
-            shape = (class_onehot.shape[0],) + (1,) * (ndim - 2) + (-1,)
-            g, b = 1 + self.w(class_onehot).view(shape), self.wb(class_onehot).view(shape)
+            g, b = 1 + per_sample(self.w(class_onehot)), per_sample(self.wb(class_onehot))
         else:
             g, b = self.g, self.b
         if self.summarized and summary is not None:
-            shape = (summary.shape[0],) + (1,) * (ndim - 2) + (-1,)
-            g, b = g + self.summary_g(summary).view(shape), b + self.summary_b(summary).view(shape)
+            g, b = g + per_sample(self.summary_g(summary)), b + per_sample(self.summary_b(summary))
         return g, b
 
     @staticmethod
