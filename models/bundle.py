@@ -4,6 +4,8 @@
                        vqvae (every VQVAEConfig setting), gpt (every GPTConfig setting; kind "gpt")
     vqvae.safetensors  the VQ-VAE's tensors (names as in the official checkpoints, without "vqvae.")
     gpt.safetensors    the prior's own tensors (kind "gpt"), without its VQ-VAE's
+    class-guide/       optional, in a frames prior's bundle (set-class-guide): a class prior's bundle, its
+                       frame recognizer (recognizer.safetensors) and guide.json ({"scale": S})
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .classifier import FrameRecognizer, load_classifier, save_classifier
 from .errors import CheckpointError, ConfigError
 from .gpt import GPTConfig, VideoGPT
-from .sampling import MAX_GUIDANCE
+from .sampling import MAX_GUIDANCE, ClassGuide
 from .vqvae import VQVAE, VQVAEConfig
 
 BUNDLE_FORMAT = "videogpt-serve-bundle"
@@ -30,6 +33,9 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 VQVAE_FILE = "vqvae.safetensors"
 GPT_FILE = "gpt.safetensors"
+CLASS_GUIDE_DIR = "class-guide"
+RECOGNIZER_FILE = "recognizer.safetensors"
+GUIDE_FILE = "guide.json"
 DEFAULT_FPS = 8.0
 # A prior holds its frozen VQ-VAE under this prefix; bundles keep those tensors in VQVAE_FILE.
 VQVAE_PREFIX = "vqvae."
@@ -197,6 +203,8 @@ def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Vide
     path = Path(bundle_dir) / GPT_FILE
     load_weights(gpt, _read_safetensors(path), str(path), skip_prefix=VQVAE_PREFIX)
     gpt.info = info  # type: ignore[attr-defined]
+    guide_dir = Path(bundle_dir) / CLASS_GUIDE_DIR
+    gpt.class_guide = _load_class_guide(gpt, guide_dir, device) if guide_dir.is_dir() else None
     return gpt.to(device).eval()
 
 
@@ -245,19 +253,73 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
     return out
 
 
+def code_difference(a: VQVAE, b: VQVAE) -> str | None:
+    """Why VQ-VAEs a and b may encode a video to different codes (settings, or the first differing tensor of
+    encoder, pre-VQ convolution and codebook), or None when they cannot."""
+    if a.config != b.config:
+        return "its VQ-VAE settings differ"
+    state_a, state_b = a.state_dict(), b.state_dict()
+    code_side = tuple(f"{name}." for name in VQVAE.CODE_SIDE)
+    differing = [k for k in state_a if k.startswith(code_side) and not torch.equal(state_a[k], state_b[k])]
+    return f"{differing[0]} differs" if differing else None
+
+
 def set_decoder(prior_dir: str | Path, vqvae_dir: str | Path, storage_dtype: torch.dtype | None = None) -> Path:
     """Give the prior bundle at prior_dir the VQ-VAE of vqvae_dir: allowed only when the two encode every
     video to the same codes (identical encoder, pre-VQ conv and codebook), as after a decoder fine-tune."""
     gpt, new = load_gpt(prior_dir), load_vqvae(vqvae_dir)
-    if new.config != gpt.vqvae.config:
-        raise ConfigError(f"{vqvae_dir}: its VQ-VAE settings differ from those of {prior_dir}'s VQ-VAE")
-    old_state, new_state = gpt.vqvae.state_dict(), new.state_dict()
-    code_side = tuple(f"{name}." for name in VQVAE.CODE_SIDE)
-    differing = [k for k in old_state if k.startswith(code_side) and not torch.equal(old_state[k], new_state[k])]
-    if differing:
-        raise ConfigError(f"{vqvae_dir}: its VQ-VAE encodes videos differently from {prior_dir}'s ({differing[0]} "
-                          "differs), so the prior's codes would not match; only a decoder fine-tuned with the "
-                          "codes held fixed (train-vqvae --finetune-decoder) can replace it")
-    gpt.vqvae.load_state_dict(new_state)
+    difference = code_difference(gpt.vqvae, new)
+    if difference:
+        raise ConfigError(f"{vqvae_dir}: its VQ-VAE encodes videos differently from {prior_dir}'s ({difference}), "
+                          "so the prior's codes would not match; only a decoder fine-tuned with the codes held "
+                          "fixed (train-vqvae --finetune-decoder) can replace it")
+    gpt.vqvae.load_state_dict(new.state_dict())
     info = dataclasses.replace(gpt.info, source={**(gpt.info.source or {}), "decoder": str(vqvae_dir)})
     return save_bundle(gpt, prior_dir, info, storage_dtype=storage_dtype)
+
+
+def check_class_guide(frames: VideoGPT, prior: VideoGPT, recognizer: FrameRecognizer, scale: Any,
+                      where: str) -> None:
+    """Refuse a class guide that cannot steer this frames prior, saying why."""
+    if not frames.config.frame_conditional:
+        raise ConfigError(f"{where}: a class guide steers frame-conditional priors, and this prior takes no frames")
+    if not (prior.config.class_conditional and prior.config.conditions_optional):
+        raise ConfigError(f"{where}: the guide's prior must be class-conditional and trained with condition dropout "
+                          "(its logits without a class are the other half of the guidance)")
+    difference = code_difference(frames.vqvae, prior.vqvae)
+    if difference:
+        raise ConfigError(f"{where}: the guide's prior was trained on other codes ({difference}): both priors "
+                          "must share one VQ-VAE's encoder and codebook")
+    if recognizer.config.n_classes != prior.config.class_cond_dim:
+        raise ConfigError(f"{where}: the recognizer tells {recognizer.config.n_classes} classes and the prior "
+                          f"{prior.config.class_cond_dim}")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 <= scale <= MAX_GUIDANCE:
+        raise ConfigError(f"{where}: scale must be a number in [0, {MAX_GUIDANCE}], got {scale!r}")
+
+
+def set_class_guide(frames_dir: str | Path, prior_dir: str | Path, recognizer_path: str | Path, scale: float,
+                    storage_dtype: torch.dtype | None = None) -> Path:
+    """Copy the class prior at prior_dir and the frame recognizer at recognizer_path into the frames prior
+    bundle at frames_dir (its class-guide/ folder), to follow with the given scale."""
+    frames, prior = load_gpt(frames_dir), load_gpt(prior_dir)
+    recognizer = load_classifier(recognizer_path, "frame recognizer")
+    check_class_guide(frames, prior, recognizer, scale, str(frames_dir))
+    out = Path(frames_dir) / CLASS_GUIDE_DIR
+    save_bundle(prior, out, prior.info, storage_dtype=storage_dtype)
+    save_classifier(recognizer, out / RECOGNIZER_FILE)
+    (out / GUIDE_FILE).write_text(json.dumps({"scale": scale, "prior": str(prior_dir),
+                                              "recognizer": str(recognizer_path)}, indent=2) + "\n")
+    return out
+
+
+def _load_class_guide(frames: VideoGPT, guide_dir: Path, device: str | torch.device) -> ClassGuide:
+    path = guide_dir / GUIDE_FILE
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a class guide's settings ({exc})") from None
+    scale = settings.get("scale") if isinstance(settings, dict) else None
+    prior = load_gpt(guide_dir)
+    recognizer = load_classifier(guide_dir / RECOGNIZER_FILE, "frame recognizer")
+    check_class_guide(frames, prior, recognizer, scale, str(guide_dir))
+    return ClassGuide(prior.to(device), recognizer.to(device), float(scale))

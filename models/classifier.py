@@ -1,7 +1,9 @@
-"""A small 3D-CNN video classifier: the evaluation network for moving-digits (as I3D is for FVD)."""
+"""Small classifiers: a 3D-CNN video classifier, the evaluation network for moving-digits (as I3D is for FVD),
+and a 2D-CNN frame recognizer, which tells a class-guided frames prior what class a given frame shows."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,20 +45,66 @@ class VideoClassifier(nn.Module):
         return self.head(self.features(video))
 
 
-def save_classifier(model: VideoClassifier, path: str | Path) -> None:
+@dataclass(frozen=True)
+class RecognizerConfig(Settings):
+    n_classes: int = 10
+    width: int = 32
+
+
+class FrameRecognizer(nn.Module):
+    """(B, 3, H, W) frames in [-0.5, 0.5] -> class logits. Trained on single frames of the training videos."""
+
+    def __init__(self, config: RecognizerConfig = RecognizerConfig()):
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+        )
+        # Dropout 0.5: the training frames come from a few writers' glyphs, which it would otherwise memorise.
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(2 * w, config.n_classes))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(frames).flatten(1))
+
+
+def recognizer_loss(recognizer: FrameRecognizer) -> Callable[[dict], dict]:
+    """The training loss of a frame recognizer on batches of labelled videos: one random frame of each."""
+
+    def loss_fn(batch: dict) -> dict:
+        video = batch["video"]
+        pick = torch.randint(video.shape[2], (video.shape[0],), device=video.device)
+        logits = recognizer(video[torch.arange(video.shape[0], device=video.device), :, pick])
+        return {"loss": F.cross_entropy(logits, batch["label"]),
+                "accuracy": (logits.argmax(dim=1) == batch["label"]).float().mean()}
+
+    return loss_fn
+
+
+Classifier = VideoClassifier | FrameRecognizer
+_KINDS = {"video classifier": (VideoClassifier, ClassifierConfig), "frame recognizer": (FrameRecognizer,
+                                                                                       RecognizerConfig)}
+
+
+def save_classifier(model: Classifier, path: str | Path) -> None:
+    """Weights and settings (integers, in the file's metadata) of a video classifier or frame recognizer."""
     metadata = {k: str(v) for k, v in model.config.to_dict().items()}
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
 
 
-def load_classifier(path: str | Path) -> VideoClassifier:
+def load_classifier(path: str | Path, kind: str = "video classifier") -> Classifier:
+    """A file written by save_classifier, as the given kind ("video classifier" or "frame recognizer")."""
     from safetensors import safe_open
 
+    model_class, config_class = _KINDS[kind]
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        config = ClassifierConfig(**{k: int(v) for k, v in meta.items()})
-        model = VideoClassifier(config)
+        config = config_class(**{k: int(v) for k, v in meta.items()})
+        model = model_class(config)
         model.load_state_dict(load_file(str(path)))
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a video classifier file ({exc})") from None
+        raise CheckpointError(f"{path}: not a {kind} file ({exc})") from None
     return model.eval()

@@ -178,6 +178,10 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
             entry["classifier_agreement"] = float((predicted == wanted).float().mean())
         if mode == "frames":
             entry["first_frame_psnr_db"] = float(psnr(generated[:, :, 0], real[:, :, 0]).mean())
+            if gpt.class_guide is not None:
+                recognised = gpt.class_guide.classes(real[:, :, :1].to(device)).cpu()
+                entry["class_guidance"] = gpt.class_guide.scale
+                entry["recognizer_accuracy"] = float((recognised == labels).float().mean())
         report[mode] = entry
         rows.append(_sheet_row(generated))
         log(f"{mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in entry.items()))

@@ -272,6 +272,8 @@ class VideoGPT(nn.Module):
         mask = None if c.attn_type == "full" else causal_mask(
             vq.latent_shape, c.attn_type, c.sparse_block_size, c.sparse_local_blocks)
         self.register_buffer("attn_mask", mask, persistent=False)
+        # A sampling.ClassGuide when the bundle has one (models.bundle.set_class_guide), else None.
+        self.class_guide = None
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

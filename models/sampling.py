@@ -29,6 +29,24 @@ PROGRESS_INTERVAL_S = 0.2
 STOP_POLL_INTERVAL_S = 0.05
 
 
+@dataclass
+class ClassGuide:
+    """What steers a frames prior toward the class its given frame shows (ours; `set-class-guide`): a
+    class prior trained with condition dropout on the same codes, a frame recognizer, and a scale. A frames
+    sample of a prior carrying one (`gpt.class_guide`) adds scale x (the class prior's logits for the class
+    the recognizer reads off the first given frame - its logits without a class) to its own, which keeps
+    the given digit that digit rather than letting it drift into a neighbouring shape."""
+
+    prior: VideoGPT
+    recognizer: torch.nn.Module
+    scale: float
+
+    @torch.no_grad()
+    def classes(self, cond_frames: torch.Tensor) -> torch.Tensor:
+        """The class (B,) the recognizer reads off each sample's first given frame (B, 3, n, H, W)."""
+        return self.recognizer(cond_frames[:, :, 0].float()).argmax(dim=1)
+
+
 class SamplingCancelled(Exception):
     """should_stop() answered True; decoding stopped at the step given by `done_steps`."""
 
@@ -332,9 +350,33 @@ def guidance_scales(gpt: VideoGPT, guidance: object, n: int) -> torch.Tensor | N
 
 
 @torch.no_grad()
+def _class_guide_step(gpt: VideoGPT, n: int, cond_frames: torch.Tensor | None, present: torch.Tensor | None,
+                      class_guidance: object, cuda_graph: bool) -> tuple[Callable, torch.Tensor] | None:
+    """The class guide's decoding step (rows: recognised class, then no class) and per-sample scales (zero
+    for samples without frames), or None when no sample is class-guided."""
+    guide: ClassGuide | None = getattr(gpt, "class_guide", None)
+    if class_guidance is not None:
+        if guide is None:
+            raise InputError("class_guidance needs a frames prior with a class guide (set-class-guide)")
+        if (not isinstance(class_guidance, (int, float)) or isinstance(class_guidance, bool)
+                or not 0 <= class_guidance <= MAX_GUIDANCE):
+            raise InputError(f"class_guidance must be a number in [0, {MAX_GUIDANCE}] (0: off), "
+                             f"got {class_guidance!r}")
+    if guide is None or cond_frames is None:
+        return None
+    scale = guide.scale if class_guidance is None else float(class_guidance)
+    has_frames = torch.ones(n, dtype=torch.bool, device=cond_frames.device) if present is None else present.bool()
+    if scale == 0 or not has_frames.any():
+        return None
+    labels = torch.where(has_frames, guide.classes(cond_frames), -1)
+    cond = guide.prior.condition(torch.cat([labels, torch.full_like(labels, -1)]), None, 2 * n)
+    decoder = CachedDecoder(guide.prior, cond, 2 * n)
+    return (decoder.graph_step() if cuda_graph else decoder.step), scale * has_frames.float()
+
+
 def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: torch.Tensor | None = None,
            frames_present: object = None, temperature: object = 1.0, top_k: object = None,
-           top_p: object = None, seed: object = None, guidance: object = None,
+           top_p: object = None, seed: object = None, guidance: object = None, class_guidance: object = None,
            progress: Callable[[int, int], None] | None = None,
            should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
@@ -348,6 +390,9 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     guidance (one scale or n; None or 1 = off) is classifier-free guidance for such a prior: each step's
     logits become u + s * (c - u), c with the sample's conditions and u with them dropped, so the codes
     follow the class or frames more closely; guided samples cost a second row in the batch.
+    A frames prior with a class guide (`gpt.class_guide`) also follows its class prior toward the class
+    recognised in each sample's first frame; class_guidance (None: the guide's own scale; 0: off) sets how
+    strongly. It runs the class prior beside the frames prior, two rows per sample.
     On CUDA the decode step is captured once as a CUDA graph and replayed (cuda_graph=False turns it off);
     the model's dtype (cast it with `gpt.to(torch.bfloat16)`) is the sampler's.
     """
@@ -356,9 +401,9 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     controls = SamplingControls.build(n, temperature, top_k, top_p, seed)
     scales = guidance_scales(gpt, guidance, n)
     device = gpt.fc_in.weight.device
-    cond = gpt.condition(_as_batch_tensor(class_labels, device),
-                         None if cond_frames is None else cond_frames.to(device), n,
-                         _as_batch_tensor(frames_present, device))
+    cond_frames = None if cond_frames is None else cond_frames.to(device)
+    present = _as_batch_tensor(frames_present, device)
+    cond = gpt.condition(_as_batch_tensor(class_labels, device), cond_frames, n, present)
     guided = scales is not None
     if guided:  # rows n..2n-1: the same samples with every condition dropped
         cond = cond.with_dropped_copy()
@@ -367,6 +412,7 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     if cuda_graph is None:
         cuda_graph = device.type == "cuda"
     step = decoder.graph_step() if cuda_graph else decoder.step
+    class_guided = _class_guide_step(gpt, n, cond_frames, present, class_guidance, cuda_graph)
     total = decoder.seq_len
     uniforms = controls.uniforms(total)
     codes = torch.zeros(n, total, dtype=torch.long, device=device)
@@ -384,6 +430,10 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
                                  torch.lerp(unconditioned.float(), conditioned.float(), scales[:, None]))
         else:
             logits = step(pos, previous)
+        if class_guided is not None:
+            guide_step, guide_scales = class_guided
+            guide_logits = guide_step(pos, None if previous is None else previous.repeat(2)).float()
+            logits = logits.float() + guide_scales[:, None] * (guide_logits[:n] - guide_logits[n:])
         previous = draw(logits, controls, uniforms[:, pos])
         codes[:, pos] = previous
         if progress is not None and time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:

@@ -2,10 +2,12 @@
 # Retrain the shipped moving-digits models from scratch on CPU (`make train-digits`; the README says how
 # long it takes). Two stages of two trainings side by side, one torch thread each: on a 2-core CPU these
 # small models run about as fast on one thread as on two, so pairing them doubles the work done per hour.
-#   1. the VQ-VAE                      | the evaluation classifier (for `make eval-digits`)
+#   1. the VQ-VAE                      | the evaluation classifier (for `make eval-digits`), then the frame
+#                                        recognizer (which digit a single frame shows)
 #   2. the class prior (+ unconditional) | the frames prior (slower per step: it takes fewer steps), then
 #                                          a fine-tune of the VQ-VAE's decoder with the codes held fixed
-#   3. both prior bundles take the fine-tuned decoder (their codes are unchanged, so the priors still fit)
+#   3. both prior bundles take the fine-tuned decoder (their codes are unchanged, so the priors still fit);
+#      the frames prior takes the class prior and the recognizer as its class guide
 # State goes to build/train-digits (each training resumes from its checkpoint: rerun to continue), logs to
 # build/train-digits/*.log, bundles to weights/.
 set -euo pipefail
@@ -44,7 +46,10 @@ side_by_side \
      --embedding-dim 64 --n-codes 256 --n-res-layers 2 --no-axial-attention --downsample 2 4 4 --lr 1e-3 \
      --schedule cosine --steps 5000 --val-every 500 --name moving-digits-vqvae --out $WORK/vqvae" \
   "classifier|$BIN/videogpt-serve train-classifier --steps 2000 --resolution 32 --frames 16 \
-     --out weights/moving-digits-classifier.safetensors"
+     --out weights/moving-digits-classifier.safetensors \
+   && $BIN/videogpt-serve train-recognizer --data moving-digits --train-size 20000 --seed 0 --resolution 32 \
+     --frames 16 --batch-size 64 --steps 2000 --lr 2e-3 --schedule cosine --warmup 50 --val-every 500 \
+     --out $WORK/recognizer.safetensors"
 
 side_by_side \
   "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
@@ -59,3 +64,5 @@ side_by_side \
 
 $BIN/videogpt-serve set-decoder weights/moving-digits weights/moving-digits-frames --vqvae $WORK/vqvae-decoder \
   --save-dtype float16
+$BIN/videogpt-serve set-class-guide weights/moving-digits-frames --prior weights/moving-digits \
+  --recognizer $WORK/recognizer.safetensors --scale 4 --save-dtype float16

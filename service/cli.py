@@ -294,6 +294,36 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_recognizer(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.classifier import FrameRecognizer, RecognizerConfig, recognizer_loss, save_classifier
+    from models.training import train
+
+    settings = _train_settings(args)
+    torch.manual_seed(settings.seed)
+    train_set, val_set = _datasets(args, args.frames, args.resolution)
+    class_names = getattr(train_set, "class_names", None)
+    if not class_names:
+        raise ValueError(f"a frame recognizer learns classes, and {args.data} has none (use class sub-folders)")
+    recognizer = FrameRecognizer(RecognizerConfig(n_classes=len(class_names), width=args.width))
+    metrics = train(recognizer, recognizer_loss(recognizer), train_set, val_set, settings, _checkpoint_path(args))
+    save_classifier(recognizer.cpu(), args.out)
+    print(f"wrote the frame recognizer {args.out}: held-out accuracy {metrics['accuracy']:.3f} (random frames)")
+    return 0
+
+
+def cmd_set_class_guide(args: argparse.Namespace) -> int:
+    import torch
+
+    from models.bundle import set_class_guide
+
+    set_class_guide(args.frames_prior, args.prior, args.recognizer, args.scale,
+                    storage_dtype=getattr(torch, args.save_dtype))
+    print(f"{args.frames_prior}: guided toward the recognised class by {args.prior} (scale {args.scale})")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings
     from worker.main import run_worker
@@ -361,7 +391,8 @@ def _configure_logging() -> None:
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="moving-digits",
                    help="'moving-digits' (generated) or a folder ROOT/{train,test}/[<class>/]*.mp4")
-    p.add_argument("--out", required=True, help="bundle directory to write when training ends")
+    p.add_argument("--out", required=True, help="what to write when training ends: a bundle directory (a "
+                                                "recognizer: a .safetensors file)")
     p.add_argument("--checkpoint", help="training state, resumed when it exists (default: OUT.train.pt)")
     p.add_argument("--name", help="model name (default: the bundle directory's name)")
     p.add_argument("--fps", type=float, default=8.0)
@@ -447,6 +478,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vqvae", required=True, help="the VQ-VAE bundle with the fine-tuned decoder")
     p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
     p.set_defaults(func=cmd_set_decoder)
+
+    p = sub.add_parser("set-class-guide", help="let a frames prior follow a class prior toward the class its "
+                                               "given frame shows",
+                       description="Copy a class prior (trained with condition dropout, on the same codes) and a "
+                                   "frame recognizer into a frame-conditional prior bundle: its frames samples then "
+                                   "add SCALE x (class prior with the recognised class - without) to their logits.")
+    p.add_argument("frames_prior", help="the frame-conditional GPT bundle, rewritten in place")
+    p.add_argument("--prior", required=True, help="the class-conditional GPT bundle (same VQ-VAE codes)")
+    p.add_argument("--recognizer", required=True, help="frame recognizer .safetensors (train-recognizer)")
+    p.add_argument("--scale", type=float, default=4.0, help="how strongly to follow the class (0: not at all)")
+    p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
+    p.set_defaults(func=cmd_set_class_guide)
+
+    p = sub.add_parser("train-recognizer", help="train a frame recognizer (which class a single frame shows)",
+                       description="Train a small 2D CNN on single frames of a labelled dataset's videos; "
+                                   "set-class-guide gives it to a frames prior.")
+    _add_training_options(p)
+    p.add_argument("--frames", type=int, default=16, help="video length the dataset is cut into")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--width", type=int, default=32, help="channels of the first convolutions (doubled after)")
+    p.set_defaults(func=cmd_train_recognizer)
 
     p = sub.add_parser("train-gpt", help="train a GPT prior on a VQ-VAE bundle's codes and write a bundle",
                        description="Train the prior (unconditional, --class-cond and/or --n-cond-frames N).")

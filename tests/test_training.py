@@ -194,10 +194,14 @@ def test_a_decoder_finetune_keeps_the_codes_and_replaces_the_priors_decoder(tmp_
                  "--lr", "1e-2", *TINY_TRAINING]) == 0
     base, tuned = load_vqvae(tmp_path / "vq"), load_vqvae(tmp_path / "ft")
     video = torch.stack([MovingDigits("test", 4, spec=TINY_DATA)[i]["video"] for i in range(4)])
-    assert torch.equal(base.encode(video), tuned.encode(video))
+    codes = base.encode(video)
+    assert torch.equal(codes, tuned.encode(video))
     for name, value in base.state_dict().items():
-        same = torch.equal(value, tuned.state_dict()[name])
-        assert same == name.startswith(("encoder.", "pre_vq_conv.", "codebook.")), name
+        if name.startswith(("encoder.", "pre_vq_conv.", "codebook.")):
+            assert torch.equal(value, tuned.state_dict()[name]), name
+    # (Not every decoder tensor need move: where a tiny codebook gives the decoder one code, its first batch
+    # norm sees a constant input, and its gain gets no gradient.)
+    assert not torch.allclose(base.decode(codes), tuned.decode(codes), atol=1e-3)
 
     assert main(["set-decoder", str(tmp_path / "gpt"), "--vqvae", str(tmp_path / "ft")]) == 0
     gpt = load_gpt(tmp_path / "gpt")
