@@ -91,7 +91,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     guidance = args.guidance if args.guidance is not None else (1.0 if labels is None and frames is None
                                                                 else info.guidance)
     codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance, progress=progress)
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance,
+                   class_guidance=args.class_guidance, progress=progress)
     sampled = time.perf_counter()
     with torch.no_grad():
         videos = gpt.vqvae.decode(codes).float()
@@ -441,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale for modes class and frames (default: the model's)")
+    p.add_argument("--class-guidance", type=float,
+                   help="frames mode with a class guide: how strongly to follow the recognised class "
+                        "(default: the bundle's; 0: off)")
     p.add_argument("-o", "--output", default="sample.mp4", help="output mp4 (default sample.mp4)")
     p.add_argument("--per-sample", action="store_true", help="one file per sample: OUT_0.mp4, OUT_1.mp4, ...")
     p.add_argument("--fps", type=float, help="frames per second (default: the bundle's)")

@@ -138,3 +138,13 @@ def test_train_recognizer_writes_a_frame_recognizer(tmp_path, capsys):
     recognizer = load_classifier(out, "frame recognizer")
     assert recognizer(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert json.loads(json.dumps(recognizer.config.to_dict())) == {"n_classes": 10, "width": 4}
+
+
+def test_the_sample_command_takes_a_class_guidance(bundles, tmp_path, capsys):
+    frames_dir, prior_dir, recognizer = bundles
+    out = tmp_path / "s.mp4"
+    assert main(["sample", str(frames_dir), "--n", "1", "--class-guidance", "2", "-o", str(out)]) == 2
+    assert "class_guidance needs a frames prior with a class guide" in capsys.readouterr().err
+    set_class_guide(frames_dir, prior_dir, recognizer, 3.0)
+    assert main(["sample", str(frames_dir), "--n", "1", "--class-guidance", "2", "-o", str(out)]) == 0
+    assert out.stat().st_size > 0
