@@ -53,3 +53,13 @@ def test_each_mode_generates_a_moving_digit_video(shipped):
         assert video.shape == (2, 3, 16, 32, 32)
         assert float(video.max()) > 0.2  # something bright is drawn on the dark background
         assert torch.allclose(probs.sum(dim=-1), torch.ones(2))
+
+
+def test_the_frames_bundle_reads_the_given_digit_for_its_class_guide(shipped):
+    (frames_prior,) = [gpt for gpt in shipped if gpt.config.frame_conditional]
+    guide = frames_prior.class_guide
+    assert guide is not None and guide.scale == 4.0 and guide.prior.info.class_names == [str(d) for d in range(10)]
+    test = MovingDigits("test", length=100, seed=3, spec=MovingDigitsSpec.for_video(16, 32))
+    first_frames = torch.stack([test[i]["video"][:, :1] for i in range(100)])
+    labels = torch.stack([test[i]["label"] for i in range(100)])
+    assert (guide.classes(first_frames) == labels).float().mean() >= 0.9  # held-out handwriting
