@@ -37,6 +37,7 @@ CLASS_GUIDE_DIR = "class-guide"
 RECOGNIZER_FILE = "recognizer.safetensors"
 GUIDE_FILE = "guide.json"
 DEFAULT_FPS = 8.0
+UNCONDITIONAL = ("dropped", "classes")
 # A prior holds its frozen VQ-VAE under this prefix; bundles keep those tensors in VQVAE_FILE.
 VQVAE_PREFIX = "vqvae."
 
@@ -52,6 +53,10 @@ class BundleInfo:
     source: dict[str, Any] = field(default_factory=dict)
     # The classifier-free guidance scale of requests that name none (1: off; needs condition dropout).
     guidance: float = 1.0
+    # How a class-conditional prior samples requests without a class: "dropped", through its class-dropped
+    # path (condition dropout), or "classes": draw a class uniformly, then sample it (at the request's
+    # guidance), p(x) = sum_c p(c) p(x | c) for balanced classes.
+    unconditional: str = "dropped"
 
 
 def config_from_dict(cls: type, data: Any, where: str) -> Any:
@@ -127,9 +132,20 @@ def read_bundle_config(bundle_dir: str | Path) -> tuple[BundleInfo, VQVAEConfig,
     source = raw.get("source") or {}
     guidance = raw.get("guidance", 1.0)
     check_guidance(guidance, gpt_config, str(path))
+    unconditional = raw.get("unconditional", "dropped")
+    check_unconditional(unconditional, gpt_config, str(path))
     info = BundleInfo(name=name, kind=kind, fps=float(fps), class_names=class_names, source=source,
-                      guidance=float(guidance))
+                      guidance=float(guidance), unconditional=unconditional)
     return info, vq_config, gpt_config
+
+
+def check_unconditional(unconditional: Any, gpt_config: GPTConfig | None, where: str) -> None:
+    if unconditional not in UNCONDITIONAL:
+        raise ConfigError(f"{where}: unconditional must be one of {', '.join(UNCONDITIONAL)}, got {unconditional!r}")
+    if unconditional == "classes" and not (gpt_config and gpt_config.class_conditional
+                                           and "unconditional" in gpt_config.modes):
+        raise ConfigError(f"{where}: unconditional 'classes' needs a class-conditional prior trained with "
+                          "condition dropout")
 
 
 def check_guidance(guidance: Any, gpt_config: GPTConfig | None, where: str) -> None:
@@ -226,6 +242,7 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         vq, gpt_config = model.vqvae, model.config
         check_class_names(info.class_names, gpt_config.class_cond_dim, "class_names")
         check_guidance(info.guidance, gpt_config, "guidance")
+        check_unconditional(info.unconditional, gpt_config, "unconditional")
         save_file(_contiguous(own_state(model, VQVAE_PREFIX), storage_dtype), str(out / GPT_FILE))
     else:
         vq, gpt_config = model, None
@@ -246,9 +263,10 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         "n_tokens": math.prod(vq.latent_shape),
         "source": info.source,
         "guidance": info.guidance,
+        "unconditional": info.unconditional,
     }
     if gpt_config is None:
-        del config["gpt"], config["guidance"]
+        del config["gpt"], config["guidance"], config["unconditional"]
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

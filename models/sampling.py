@@ -115,6 +115,11 @@ class SamplingControls:
                    top_p=torch.tensor([1.0 if p is None else p for p in ps], dtype=torch.float32),
                    seeds=seeds)
 
+    def classes(self, n_classes: int) -> torch.Tensor:
+        """(n,) a class per sample, drawn uniformly from a stream of its seed apart from its codes' stream."""
+        return torch.tensor([int(torch.randint(n_classes, (1,), generator=torch.Generator().manual_seed(
+            sample_seed(s, -1)))) for s in self.seeds])
+
     def uniforms(self, steps: int) -> torch.Tensor:
         """(n, steps) uniform numbers in [0, 1), each row from its sample's own generator."""
         rows = [torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
@@ -386,7 +391,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     a sequence gives each sample its own. progress(done, total) is called at most every 0.2 s and at the end;
     should_stop() is polled about every 50 ms, and SamplingCancelled is raised when it answers True.
     With a prior trained with condition dropout, label -1 is "no class" and frames_present (n bools) says
-    which samples of cond_frames have frames: one batch can mix modes.
+    which samples of cond_frames have frames: one batch can mix modes. A bundle whose `unconditional` is
+    "classes" gives each sample without a class one drawn uniformly from its seed instead.
     guidance (one scale or n; None or 1 = off) is classifier-free guidance for such a prior: each step's
     logits become u + s * (c - u), c with the sample's conditions and u with them dropped, so the codes
     follow the class or frames more closely; guided samples cost a second row in the batch.
@@ -403,7 +409,12 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     device = gpt.fc_in.weight.device
     cond_frames = None if cond_frames is None else cond_frames.to(device)
     present = _as_batch_tensor(frames_present, device)
-    cond = gpt.condition(_as_batch_tensor(class_labels, device), cond_frames, n, present)
+    labels = _as_batch_tensor(class_labels, device)
+    info = getattr(gpt, "info", None)
+    if info is not None and info.unconditional == "classes":  # no class: draw one (see BundleInfo)
+        drawn = controls.classes(gpt.config.class_cond_dim).to(device)
+        labels = drawn if labels is None else torch.where(labels == -1, drawn, labels)
+    cond = gpt.condition(labels, cond_frames, n, present)
     guided = scales is not None
     if guided:  # rows n..2n-1: the same samples with every condition dropped
         cond = cond.with_dropped_copy()

@@ -53,7 +53,7 @@ side_by_side \
 
 side_by_side \
   "class-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --class-cond \
-     --condition-dropout 0.3 --default-guidance 4 --steps 4000 --lr 6e-4 ${PRIOR[*]} \
+     --condition-dropout 0.3 --default-guidance 4 --unconditional classes --steps 4000 --lr 6e-4 ${PRIOR[*]} \
      --checkpoint $WORK/class-prior.train.pt --name moving-digits --out weights/moving-digits" \
   "frames-prior|$BIN/videogpt-serve train-gpt ${DATA[*]} --vqvae $WORK/vqvae --n-cond-frames 1 \
      --aligned-frames given --global-frames --condition-dropout 0.2 --default-guidance 2.5 --steps 3000 \

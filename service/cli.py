@@ -173,7 +173,7 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
     import torch
 
     from models import BundleInfo, GPTConfig, VideoGPT, load_vqvae, save_bundle
-    from models.bundle import check_guidance
+    from models.bundle import check_guidance, check_unconditional
     from models.training import train
 
     settings = _train_settings(args)
@@ -193,6 +193,7 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                        aligned_steps=args.aligned_frames or "all",
                        global_frames=args.global_frames)
     check_guidance(args.default_guidance, config, "--default-guidance")  # before training, not after
+    check_unconditional(args.unconditional, config, "--unconditional")
     model = VideoGPT(config, vqvae)
 
     def loss_fn(batch: dict) -> dict:
@@ -202,7 +203,8 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
     info = BundleInfo(name=args.name or Path(args.out).name, kind="gpt", fps=args.fps,
                       class_names=list(class_names) if args.class_cond else None,
                       source={"trained_on": args.data, "steps": settings.steps, "vqvae": str(args.vqvae),
-                              "validation": metrics}, guidance=args.default_guidance)
+                              "validation": metrics}, guidance=args.default_guidance,
+                      unconditional=args.unconditional)
     save_bundle(model, args.out, info, storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
@@ -515,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the modes without it (unconditional with both)")
     p.add_argument("--default-guidance", type=float, default=1.0,
                    help="guidance scale of requests that name none (needs --condition-dropout; 1: off)")
+    p.add_argument("--unconditional", choices=["dropped", "classes"], default="dropped",
+                   help="how a class prior serves requests without a class: through its class-dropped path "
+                        "(dropped), or by drawing a class uniformly and sampling it (classes; balanced classes)")
     p.add_argument("--aligned-frames", nargs="?", const="all", choices=["all", "given"],
                    help="also add the frame encoding to the input of each code at the same place (a shortcut "
                         "a small prior learns far sooner than cross-attention): at every latent time step "

@@ -96,6 +96,9 @@ class ModelInfo(BaseModel):
     guidance_supported: bool = Field(False, description="whether requests may set guidance (condition dropout)")
     class_guidance: float | None = Field(None, description="frames requests also follow a class prior toward the "
                                                            "class recognised in the given frame, this strongly")
+    unconditional: str = Field("dropped", description="how requests without a class are sampled: 'dropped' "
+                                                      "(the prior's class-dropped path) or 'classes' (a class "
+                                                      "drawn uniformly, then sampled)")
     worker_up: bool
     workers: int
 

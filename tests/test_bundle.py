@@ -109,9 +109,11 @@ def test_guidance_default_round_trips_and_older_bundles_still_load(tmp_path, gpt
     # Bundles written before guidance, aligned_frames (and its steps), global_frames, axial_attention and
     # padding existed load with the defaults, which are what their models computed.
     _edit_config(saved, guidance=KeyError, gpt__aligned_frames=KeyError, gpt__aligned_steps=KeyError,
-                 gpt__global_frames=KeyError, vqvae__axial_attention=KeyError, vqvae__padding=KeyError)
+                 gpt__global_frames=KeyError, vqvae__axial_attention=KeyError, vqvae__padding=KeyError,
+                 unconditional=KeyError)
     old = load_gpt(saved)
-    assert old.info.guidance == 1.0 and old.config == optional and old.vqvae.config == gpt.vqvae.config
+    assert old.info.guidance == 1.0 and old.info.unconditional == "dropped"
+    assert old.config == optional and old.vqvae.config == gpt.vqvae.config
 
 
 def test_config_that_is_not_json(gpt_bundle):

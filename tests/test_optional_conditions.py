@@ -127,3 +127,35 @@ def test_bad_frames_present_is_refused(gpt):
         gpt.condition(None, frames, 2, torch.tensor([1, 0]))
     with pytest.raises(InputError, match="cond_frames is None"):
         gpt.condition(None, None, 2, torch.tensor([True, False]))
+
+
+def test_a_classes_bundle_draws_a_class_for_requests_without_one(tmp_path):
+    from models import load_gpt, save_bundle
+    from models.bundle import BundleInfo
+    from models.sampling import SamplingControls
+
+    no_frames = dataclasses.replace(OPTIONAL, n_cond_frames=0)
+    model = random_gpt(VQ_CONFIG, no_frames, seed=8)
+    dropped = load_gpt(save_bundle(model, tmp_path / "dropped", BundleInfo(name="d")))
+    drawing = load_gpt(save_bundle(model, tmp_path / "classes", BundleInfo(name="c", unconditional="classes")))
+    assert dropped.info.unconditional == "dropped" and drawing.info.unconditional == "classes"
+    drawn = SamplingControls.build(3, seed=11).classes(no_frames.class_cond_dim)
+    assert torch.equal(sample(drawing, 3, seed=11), sample(dropped, 3, seed=11, class_labels=drawn))
+    mixed = sample(drawing, 3, seed=11, class_labels=[1, -1, -1])
+    assert torch.equal(mixed, sample(dropped, 3, seed=11, class_labels=[1, *drawn[1:].tolist()]))
+    assert not torch.equal(sample(dropped, 3, seed=11), sample(drawing, 3, seed=11))
+    counts = torch.bincount(SamplingControls.build(400, seed=0).classes(4), minlength=4)
+    assert counts.min() > 70  # about uniform: 100 each
+
+
+@pytest.mark.parametrize("config, unconditional, message", [
+    (OPTIONAL, "sometimes", "unconditional must be one of dropped, classes, got 'sometimes'"),
+    (dataclasses.replace(OPTIONAL, class_cond_dim=None), "classes", "needs a class-conditional prior"),
+    (dataclasses.replace(OPTIONAL, condition_dropout=0.0), "classes", "trained with condition dropout"),
+])
+def test_a_bad_unconditional_setting_is_refused(tmp_path, config, unconditional, message):
+    from models import save_bundle
+    from models.bundle import BundleInfo
+
+    with pytest.raises(ConfigError, match=message):
+        save_bundle(random_gpt(VQ_CONFIG, config), tmp_path / "b", BundleInfo(name="b", unconditional=unconditional))

@@ -43,7 +43,8 @@ def model_info(gpt: VideoGPT) -> dict[str, Any]:
             "n_classes": c.class_cond_dim or 0, "n_cond_frames": c.n_cond_frames, "frames": vq.sequence_length,
             "resolution": vq.resolution, "fps": info.fps, "latent_shape": list(vq.latent_shape),
             "guidance": info.guidance, "guidance_supported": c.conditions_optional,
-            "class_guidance": gpt.class_guide.scale if gpt.class_guide else None}
+            "class_guidance": gpt.class_guide.scale if gpt.class_guide else None,
+            "unconditional": info.unconditional}
 
 
 class WorkerRuntime:
