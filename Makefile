@@ -60,4 +60,4 @@ train-digits: $(STAMP)
 
 # The quality report of the shipped model (issue figures in the README): eval/report.json, eval/contact_sheet.png.
 eval-digits: $(STAMP)
-	$(BIN)/videogpt-serve eval $(DIGITS) --classifier weights/moving-digits-classifier.safetensors --n 200 --out eval
+	$(BIN)/videogpt-serve eval $(DIGITS) --classifier weights/moving-digits-classifier.safetensors --n 1000 --out eval
