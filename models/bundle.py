@@ -25,7 +25,7 @@ from torch import nn
 from .classifier import FrameRecognizer, load_classifier, save_classifier
 from .errors import CheckpointError, ConfigError
 from .gpt import GPTConfig, VideoGPT
-from .sampling import MAX_GUIDANCE, ClassGuide
+from .sampling import MAX_GUIDANCE, ClassGuide, is_guidance_scale
 from .vqvae import VQVAE, VQVAEConfig
 
 BUNDLE_FORMAT = "videogpt-serve-bundle"
@@ -143,13 +143,13 @@ def check_unconditional(unconditional: Any, gpt_config: GPTConfig | None, where:
     if unconditional not in UNCONDITIONAL:
         raise ConfigError(f"{where}: unconditional must be one of {', '.join(UNCONDITIONAL)}, got {unconditional!r}")
     if unconditional == "classes" and not (gpt_config and gpt_config.class_conditional
-                                           and "unconditional" in gpt_config.modes):
+                                           and gpt_config.conditions_optional):
         raise ConfigError(f"{where}: unconditional 'classes' needs a class-conditional prior trained with "
                           "condition dropout")
 
 
 def check_guidance(guidance: Any, gpt_config: GPTConfig | None, where: str) -> None:
-    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not 0 <= guidance <= MAX_GUIDANCE:
+    if not is_guidance_scale(guidance):
         raise ConfigError(f"{where}: guidance must be a number in [0, {MAX_GUIDANCE}], got {guidance!r}")
     if guidance != 1 and not (gpt_config and gpt_config.conditions_optional):
         raise ConfigError(f"{where}: guidance {guidance} needs a prior trained with condition dropout")
@@ -209,8 +209,9 @@ def load_vqvae(bundle_dir: str | Path, device: str | torch.device = "cpu") -> VQ
     return vq.to(device).eval()
 
 
-def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu") -> VideoGPT:
-    """The GPT prior of a bundle, carrying its VQ-VAE as `.vqvae`, in eval mode."""
+def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu", with_class_guide: bool = True) -> VideoGPT:
+    """The GPT prior of a bundle, carrying its VQ-VAE as `.vqvae` and, when the bundle has one and
+    with_class_guide, its class guide as `.class_guide`, in eval mode."""
     info, _, gpt_config = read_bundle_config(bundle_dir)
     if gpt_config is None:
         raise CheckpointError(f"{bundle_dir}: this bundle holds only a VQ-VAE; load it with load_vqvae")
@@ -220,7 +221,8 @@ def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Vide
     load_weights(gpt, _read_safetensors(path), str(path), skip_prefix=VQVAE_PREFIX)
     gpt.info = info  # type: ignore[attr-defined]
     guide_dir = Path(bundle_dir) / CLASS_GUIDE_DIR
-    gpt.class_guide = _load_class_guide(gpt, guide_dir, device) if guide_dir.is_dir() else None
+    if with_class_guide and guide_dir.is_dir():
+        gpt.class_guide = _load_class_guide(gpt, guide_dir, device)
     return gpt.to(device).eval()
 
 
@@ -311,7 +313,7 @@ def check_class_guide(frames: VideoGPT, prior: VideoGPT, recognizer: FrameRecogn
     if recognizer.config.n_classes != prior.config.class_cond_dim:
         raise ConfigError(f"{where}: the recognizer tells {recognizer.config.n_classes} classes and the prior "
                           f"{prior.config.class_cond_dim}")
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 <= scale <= MAX_GUIDANCE:
+    if not is_guidance_scale(scale):
         raise ConfigError(f"{where}: scale must be a number in [0, {MAX_GUIDANCE}], got {scale!r}")
 
 
@@ -319,7 +321,8 @@ def set_class_guide(frames_dir: str | Path, prior_dir: str | Path, recognizer_pa
                     storage_dtype: torch.dtype | None = None) -> Path:
     """Copy the class prior at prior_dir and the frame recognizer at recognizer_path into the frames prior
     bundle at frames_dir (its class-guide/ folder), to follow with the given scale."""
-    frames, prior = load_gpt(frames_dir), load_gpt(prior_dir)
+    # Without the frames bundle's present guide: it is being replaced (and may be the reason why).
+    frames, prior = load_gpt(frames_dir, with_class_guide=False), load_gpt(prior_dir)
     recognizer = load_classifier(recognizer_path, "frame recognizer")
     check_class_guide(frames, prior, recognizer, scale, str(frames_dir))
     out = Path(frames_dir) / CLASS_GUIDE_DIR

@@ -340,11 +340,16 @@ def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None
     return torch.as_tensor(value, device=device)
 
 
+def is_guidance_scale(value: object) -> bool:
+    """Whether value is a number in [0, MAX_GUIDANCE]: a guidance or class-guide scale."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_GUIDANCE
+
+
 def guidance_scales(gpt: VideoGPT, guidance: object, n: int) -> torch.Tensor | None:
     """The (n,) guidance scales on the model's device, or None when no sample is guided."""
     values = [1.0 if g is None else g for g in _per_sample("guidance", guidance, n)]
     for g in values:
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g <= MAX_GUIDANCE:
+        if not is_guidance_scale(g):
             raise InputError(f"guidance must be a number in [0, {MAX_GUIDANCE}] (1: no guidance), got {g!r}")
     if all(g == 1 for g in values):
         return None
@@ -363,8 +368,7 @@ def _class_guide_step(gpt: VideoGPT, n: int, cond_frames: torch.Tensor | None, p
     if class_guidance is not None:
         if guide is None:
             raise InputError("class_guidance needs a frames prior with a class guide (set-class-guide)")
-        if (not isinstance(class_guidance, (int, float)) or isinstance(class_guidance, bool)
-                or not 0 <= class_guidance <= MAX_GUIDANCE):
+        if not is_guidance_scale(class_guidance):
             raise InputError(f"class_guidance must be a number in [0, {MAX_GUIDANCE}] (0: off), "
                              f"got {class_guidance!r}")
     if guide is None or cond_frames is None:
@@ -415,15 +419,15 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
         drawn = controls.classes(gpt.config.class_cond_dim).to(device)
         labels = drawn if labels is None else torch.where(labels == -1, drawn, labels)
     cond = gpt.condition(labels, cond_frames, n, present)
+    if cuda_graph is None:
+        cuda_graph = device.type == "cuda"
+    class_guided = _class_guide_step(gpt, n, cond_frames, present, class_guidance, cuda_graph)
     guided = scales is not None
     if guided:  # rows n..2n-1: the same samples with every condition dropped
         cond = cond.with_dropped_copy()
     rows = 2 * n if guided else n
     decoder = CachedDecoder(gpt, cond, rows)
-    if cuda_graph is None:
-        cuda_graph = device.type == "cuda"
     step = decoder.graph_step() if cuda_graph else decoder.step
-    class_guided = _class_guide_step(gpt, n, cond_frames, present, class_guidance, cuda_graph)
     total = decoder.seq_len
     uniforms = controls.uniforms(total)
     codes = torch.zeros(n, total, dtype=torch.long, device=device)

@@ -107,6 +107,9 @@ def test_a_class_guide_travels_with_the_frames_bundle(bundles, guided):
     (frames_dir / "class-guide" / "guide.json").write_text("{not json")
     with pytest.raises(ConfigError, match="guide.json: not a class guide's settings"):
         load_gpt(frames_dir)
+    assert load_gpt(frames_dir, with_class_guide=False).class_guide is None
+    set_class_guide(frames_dir, prior_dir, recognizer, 2.0)  # a broken guide can be replaced
+    assert load_gpt(frames_dir).class_guide.scale == 2.0
 
 
 def test_a_guide_that_cannot_steer_is_refused(bundles, tmp_path, guided):
