@@ -28,16 +28,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.catalog import Catalog  # noqa: E402
-from service.up import start_redis  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from cli.processes import free_port, start_redis, stop_processes  # noqa: E402
+from jobs.catalog import Catalog  # noqa: E402
 
 
 def start_stack(tmp: Path, bundles: list[str], worker: bool, **extra: str):
@@ -46,7 +38,7 @@ def start_stack(tmp: Path, bundles: list[str], worker: bool, **extra: str):
     env = {**os.environ, "VGS_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "VGS_STORAGE_DIR": str(tmp / "out"),
            "VGS_PUBLIC_URL": f"http://127.0.0.1:{port}", "VGS_BUNDLES": json.dumps(bundles), **extra}
     log = open(tmp / "stack.log", "ab")
-    exe = [sys.executable, "-m", "service.cli"]
+    exe = [sys.executable, "-m", "cli"]
     procs.append(subprocess.Popen([*exe, "gateway", "--port", str(port)], env=env, cwd=REPO, stdout=log,
                                   stderr=subprocess.STDOUT))
     if worker:
@@ -67,13 +59,7 @@ def start_stack(tmp: Path, bundles: list[str], worker: bool, **extra: str):
 
 
 def stop(procs) -> None:
-    for p in reversed(procs):
-        p.terminate()
-    for p in reversed(procs):
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    stop_processes(procs, timeout_s=20)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,29 +1,35 @@
-"""VideoGPT in plain PyTorch: the VQ-VAE, the GPT prior, bundles and the official-checkpoint converter."""
+"""VideoGPT in plain PyTorch: the VQ-VAE, the GPT prior, bundles and the official-checkpoint converter.
 
-from .bundle import BundleInfo, load_gpt, load_vqvae, read_bundle_config, save_bundle
-from .errors import CheckpointError, ConfigError, InputError, ModelError, UnsafeCheckpointError
-from .gpt import GPTConfig, VideoGPT
-from .official import convert_official_checkpoint
-from .sampling import SamplingCancelled, sample, sample_seed
-from .vqvae import VQVAE, VQVAEConfig
+The names below load their modules (and torch) on first use, so that torch-free modules of this package
+(`models.limits`) can be imported by the gateway, which has no torch.
+"""
 
-__all__ = [
-    "VQVAE",
-    "BundleInfo",
-    "CheckpointError",
-    "ConfigError",
-    "GPTConfig",
-    "InputError",
-    "ModelError",
-    "SamplingCancelled",
-    "UnsafeCheckpointError",
-    "VQVAEConfig",
-    "VideoGPT",
-    "convert_official_checkpoint",
-    "load_gpt",
-    "load_vqvae",
-    "read_bundle_config",
-    "sample",
-    "sample_seed",
-    "save_bundle",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BundleInfo": ".bundle", "load_gpt": ".bundle", "load_vqvae": ".bundle", "read_bundle_config": ".bundle",
+    "save_bundle": ".bundle",
+    "CheckpointError": ".errors", "ConfigError": ".errors", "InputError": ".errors", "ModelError": ".errors",
+    "UnsafeCheckpointError": ".errors",
+    "GPTConfig": ".gpt", "VideoGPT": ".gpt",
+    "convert_official_checkpoint": ".official",
+    "SamplingCancelled": ".sampling", "sample": ".sampling", "sample_seed": ".sampling",
+    "VQVAE": ".vqvae", "VQVAEConfig": ".vqvae",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

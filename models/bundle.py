@@ -25,7 +25,8 @@ from torch import nn
 from .classifier import FrameRecognizer, load_classifier, save_classifier
 from .errors import CheckpointError, ConfigError
 from .gpt import GPTConfig, VideoGPT
-from .sampling import MAX_GUIDANCE, ClassGuide, is_guidance_scale
+from .limits import MAX_GUIDANCE, is_guidance_scale
+from .sampling import ClassGuide
 from .vqvae import VQVAE, VQVAEConfig
 
 BUNDLE_FORMAT = "videogpt-serve-bundle"

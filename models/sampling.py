@@ -22,9 +22,8 @@ from .errors import InputError
 from .gpt import Conditioning, VideoGPT
 from .layers import LayerNorm
 from .layout import causal_mask, sparse_block_layout
+from .limits import MAX_GUIDANCE, MAX_SEED, is_guidance_scale
 
-MAX_SEED = 2**63 - 1
-MAX_GUIDANCE = 20.0  # the API's limit too (service/schemas.py)
 PROGRESS_INTERVAL_S = 0.2
 STOP_POLL_INTERVAL_S = 0.05
 
@@ -338,11 +337,6 @@ def _as_batch_tensor(value: object, device: torch.device) -> torch.Tensor | None
     if value is None:
         return None
     return torch.as_tensor(value, device=device)
-
-
-def is_guidance_scale(value: object) -> bool:
-    """Whether value is a number in [0, MAX_GUIDANCE]: a guidance or class-guide scale."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_GUIDANCE
 
 
 def guidance_scales(gpt: VideoGPT, guidance: object, n: int) -> torch.Tensor | None:

@@ -1,1 +1,1 @@
-"""The FastAPI gateway and the command line. Nothing here imports torch at import time."""
+"""The FastAPI gateway: HTTP only. It imports jobs/ and models.limits, never torch or the worker."""

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .requests import ApiError
-from .settings import ServiceSettings
+from jobs.settings import ServiceSettings
+
+from .errors import ApiError
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -8,9 +8,11 @@ import time
 
 import redis
 
-from .jobs import TERMINAL, JobStore
-from .requests import ApiError
-from .settings import ServiceSettings
+from jobs.connection import as_text
+from jobs.settings import ServiceSettings
+from jobs.store import TERMINAL, JobStore
+
+from .errors import ApiError
 
 
 class Limits:
@@ -44,7 +46,7 @@ class Limits:
         if not limit:
             return
         key = self.active_key(owner)
-        members = [m.decode() if isinstance(m, bytes) else m for m in self.redis.smembers(key)]
+        members = [as_text(m) for m in self.redis.smembers(key)]
         if len(members) < limit:
             return
         records = self.jobs.get_many(members)

@@ -9,43 +9,24 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import os
 import re
-from typing import Any
 
-import numpy as np
-
+from jobs.payload import frames_to_bytes
+from jobs.request import JobRequest
+from jobs.settings import ServiceSettings
+from jobs.webhooks import WebhookRefused, check_webhook_url
 from media import DecodeError, DecodeLimits, pad_frames, read_frames
+from models.limits import MAX_SEED, default_guidance
 
-from .schemas import MAX_SEED, GenerateRequest
-from .settings import ServiceSettings
-from .webhooks import WebhookRefused, check_webhook_url
+from .errors import ApiError, invalid
+from .schemas import GenerateRequest
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                       re.ASCII)
 FRAME_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp", "video/mp4", "video/webm",
                "video/quicktime", "application/octet-stream")
-
-
-class ApiError(Exception):
-    """An error the client can act on: HTTP status, a stable code, a message, and the field concerned."""
-
-    def __init__(self, status: int, code: str, message: str, field: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
-
-    def body(self) -> dict[str, Any]:
-        error = {"code": self.code, "message": self.message}
-        if self.field:
-            error["field"] = self.field
-        return {"error": error}
-
-
-def invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message, field)
 
 
 def resolve_model(name: str | None, models: dict[str, dict], default: str | None, mode: str | None = None) -> dict:
@@ -105,16 +86,6 @@ def parse_data_uri(value: str, max_bytes: int) -> tuple[str, bytes]:
     return mime, data
 
 
-def frames_to_bytes(frames: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(frames, dtype=np.uint8), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def frames_from_bytes(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
-
-
 def decode_cond_frames(value: str, model: dict, settings: ServiceSettings) -> tuple[dict, bytes]:
     """Summary of the upload and the model's n_cond_frames frames (npy bytes, R x R)."""
     mime, data = parse_data_uri(value, settings.max_cond_frames_bytes)
@@ -130,8 +101,8 @@ def decode_cond_frames(value: str, model: dict, settings: ServiceSettings) -> tu
 
 
 def validate_request(req: GenerateRequest, models: dict[str, dict],
-                     settings: ServiceSettings) -> tuple[dict[str, Any], bytes | None]:
-    """The job's request record (every setting explicit, a seed drawn when none was given) and its frames."""
+                     settings: ServiceSettings) -> tuple[JobRequest, bytes | None]:
+    """The job's request (every setting explicit, a seed drawn when none was given) and its frames."""
     model = resolve_model(req.model, models, settings.default_model, req.mode)
     if req.mode not in model["modes"]:
         raise invalid("mode", f"model {model['name']!r} does not do mode {req.mode!r}; its modes are "
@@ -139,42 +110,56 @@ def validate_request(req: GenerateRequest, models: dict[str, dict],
     if req.num_samples > settings.max_samples:
         raise invalid("num_samples", f"num_samples {req.num_samples} is over this server's limit of "
                                      f"{settings.max_samples}")
-    record: dict[str, Any] = {
-        "model": model["name"], "mode": req.mode, "num_samples": req.num_samples,
-        "temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p,
-        "seed": req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little") & MAX_SEED,
-        "fps": req.fps or model["fps"], "class_label": None, "class_name": None, "cond_frames": None,
-        "guidance": request_guidance(req, model),
-    }
-    if req.mode == "class":
-        if req.class_label is None:
-            raise invalid("class_label", "mode 'class' needs class_label (an index or a class name)")
-        record["class_label"] = class_index(req.class_label, model)
-        names = model.get("class_names")
-        record["class_name"] = names[record["class_label"]] if names else None
-    elif req.class_label is not None:
-        raise invalid("class_label", f"class_label is only for mode 'class', not {req.mode!r}")
-    if req.webhook is not None:
-        try:
-            check_webhook_url(req.webhook, settings.webhook_allow)
-        except WebhookRefused as exc:
-            raise invalid("webhook", str(exc)) from None
-        record["webhook"] = req.webhook
-        record["webhook_events"] = sorted(set(req.webhook_events))
-    frames = None
-    if req.mode == "frames":
-        if not req.cond_frames:
-            raise invalid("cond_frames", "mode 'frames' needs cond_frames (a data URI of an image or video)")
-        record["cond_frames"], frames = decode_cond_frames(req.cond_frames, model, settings)
-    elif req.cond_frames is not None:
-        raise invalid("cond_frames", f"cond_frames is only for mode 'frames', not {req.mode!r}")
-    return record, frames
+    label, name = request_class(req, model)
+    summary, frames = request_frames(req, model, settings)
+    webhook = request_webhook(req, settings)
+    request = JobRequest(
+        model=model["name"], mode=req.mode, num_samples=req.num_samples,
+        seed=req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little") & MAX_SEED,
+        fps=req.fps or model["fps"], temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+        guidance=request_guidance(req, model), class_label=label, class_name=name, cond_frames=summary,
+        webhook=webhook, webhook_events=tuple(sorted(set(req.webhook_events))) if webhook else ())
+    return request, frames
+
+
+def request_class(req: GenerateRequest, model: dict) -> tuple[int | None, str | None]:
+    """(class index, class name) of a class request; (None, None) for the other modes."""
+    if req.mode != "class":
+        if req.class_label is not None:
+            raise invalid("class_label", f"class_label is only for mode 'class', not {req.mode!r}")
+        return None, None
+    if req.class_label is None:
+        raise invalid("class_label", "mode 'class' needs class_label (an index or a class name)")
+    label = class_index(req.class_label, model)
+    names = model.get("class_names")
+    return label, names[label] if names else None
+
+
+def request_frames(req: GenerateRequest, model: dict, settings: ServiceSettings) -> tuple[dict | None, bytes | None]:
+    """(summary of the upload, frames as npy bytes) of a frames request; (None, None) for the other modes."""
+    if req.mode != "frames":
+        if req.cond_frames is not None:
+            raise invalid("cond_frames", f"cond_frames is only for mode 'frames', not {req.mode!r}")
+        return None, None
+    if not req.cond_frames:
+        raise invalid("cond_frames", "mode 'frames' needs cond_frames (a data URI of an image or video)")
+    return decode_cond_frames(req.cond_frames, model, settings)
+
+
+def request_webhook(req: GenerateRequest, settings: ServiceSettings) -> str | None:
+    if req.webhook is None:
+        return None
+    try:
+        check_webhook_url(req.webhook, settings.webhook_allow)
+    except WebhookRefused as exc:
+        raise invalid("webhook", str(exc)) from None
+    return req.webhook
 
 
 def request_guidance(req: GenerateRequest, model: dict) -> float:
     """The guidance scale the job samples with: the request's, else the model's default (1 = none)."""
     if req.guidance is None:
-        return 1.0 if req.mode == "unconditional" else float(model.get("guidance", 1.0))
+        return default_guidance(req.mode, model.get("guidance", 1.0))
     if req.mode == "unconditional":
         raise invalid("guidance", "guidance steers towards a class or frames: leave it out in mode 'unconditional'")
     if req.guidance != 1 and not model.get("guidance_supported"):

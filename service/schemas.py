@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.limits import MAX_GUIDANCE, MAX_SEED
+
 Mode = Literal["unconditional", "class", "frames"]
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
-MAX_SEED = 2**63 - 1
 
 
 class GenerateRequest(BaseModel):
@@ -27,7 +28,7 @@ class GenerateRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=1_000_000, description="keep the k most likely codes")
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling")
     guidance: float | None = Field(
-        None, ge=0, le=20, allow_inf_nan=False,  # 20: models.sampling.MAX_GUIDANCE
+        None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False,
         description="classifier-free guidance scale, modes class and frames: > 1 follows the condition more "
                     "closely (1: off; default: the model's)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="same seed and settings: same videos")

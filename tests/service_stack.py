@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,16 +16,10 @@ import httpx
 import redis
 from model_factory import random_gpt
 
+from cli.processes import free_port, start_redis, stop_processes
 from models import BundleInfo, GPTConfig, VQVAEConfig, save_bundle
-from service.up import start_redis
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -47,9 +39,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        if self.proc:
+            stop_processes([self.proc], timeout_s=10)
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
@@ -91,12 +82,8 @@ class SeaweedS3:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        if self.proc:
+            stop_processes([self.proc], timeout_s=15)
 
     def settings(self, bucket: str = "vgs-outputs") -> dict[str, str]:
         return {"VGS_STORAGE": "s3", "VGS_S3_ENDPOINT_URL": self.endpoint, "VGS_S3_BUCKET": bucket,
@@ -109,7 +96,7 @@ GHOST_MODEL = {"name": "ghost", "modes": ["unconditional"], "class_names": None,
 
 def publish_ghost(stack: Stack) -> None:
     """Announce a model that no worker serves: its jobs stay queued."""
-    from service.catalog import Catalog
+    from jobs.catalog import Catalog
 
     Catalog(stack.redis.client(), "vgs").publish_model(GHOST_MODEL)
 
@@ -146,7 +133,7 @@ class Stack:
 
     def _spawn(self, *args: str, log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(Path(self.env["VGS_STORAGE_DIR"]).parent / f"{log_name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env or self.env, cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env or self.env, cwd=REPO,
                                 stdout=log, stderr=subprocess.STDOUT)
 
     def start_gateway(self, *options: str) -> None:
@@ -176,14 +163,7 @@ class Stack:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        for proc in self.workers + self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.workers + self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(self.procs + self.workers, timeout_s=20)  # the workers first
 
 
 @contextmanager

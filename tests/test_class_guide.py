@@ -9,11 +9,11 @@ import torch
 from model_factory import random_gpt, randomize_
 from test_generality import CASES
 
+from cli.main import main
 from models import ConfigError, InputError, VideoGPT, load_gpt, sample, save_bundle
 from models.bundle import BundleInfo, set_class_guide
 from models.classifier import FrameRecognizer, RecognizerConfig, load_classifier, save_classifier
 from models.sampling import ClassGuide
-from service.cli import main
 
 VQ_CONFIG, BOTH = CASES["class-frames-sparse"]
 FRAMES = dataclasses.replace(BOTH, class_cond_dim=None, n_cond_frames=1, condition_dropout=0.5)

@@ -132,10 +132,10 @@ def test_kubernetes_manifests():
     triggers = docs[("ScaledObject", "worker")]["spec"]["triggers"]
     import redis
 
-    from service.jobs import JobStore
-    from service.settings import ServiceSettings
+    from jobs.settings import ServiceSettings
+    from jobs.store import JobStore
 
     store = JobStore(redis.Redis(), "vgs", 60)  # no connection is made
     shipped = [path.name for path in ServiceSettings().bundles]  # the bundle folders are named as the models
     assert [t["type"] for t in triggers] == ["redis"] * len(shipped)
-    assert [t["metadata"]["listName"] for t in triggers] == [store.queue(name).key for name in shipped]
+    assert [t["metadata"]["listName"] for t in triggers] == [store.queue.list_key(name) for name in shipped]

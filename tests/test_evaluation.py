@@ -4,11 +4,11 @@ import json
 
 import torch
 
+from cli.main import main
 from media import read_frames
 from models.data import MovingDigitsSpec, moving_digit
 from models.data.frames import frames_to_tensor
 from models.evaluation import check_bars, frechet_distance, motion_stats, psnr
-from service.cli import main
 
 
 def test_psnr_of_known_errors():

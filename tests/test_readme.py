@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from service.settings import ServiceSettings
+from jobs.settings import ServiceSettings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from service.requests import ApiError, request_guidance, resolve_model
+from service.errors import ApiError
+from service.requests import request_guidance, resolve_model
 from service.schemas import GenerateRequest
 
 MODELS = {

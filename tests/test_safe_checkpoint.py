@@ -151,7 +151,7 @@ def test_gpt_checkpoint_whose_args_contradict_its_tensors(tmp_path, fixtures_dir
 
 
 def test_cli_convert_reports_errors_without_traceback(tmp_path, fixtures_dir):
-    from service.cli import main
+    from cli.main import main
 
     assert main(["convert", str(fixtures_dir / "gpt_uncond_sparse.ckpt"), str(tmp_path / "ok")]) == 0
     assert (tmp_path / "ok" / "config.json").exists()

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from service_stack import make_stack, publish_ghost, serving, write_bundle
 
+from jobs.storage import LocalStorage
 from media import png_bytes, write_mp4
-from service.storage import LocalStorage
 
 TERMINAL = ("succeeded", "failed", "canceled")
 

@@ -10,9 +10,14 @@ import pytest
 from service_stack import RedisServer, serving, write_bundle
 from test_service_api import submit, wait
 
-from service.jobs import JobStore
-from service.reaper import STRANDED_AFTER_S, Reaper
-from service.settings import ServiceSettings
+from jobs.reaper import STRANDED_AFTER_S, Reaper
+from jobs.request import JobRequest
+from jobs.settings import ServiceSettings
+from jobs.store import JobStore
+
+
+def request(n: int = 1, model: str = "tiny") -> JobRequest:
+    return JobRequest(model=model, mode="unconditional", num_samples=n, seed=1, fps=4.0)
 
 
 @pytest.fixture
@@ -30,17 +35,17 @@ def claim(store, job_id, lease_s, worker="dead-worker"):
 
 def test_a_job_whose_lease_ends_is_requeued_then_failed_after_max_attempts(store):
     reaper = Reaper(store, ServiceSettings(max_attempts=2))
-    store.create("j1", "tiny", {"num_samples": 1})
-    queue = store.queue("tiny")
-    assert queue.count == 1
-    store.redis.lpop(queue.key)  # a worker took it ...
+    store.create("j1", request())
+    queue = store.queue
+    assert queue.depth("tiny") == 1
+    queue.take("tiny")  # a worker took it ...
     claim(store, "j1", lease_s=60)
     assert reaper.reap()["requeued"] == 0, "the lease still holds"
     store.extend_leases(["j1"], -1)  # ... and died: its lease ran out
     assert reaper.reap()["requeued"] == 1
     record = store.get("j1")
-    assert record["status"] == "queued" and record["attempts"] == 1 and queue.count == 1
-    store.redis.lpop(queue.key)
+    assert record["status"] == "queued" and record["attempts"] == 1 and queue.depth("tiny") == 1
+    queue.take("tiny")
     claim(store, "j1", lease_s=-1)
     assert reaper.reap()["failed"] == 1
     record = store.get("j1")
@@ -50,7 +55,7 @@ def test_a_job_whose_lease_ends_is_requeued_then_failed_after_max_attempts(store
 
 
 def test_cancel_asked_of_a_lost_job_ends_it_canceled(store):
-    store.create("j2", "tiny", {"num_samples": 1})
+    store.create("j2", request())
     claim(store, "j2", lease_s=-1)
     assert store.request_cancel("j2") == "running"  # flagged; no worker will see it
     assert Reaper(store, ServiceSettings()).reap()["canceled"] == 1
@@ -58,15 +63,14 @@ def test_cancel_asked_of_a_lost_job_ends_it_canceled(store):
 
 
 def test_a_queued_job_off_its_queue_is_requeued(store):
-    store.create("j3", "tiny", {"num_samples": 1})
-    store.create("j4", "tiny", {"num_samples": 1})
-    queue = store.queue("tiny")
+    store.create("j3", request())
+    store.create("j4", request())
     rq_id = store.get("j3")["rq_id"]
-    store.redis.lrem(queue.key, 0, rq_id)  # popped by a worker that died before claiming it
+    assert store.queue.take("tiny").job_id == "j3"  # popped by a worker that died before claiming it
     reaper = Reaper(store, ServiceSettings())
     assert reaper.reap()["stranded"] == 0, "too recent to judge"
     assert reaper.reap(now=time.time() + STRANDED_AFTER_S + 1)["stranded"] == 1
-    assert queue.count == 2 and store.get("j3")["status"] == "queued"
+    assert store.queue.depth("tiny") == 2 and store.get("j3")["status"] == "queued"
     assert store.get("j3")["rq_id"] != rq_id
 
 
@@ -140,11 +144,10 @@ def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit(tmp_path,
             return real_run_batch(gpt, jobs, *args, **kwargs)
 
         monkeypatch.setattr(runtime_module, "run_batch", run_batch_on_a_small_gpu)
-        request = {"mode": "unconditional", "temperature": 1.0, "top_k": None, "top_p": None, "seed": 1, "fps": 4.0}
         for job_id, n in (("a", 1), ("b", 1), ("c", 3)):
-            runtime.jobs.create(job_id, "tiny", {**request, "num_samples": n})
+            runtime.jobs.create(job_id, request(n))
             claim(runtime.jobs, job_id, lease_s=60, worker=runtime.worker_id)
-        runtime._run_model("tiny", [runtime.jobs.get(j) for j in ("a", "b", "c")])
+        runtime.run_model("tiny", [runtime.jobs.get(j) for j in ("a", "b", "c")])
         assert sizes == [5, 1, 4, 1, 3]  # all, then [a], then [b, c], then [b], then [c] alone
         assert runtime.jobs.get("a")["status"] == runtime.jobs.get("b")["status"] == "succeeded"
         failed = runtime.jobs.get("c")

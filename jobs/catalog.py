@@ -13,6 +13,8 @@ from typing import Any
 
 import redis
 
+from .connection import as_text
+
 
 class Catalog:
     def __init__(self, client: redis.Redis, namespace: str):
@@ -44,8 +46,7 @@ class Catalog:
 
     def models(self) -> dict[str, dict[str, Any]]:
         """Every published model by name, with `workers_up`: how many live workers serve it."""
-        names = sorted(n.decode() if isinstance(n, bytes) else n
-                       for n in self.redis.smembers(f"{self.namespace}:models"))
+        names = sorted(as_text(n) for n in self.redis.smembers(f"{self.namespace}:models"))
         values = self.redis.mget([self._model_key(n) for n in names]) if names else []
         serving: dict[str, int] = {}
         for worker in self.workers():

@@ -2,7 +2,7 @@
 
 A job moves queued -> running -> succeeded | failed | canceled (queued -> canceled directly). Every
 transition is a compare-and-set on the status (a Lua script), so a cancel and a start that race cannot
-both win. The record is the source of truth; the RQ queue only carries job ids to workers.
+both win. The record is the source of truth; the queue (jobs/queue.py) only carries job ids to workers.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from rq import Queue
 
-WORKER_TASK = "worker.tasks.run_job"  # by name: the gateway never imports the worker (torch)
+from .connection import as_text
+from .queue import JobQueue
+from .request import JobRequest
+
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 JSON_FIELDS = ("request", "outputs", "error", "metrics")
@@ -73,6 +75,7 @@ class JobStore:
 
     def __init__(self, client: redis.Redis, namespace: str, ttl_s: int):
         self.redis, self.namespace, self.ttl_s = client, namespace, ttl_s
+        self.queue = JobQueue(client, namespace, failure_ttl_s=ttl_s)
         self._transition = client.register_script(_TRANSITION)
 
     def key(self, job_id: str) -> str:
@@ -93,23 +96,16 @@ class JobStore:
     def webhook_outbox(self) -> str:
         return f"{self.namespace}:webhooks"
 
-    def queue(self, model: str) -> Queue:
-        """The RQ queue of a model: workers serving it listen there."""
-        return Queue(f"{self.namespace}:{model}", connection=self.redis)
-
-    def _enqueue(self, job_id: str, model: str, pipe: redis.client.Pipeline) -> str:
-        # rq opens the transaction (MULTI) on the pipeline, so it must come first on a fresh one.
-        rq_job = self.queue(model).enqueue_call(WORKER_TASK, args=(job_id,), timeout=-1, result_ttl=60,
-                                                failure_ttl=self.ttl_s, pipeline=pipe)
-        return rq_job.id
-
-    def create(self, job_id: str, model: str, request: dict[str, Any], cond_frames: bytes | None = None,
-               **extra: Any) -> dict[str, Any]:
+    def create(self, job_id: str, request: JobRequest, cond_frames: bytes | None = None,
+               owner: str = "anonymous") -> dict[str, Any]:
         """Write a queued job and its queue entry in one transaction: no record without the other."""
         pipe = self.redis.pipeline(transaction=True)
-        rq_id = self._enqueue(job_id, model, pipe)
-        record = {"id": job_id, "model": model, "status": "queued", "progress": 0.0, "created_at": now_iso(),
-                  "request": request, "attempts": 0, "cancel": 0, "rq_id": rq_id, **extra}
+        rq_id = self.queue.enqueue(job_id, request.model, pipe)
+        record = {"id": job_id, "model": request.model, "status": "queued", "progress": 0.0,
+                  "created_at": now_iso(), "request": request.to_dict(), "attempts": 0, "cancel": 0,
+                  "rq_id": rq_id, "owner": owner}
+        if request.webhook:  # the transition script reads these to queue webhook events
+            record.update(webhook=request.webhook, webhook_events=",".join(request.webhook_events))
         pipe.hset(self.key(job_id), mapping=_encode(record))
         pipe.expire(self.key(job_id), self.ttl_s)
         pipe.zadd(self.queued_index, {job_id: time.time()})
@@ -123,7 +119,7 @@ class JobStore:
         if not self.transition(job_id, allowed, status="queued", **fields):
             return False
         pipe = self.redis.pipeline(transaction=True)
-        rq_id = self._enqueue(job_id, model, pipe)
+        rq_id = self.queue.enqueue(job_id, model, pipe)
         pipe.hset(self.key(job_id), "rq_id", rq_id)
         pipe.execute()
         return True
@@ -161,28 +157,43 @@ class JobStore:
             until = time.time() + lease_s
             self.redis.zadd(self.running_index, {job_id: until for job_id in job_ids}, xx=True)
 
+    def end(self, job_id: str, status: str, code: str, message: str,
+            allowed: tuple[str, ...] = ("running",)) -> bool:
+        """End a job that did not succeed (failed or canceled) with an error the user sees."""
+        return self.transition(job_id, allowed, status=status, finished_at=now_iso(),
+                               error={"code": code, "message": message})
+
     def update(self, job_id: str, **fields: Any) -> None:
         """Write fields of a job that still exists (progress, metrics); never resurrects an expired one."""
         self.transition(job_id, STATUSES, **fields)
 
     def request_cancel(self, job_id: str) -> str | None:
-        """Cancel: a queued job at once, a running one by flag (its worker stops). Returns the new status."""
-        if self.transition(job_id, ("queued",), status="canceled", finished_at=now_iso(),
-                           error={"code": "canceled", "message": "canceled before it started"}):
+        """Cancel: a queued job at once (its queue entry goes too), a running one by flag (its worker
+        stops). Returns the new status."""
+        if self.end(job_id, "canceled", "canceled", "canceled before it started", allowed=("queued",)):
+            record = self.get(job_id)
+            if record is not None:
+                self.queue.remove(record["model"], record.get("rq_id", ""))
             return "canceled"
         self.transition(job_id, ("running",), cancel=1)
         record = self.get(job_id)
         return record["status"] if record else None
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.redis.hget(self.key(job_id), "cancel") in (b"1", "1")
+        return self.cancels_requested([job_id])[0]
+
+    def cancels_requested(self, job_ids: list[str]) -> list[bool]:
+        """Whether a cancel was asked of each job (one round trip for all)."""
+        pipe = self.redis.pipeline()
+        for job_id in job_ids:
+            pipe.hget(self.key(job_id), "cancel")
+        return [as_text(flag) == "1" for flag in pipe.execute()]
 
     @staticmethod
     def decode(raw: dict) -> dict[str, Any]:
         record: dict[str, Any] = {}
         for k, v in raw.items():
-            k = k.decode() if isinstance(k, bytes) else k
-            v = v.decode() if isinstance(v, bytes) else v
+            k, v = as_text(k), as_text(v)
             if k in JSON_FIELDS:
                 v = json.loads(v) if v else None
             elif k == "progress":

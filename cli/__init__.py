@@ -1,0 +1,1 @@
+"""The command line over models, workers and the gateway (`videogpt-serve`), `up`, and the HTTP client."""

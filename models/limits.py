@@ -1,0 +1,21 @@
+"""The models' rules that the gateway checks requests against, without torch: seeds and guidance scales.
+
+The gateway imports this module alone (`models/__init__.py` loads the torch modules only when asked for
+them), so a request is refused by the same numbers the sampler would refuse it by.
+"""
+
+from __future__ import annotations
+
+MAX_SEED = 2**63 - 1  # seeds seed torch.Generator, which takes 64-bit signed integers
+MAX_GUIDANCE = 20.0
+
+
+def is_guidance_scale(value: object) -> bool:
+    """Whether value is a number in [0, MAX_GUIDANCE]: a guidance or class-guide scale."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_GUIDANCE
+
+
+def default_guidance(mode: str, model_guidance: float) -> float:
+    """The guidance scale of a request that names none: the model's, except without a condition to steer
+    towards (mode unconditional), where guidance is off (1)."""
+    return 1.0 if mode == "unconditional" else float(model_guidance)

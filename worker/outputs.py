@@ -1,0 +1,102 @@
+"""Finished videos to stored mp4s and terminal job records: encode (ffmpeg, in parallel), store, succeed."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import redis
+import torch
+
+from jobs.storage import Storage
+from jobs.store import JobStore, now_iso
+from media import MP4_CONTENT_TYPE, write_mp4
+from models.data.frames import to_uint8_frames
+
+from . import metrics
+from .claimed import ClaimedJob
+
+log = logging.getLogger(__name__)
+ENCODE_THREADS = 4
+
+
+def output_scale(resolution: int, configured: int) -> int:
+    """The integer upscale of outputs: the configured one, or (0) the largest that stays within 256 pixels."""
+    return configured if configured > 0 else max(1, 256 // resolution)
+
+
+def _timed_write_mp4(video: torch.Tensor, path: Path, fps: float, scale: int) -> tuple[Path, dict, float]:
+    t0 = time.time()
+    info = write_mp4(to_uint8_frames(video), path, fps=fps, scale=scale)
+    return path, info, time.time() - t0
+
+
+class OutputWriter:
+    """Encodes videos in a pool of threads (ffmpeg runs in its own processes, so encodes run at once) into a
+    scratch folder, then stores them and marks their job succeeded."""
+
+    def __init__(self, store: JobStore, storage: Storage, model: str, scale: int):
+        self.store, self.storage, self.model, self.scale = store, storage, model, scale
+        self._tmp = tempfile.TemporaryDirectory(prefix="vgs-")
+        self._pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._tmp.cleanup()
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def encode(self, job: ClaimedJob, videos: torch.Tensor) -> list[Future]:
+        """Start encoding a job's videos (n, 3, T, H, W); one future per video."""
+        return [self._pool.submit(_timed_write_mp4, video, Path(self._tmp.name) / f"{job.id}-{i}.mp4",
+                                  float(job.request.fps), self.scale) for i, video in enumerate(videos)]
+
+    def succeed(self, job: ClaimedJob, encodes: list[Future], shared_metrics: dict[str, float]) -> None:
+        """Store the encoded videos and mark the job succeeded with its outputs and timings."""
+        encode_s = store_s = 0.0
+        outputs = []
+        for i, encode in enumerate(encodes):
+            path, info, seconds = encode.result()
+            encode_s += seconds
+            t1 = time.time()
+            key = f"{job.id}/{i}.mp4"
+            self.storage.put(key, path, MP4_CONTENT_TYPE)
+            path.unlink(missing_ok=True)
+            store_s += time.time() - t1
+            outputs.append({"key": key, **info})
+        job.metrics.update({"queue_seconds": round(job.claimed_at - job.created_at, 4), **shared_metrics,
+                            "encode_seconds": round(encode_s, 4), "store_seconds": round(store_s, 4)})
+        metrics.QUEUE_WAIT.labels(self.model).observe(job.metrics["queue_seconds"])
+        metrics.ENCODE.labels(self.model).observe(encode_s)
+        metrics.UPLOAD.labels(self.model).observe(store_s)
+        retrying(functools.partial(self.store.transition, job.id, ("running",), status="succeeded", progress=1.0,
+                                   finished_at=now_iso(), outputs=outputs, metrics=job.metrics))
+        log.info("job %s succeeded: %d videos", job.id, job.n, extra={"job_id": job.id})
+
+
+def retrying(write: Callable[[], object], for_s: float = 30.0) -> None:
+    """A final write that survives a short Redis outage (a restart); past for_s the error goes up."""
+    deadline = time.monotonic() + for_s
+    delay = 0.2
+    while True:
+        try:
+            write()
+            return
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 3.0)
+
+
+def finish_canceled(store: JobStore, job: ClaimedJob) -> None:
+    store.end(job.id, "canceled", "canceled", "canceled while running")
