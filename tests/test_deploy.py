@@ -47,46 +47,69 @@ def test_dockerfile_is_hadolint_clean_with_both_targets():
     done = run(hadolint, "Dockerfile")
     assert done.returncode == 0, done.stdout + done.stderr
     text = (REPO / "Dockerfile").read_text()
-    assert "AS gateway" in text and "AS worker" in text
-    worker = text[text.index("AS worker"):]
+    code = re.sub(r"^#.*\n", "", text, flags=re.M)
+    parts = re.split(r"^FROM (\S+) AS (\S+)$", code, flags=re.M)  # [before, image, name, body, image, name, ...]
+    stages = {name: (image, body) for image, name, body in zip(parts[1::3], parts[2::3], parts[3::3])}
+    worker, gateway = stages["worker"][1], stages["gateway"][1]
     assert "USER 10001" in worker and "HEALTHCHECK" in worker and "COPY weights" in worker
-    gateway = text[text.index("AS gateway"):text.index("AS worker")]
-    assert "torch" not in gateway.lower() and "USER 10001" in gateway
+    assert stages["gateway"][0] == "base" and "USER 10001" in gateway
+    assert "torch" not in (stages["gateway-packages"][1] + gateway).lower()
+    # The HEALTHCHECKs ask the container's own process for its port instead of probing fixed ones.
+    checks = re.findall(r"^HEALTHCHECK .* CMD (.+)$", text, re.M)
+    assert checks == ['["vgs-healthcheck", "gateway"]', '["vgs-healthcheck", "worker"]']
+
+
+def test_build_context_holds_every_package():
+    """.dockerignore lets in only what the images use: a package missing there would be missing from them."""
+    import tomllib
+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = [pattern.rstrip("*") for pattern in patterns["include"]]
+    allowed = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    assert (REPO / ".dockerignore").read_text().splitlines()[2] == "*", "an allowlist: everything else stays out"
+    for name in [*packages, "pyproject.toml", "README.md", "weights", "deploy/image"]:
+        assert name in allowed and (REPO / name).exists(), name
 
 
 def compose_env() -> dict[str, str]:
     return {**os.environ, "VGS_URL_SIGNING_KEY": "test-signing-key", "VGS_WEBHOOK_SECRET": "test-webhook-secret"}
 
 
-def test_compose_file_validates_and_has_the_parts():
-    done = run(tool(COMPOSE), "-f", "docker-compose.yml", "config", env=compose_env())
+def compose_config(*files: str) -> dict:
+    """The merged configuration docker-compose 1.29 (a Compose users have) gives; no -f: with the override."""
+    done = run(tool(COMPOSE), *[arg for f in files for arg in ("-f", f)], "config", env=compose_env())
     assert done.returncode == 0, done.stderr
-    config = yaml.safe_load(done.stdout)
-    services = config["services"]
+    return yaml.safe_load(done.stdout)
+
+
+def test_compose_file_validates_and_has_the_parts():
+    services = compose_config()["services"]  # docker-compose.yml + docker-compose.override.yml
     assert set(services) >= {"redis", "gateway", "worker", "prometheus", "grafana", "seaweedfs"}
     assert "--appendonly" in services["redis"]["command"] and services["redis"]["volumes"]
     assert any(str(p.get("published", p) if isinstance(p, dict) else p).startswith("8000")
                for p in services["gateway"]["ports"])
     assert services["gateway"]["environment"]["VGS_AUTH"] == "true"
+    # Started as root only for the secret: the image's entrypoint copies it and drops to the app user.
+    assert services["gateway"]["user"] == "0:0" and services["gateway"]["secrets"]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     assert "ports" not in services["worker"], "a fixed host port would stop --scale worker=N"
     assert services["seaweedfs"]["profiles"] == ["s3"]
     for name in ("redis", "gateway", "worker"):
         assert services[name]["healthcheck"] and services[name]["restart"] == "unless-stopped"
+    for name in ("gateway", "worker"):
+        assert services[name]["healthcheck"]["test"] == ["CMD", "vgs-healthcheck", name]
     grafana_mounts = " ".join(str(v) for v in services["grafana"]["volumes"])
     assert "deploy/grafana/provisioning" in grafana_mounts and "deploy/grafana/dashboards" in grafana_mounts
 
 
-def test_cpu_override_drops_the_gpu_reservation():
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!reset", lambda loader, node: {"!reset": loader.construct_sequence(node)})
-    override = yaml.load((REPO / "docker-compose.cpu.yml").read_text(), Loader=Loader)
-    worker = override["services"]["worker"]
-    assert worker["deploy"]["resources"]["reservations"]["devices"] == {"!reset": []}
+def test_cpu_command_leaves_out_the_gpu_reservation():
+    """Naming the files leaves out docker-compose.override.yml: no !reset, which older Compose cannot read."""
+    worker = compose_config("docker-compose.yml", "docker-compose.cpu.yml")["services"]["worker"]
+    assert "deploy" not in worker
     assert worker["build"]["args"]["TORCH_INDEX"].endswith("/cpu") and worker["environment"]["VGS_DEVICE"] == "cpu"
+    for path in REPO.glob("docker-compose*.yml"):
+        yaml.safe_load(path.read_text())  # no !reset or !override tags (Compose >= 2.24): a plain YAML loader reads it
 
 
 def exported_metric_names() -> set[str]:
