@@ -60,8 +60,13 @@ class ServiceSettings(BaseSettings):
                                                          Path("weights/moving-digits-frames")],
                                 description="bundle directories a worker loads at start")
     device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
-    batch_size: int = Field(8, ge=1, description="most samples decoded together")
-    batch_wait_s: float = Field(0.2, ge=0, description="how long a batch waits for companions")
+    batching: str = Field("continuous", pattern="^(continuous|static)$",
+                          description="continuous: jobs join and leave a running engine at every step; static: "
+                                      "one batch at a time (the jobs that waited together)")
+    batch_size: int = Field(8, ge=1, description="static: most samples decoded together")
+    batch_wait_s: float = Field(0.2, ge=0, description="static: how long a batch waits for companions")
+    engine_slots: int | None = Field(None, ge=1, description="continuous: KV-cache rows of each model's engine "
+                                     "(default: room for VGS_BATCH_SIZE samples; a guided sample takes two)")
     upscale: int = Field(0, ge=0, description="integer upscaling of outputs; 0: up to about 256 pixels")
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period; a worker is up for 3 periods")
     lease_s: float = Field(30.0, gt=0, description="a running job whose worker has not renewed its lease for "

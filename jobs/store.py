@@ -167,6 +167,17 @@ class JobStore:
         """Write fields of a job that still exists (progress, metrics); never resurrects an expired one."""
         self.transition(job_id, STATUSES, **fields)
 
+    def report_progress(self, progress: dict[str, float]) -> None:
+        """Write the progress of several running jobs in one round trip."""
+        if not progress:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, fraction in progress.items():
+            keys = [self.key(job_id), self.queued_index, self.running_index, self.webhook_outbox]
+            self._transition(keys=keys, args=["running", job_id, "", repr(time.time()), "progress", str(fraction)],
+                             client=pipe)
+        pipe.execute()
+
     def request_cancel(self, job_id: str) -> str | None:
         """Cancel: a queued job at once (its queue entry goes too), a running one by flag (its worker
         stops). Returns the new status."""

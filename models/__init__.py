@@ -16,7 +16,8 @@ _EXPORTS = {
     "UnsafeCheckpointError": ".errors",
     "GPTConfig": ".gpt", "VideoGPT": ".gpt",
     "convert_official_checkpoint": ".official",
-    "SamplingCancelled": ".sampling", "sample": ".sampling", "sample_seed": ".sampling",
+    "SamplingCancelled": ".sampling", "sample": ".sampling", "sample_seed": ".controls",
+    "DecodeEngine": ".engine", "SampleRequest": ".engine",
     "VQVAE": ".vqvae", "VQVAEConfig": ".vqvae",
 }
 

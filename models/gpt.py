@@ -8,6 +8,7 @@ norms plain; absent frames skip the cross-attention branch. One such prior serve
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -164,7 +165,12 @@ class RightShift(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Pre-norm transformer layer: causal self-attention, optional frame cross-attention, MLP."""
+    """Pre-norm transformer layer: causal self-attention, optional frame cross-attention, MLP.
+
+    Its arithmetic is written once, here; what a pass reads besides x (the conditioning, and how the
+    self-attention sees the other positions: the whole sequence in teacher forcing, a KV cache when
+    decoding) comes from `ctx` (SequenceContext below, or models.decoding.DecodeContext).
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -182,15 +188,45 @@ class AttentionBlock(nn.Module):
         self.fc_block = nn.Sequential(nn.Linear(c.hidden_dim, 4 * c.hidden_dim), GeLU2(),
                                       nn.Linear(4 * c.hidden_dim, c.hidden_dim))
 
-    def forward(self, x: torch.Tensor, cond: Conditioning, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, N, D) over the whole sequence; mask None means plain causal attention."""
-        h = self.pre_attn_norm(x, cond.class_onehot, cond.frames_summary)
-        x = x + self.post_attn_dp(self.attn(h, h, mask=mask, is_causal=mask is None, dropout=self.attn_dropout))
-        if cond.frames is not None:
-            h = self.pre_enc_norm(x, cond.class_onehot, cond.frames_summary)
-            x = x + cond.gate_frames(self.post_enc_dp(self.enc_attn(h, cond.frames)))
-        h = self.pre_fc_norm(x, cond.class_onehot, cond.frames_summary)
+    def forward(self, x: torch.Tensor, ctx: SequenceContext, index: int) -> torch.Tensor:
+        """x (B, L, D): the L positions this pass computes; index: this layer's place in the stack."""
+        h = ctx.normalize(self.pre_attn_norm, x, index)
+        q, k, v = self.attn.project(h)
+        dropout = self.attn_dropout if self.training else 0.0
+        x = x + self.post_attn_dp(self.attn.combine(ctx.self_attention(index, q, k, v, dropout)))
+        if ctx.reads_frames:
+            h = ctx.normalize(self.pre_enc_norm, x, index)
+            heads = ctx.cross_attention(index, self.enc_attn.queries(h), self.enc_attn)
+            x = x + ctx.gate_frames(self.post_enc_dp(self.enc_attn.combine(heads)))
+        h = ctx.normalize(self.pre_fc_norm, x, index)
         return x + self.post_fc_dp(self.fc_block(h))
+
+
+class SequenceContext:
+    """Teacher forcing: every position of the sequences at once, each reading the positions before it
+    (the causal or sparse mask; None: plain causal), the conditioning as the batch's Conditioning."""
+
+    def __init__(self, cond: Conditioning, mask: torch.Tensor | None):
+        self.cond, self.mask = cond, mask
+
+    @property
+    def reads_frames(self) -> bool:
+        return self.cond.frames is not None
+
+    def normalize(self, norm: LayerNorm, x: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        return norm(x, self.cond.class_onehot, self.cond.frames_summary)
+
+    def self_attention(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       dropout: float = 0.0) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.mask is None,
+                                              dropout_p=dropout)
+
+    def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
+        k, v = attn.keys_values(self.cond.frames)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def gate_frames(self, branch: torch.Tensor) -> torch.Tensor:
+        return self.cond.gate_frames(branch)
 
 
 class AttentionStack(nn.Module):
@@ -222,6 +258,14 @@ class Conditioning:
         if self.frames_present is None:
             return branch
         return branch * self.frames_present.view(-1, *(1,) * (branch.dim() - 1)).to(branch.dtype)
+
+    def row(self, i: int) -> Conditioning:
+        """The conditioning of sample i alone (a batch of one)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        one = Conditioning(**{name: None if value is None else value[i:i + 1] for name, value in values.items()})
+        if one.frames_present is not None and bool(one.frames_present.all()):
+            one.frames_present = None
+        return one
 
     def with_dropped_copy(self) -> Conditioning:
         """Conditioning of 2B rows: these B samples, then the same B with every condition dropped (an all-zero
@@ -396,10 +440,15 @@ class VideoGPT(nn.Module):
         x = x + stack.pos_embd.table().flatten(0, -2)
         if cond.frames_aligned is not None:
             x = x + cond.frames_aligned
-        for layer in stack.attn_nets:
-            x = layer(x, cond, self.attn_mask)
-        logits = self.fc_out(self.norm(x, cond.class_onehot, cond.frames_summary))
+        logits = self.trunk(x, SequenceContext(cond, self.attn_mask))
         return logits.view(*codes.shape, -1)
+
+    def trunk(self, x: torch.Tensor, ctx: SequenceContext) -> torch.Tensor:
+        """Logits (B, L, n_codes) of the input features x (B, L, D) of L positions: the layers, the final
+        norm and the output projection, whatever pass (teacher forcing, prefill, one decoding step)."""
+        for index, layer in enumerate(self.attn_stack.attn_nets):
+            x = layer(x, ctx, index)
+        return self.fc_out(ctx.normalize(self.norm, x, None))
 
     def training_loss(self, video: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy of the codes of video (B, 3, T, H, W), conditioned on its first frames and/or labels."""

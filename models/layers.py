@@ -95,6 +95,9 @@ class MultiHeadAttention(nn.Module):
         nn.init.normal_(self.w_ks.weight, std=1.0 / math.sqrt(dim_kv))
         nn.init.normal_(self.w_vs.weight, std=1.0 / math.sqrt(dim_kv))
         nn.init.normal_(self.fc.weight, std=1.0 / math.sqrt(dim_q * n_layer))
+        # A decoding copy of the model (models/decoding.py) fuses the three projections of a self-attention
+        # into one matmul here; training and teacher forcing keep the three parameters of the reference.
+        self.qkv: nn.Module | None = None
 
     def split_heads(self, x: torch.Tensor, head_dim: int) -> torch.Tensor:
         """(B, L, heads * d) -> (B, heads, L, d), features split head-major."""
@@ -103,20 +106,20 @@ class MultiHeadAttention(nn.Module):
     def queries(self, q_in: torch.Tensor) -> torch.Tensor:
         return self.split_heads(self.w_qs(q_in), self.d_k)
 
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention queries, keys and values of x (B, L, dim_q), each (B, heads, L, d)."""
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split([self.n_head * self.d_k] * 2 + [self.n_head * self.d_v], dim=-1)
+        else:
+            q, k, v = self.w_qs(x), self.w_ks(x), self.w_vs(x)
+        return self.split_heads(q, self.d_k), self.split_heads(k, self.d_k), self.split_heads(v, self.d_v)
+
     def keys_values(self, kv_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split_heads(self.w_ks(kv_in), self.d_k), self.split_heads(self.w_vs(kv_in), self.d_v)
 
     def combine(self, heads_out: torch.Tensor) -> torch.Tensor:
         """(B, heads, L, d_v) -> (B, L, dim_q) through the output projection."""
         return self.fc(heads_out.transpose(-3, -2).flatten(-2))
-
-    def forward(self, q_in: torch.Tensor, kv_in: torch.Tensor, mask: torch.Tensor | None = None,
-                is_causal: bool = False, dropout: float = 0.0) -> torch.Tensor:
-        q = self.queries(q_in)
-        k, v = self.keys_values(kv_in)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                             dropout_p=dropout if self.training else 0.0)
-        return self.combine(out)
 
 
 class LayerNorm(nn.Module):
@@ -160,11 +163,13 @@ class LayerNorm(nn.Module):
 
     @staticmethod
     def normalize(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(x - mean) * (rsqrt(var) + 1e-5) * g + b over the last axis, the statistics in float32."""
+        if x.dtype == torch.float32:
+            s, mu = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+            return torch.addcmul(b, (x - mu) * (s.rsqrt() + 1e-5), g)
         x_float = x.float()
-        mu = x_float.mean(dim=-1, keepdim=True)
-        s = (x_float - mu).square().mean(dim=-1, keepdim=True)
-        x_float = (x_float - mu) * (1e-5 + s.rsqrt())
-        return x_float.type_as(x) * g + b
+        s, mu = torch.var_mean(x_float, dim=-1, keepdim=True, correction=0)
+        return torch.addcmul(b, ((x_float - mu) * (s.rsqrt() + 1e-5)).type_as(x), g)
 
     def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None,
                 summary: torch.Tensor | None = None) -> torch.Tensor:

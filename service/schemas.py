@@ -65,8 +65,11 @@ class JobMetrics(BaseModel):
     encode_seconds: float | None = None
     store_seconds: float | None = None
     tokens_per_second: float | None = None
-    batch_samples: int | None = Field(None, description="samples decoded together in this job's batch")
-    batch_jobs: int | None = Field(None, description="jobs in this job's batch")
+    slot_wait_seconds: float | None = Field(None, description="continuous batching: time from claim to the "
+                                                               "first sample entering the engine")
+    batch_samples: float | None = Field(None, description="samples decoded together with this job's (static: in "
+                                                          "its batch; continuous: on average while it ran)")
+    batch_jobs: int | None = Field(None, description="static batching: jobs in this job's batch")
 
 
 class Job(BaseModel):

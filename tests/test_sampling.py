@@ -11,7 +11,9 @@ from model_factory import random_gpt
 from test_generality import CASES, inputs_for
 
 from models import InputError, SamplingCancelled, convert_official_checkpoint, load_gpt, sample, sample_seed
-from models.sampling import CachedDecoder, SamplingControls, filter_logits
+from models.controls import filter_logits
+from models.decoding import RowDecoder
+from models.sampling import SamplingControls
 
 GPT_FIXTURES = ["gpt_classcond_full", "gpt_uncond_sparse", "gpt_framecond_full"]
 
@@ -23,17 +25,17 @@ def fixture_models(tmp_path_factory, fixtures_dir):
             for name in GPT_FIXTURES}
 
 
-def forced_step_logits(gpt, codes, labels, frames, static=False, frames_present=None):
-    """Per-step logits of the cached decoder made to emit `codes` (static: the CUDA-graph form of the step)."""
-    decoder = CachedDecoder(gpt, gpt.condition(labels, frames, codes.shape[0], frames_present), codes.shape[0])
+def forced_step_logits(gpt, codes, labels, frames, static=False, frames_present=None, spare_rows=2):
+    """Per-step logits of the cached decoder made to emit `codes` (static: the CUDA-graph form of the step,
+    every row over the whole cache), with spare rows the decoder may compute beside them."""
+    batch = codes.shape[0]
+    decoder = RowDecoder(gpt, batch + spare_rows, cuda_graph=False)
+    decoder.admit(gpt.condition(labels, frames, batch, frames_present), batch)
     flat = codes.flatten(1)
     steps = []
     for pos in range(flat.shape[1]):
-        previous = flat[:, pos - 1] if pos else None
-        if static:
-            steps.append(decoder.step_static(torch.tensor([pos]), flat[:, 0] * 0 if previous is None else previous))
-        else:
-            steps.append(decoder.step(pos, previous))
+        steps.append(decoder.step_full() if static else decoder.step())
+        decoder.set_tokens(torch.arange(batch), flat[:, pos])
     return torch.stack(steps, dim=1).view(*codes.shape, -1)
 
 

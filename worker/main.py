@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.worker import WorkerStatus
 
 from jobs.settings import ServiceSettings
 
@@ -18,17 +21,32 @@ RECONNECT_WAIT_S = 2.0
 
 
 class ServingWorker(SimpleWorker):
-    """RQ's in-process worker, remembering that a warm shutdown (SIGINT/SIGTERM) was asked for."""
+    """RQ's in-process worker, remembering that a warm shutdown (SIGINT/SIGTERM) was asked for, and able to
+    tell RQ that the job it runs is alive (a continuous batching loop runs as long as work keeps coming)."""
 
     stop_requested = False
+    _running: tuple[Job, Any] | None = None
 
     def handle_warm_shutdown_request(self) -> None:
         self.stop_requested = True
         super().handle_warm_shutdown_request()
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        execution = self.prepare_execution(job)
+        self._running = (job, execution)
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self._running = None
+        self.set_state(WorkerStatus.IDLE)
+
+    def keepalive(self) -> None:
+        if self._running is not None:
+            self.maintain_heartbeats(*self._running)
+
 
 def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
-    """Serve jobs until SIGINT/SIGTERM (the current batch finishes first) or, with burst, until idle.
+    """Serve jobs until SIGINT/SIGTERM (the jobs it holds finish first) or, with burst, until idle.
 
     RQ's loop gives up on some Redis errors; the worker then waits for Redis and starts a fresh loop,
     so a Redis restart does not take workers down with it.
@@ -43,6 +61,7 @@ def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
         for generation in range(1_000_000):
             name = runtime.worker_id if generation == 0 else f"{runtime.worker_id}.{generation}"
             worker = ServingWorker(runtime.queue_names(), connection=runtime.backend.redis, name=name)
+            runtime.keepalive, runtime.stop_requested = worker.keepalive, lambda w=worker: w.stop_requested
             try:
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
             except redis.exceptions.RedisError as exc:

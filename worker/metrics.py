@@ -23,8 +23,13 @@ UPLOAD = Histogram("vgs_worker_upload_seconds", "time a job spends storing its o
                    buckets=STAGE_BUCKETS)
 TOKENS = Counter("vgs_worker_tokens_total", "codes generated", ["model"])
 TOKENS_PER_SECOND = Gauge("vgs_worker_tokens_per_second", "codes per second of the last batch", ["model"])
-BATCH_SAMPLES = Histogram("vgs_worker_batch_samples", "samples decoded together in a batch", ["model"],
-                          buckets=(1, 2, 4, 8, 16, 32, 64))
+BATCH_SAMPLES = Histogram("vgs_worker_batch_samples", "samples decoded together in a batch (continuous: the "
+                          "mean number beside a job's samples)", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64))
+SLOT_WAIT = Histogram("vgs_worker_slot_wait_seconds", "time a claimed job waited for engine slots", ["model"],
+                      buckets=STAGE_BUCKETS)
+SLOTS_IN_USE = Gauge("vgs_worker_slots_in_use", "engine slots (KV-cache rows) in use", ["model"])
+STEPS_PER_SECOND = Gauge("vgs_worker_steps_per_second", "engine steps per second (each advances every "
+                         "sample in the engine by one code)", ["model"])
 MODEL_LOAD = Gauge("vgs_worker_model_load_seconds", "time taken to load a model", ["model"])
 BUSY = Gauge("vgs_worker_busy", "1 while the worker runs a batch, else 0")
 HEARTBEAT = Gauge("vgs_worker_last_heartbeat_timestamp_seconds", "unix time of the worker's last heartbeat")

@@ -1,14 +1,17 @@
 """A worker process: models loaded once, announced in Redis, and the jobs it is handed run in batches.
 
 RQ carries job ids: the worker is an RQ SimpleWorker (no fork, so the weights stay loaded and CUDA works)
-whose job function is `worker.tasks.run_job`. RQ has no batching, so the job it hands over leads a batch:
-the runtime takes further waiting jobs of that model's queue, up to the batch size and the wait window.
+whose job function is `worker.tasks.run_job`. RQ has no batching, so the job it hands over leads: with
+continuous batching (worker/continuous.py) the loop keeps taking queued jobs into its engines' free slots
+until nothing is left; with static batching it takes further waiting jobs of that model's queue, up to
+the batch size and the wait window, and runs them as one batch.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from models import VideoGPT
 from . import metrics
 from .batch import output_writer, run_batch
 from .claimed import ClaimedJob, load_claimed
+from .continuous import ContinuousServer
 from .loading import load_models, model_info
 from .presence import Presence
 
@@ -44,6 +48,10 @@ class WorkerRuntime:
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.models: dict[str, VideoGPT] = {}
         self.presence = Presence(self.backend, [])
+        self.server: ContinuousServer | None = None
+        # Set by the RQ worker loop (worker/main.py): RQ hears the leading job is alive; a warm stop was asked.
+        self.keepalive: Callable[[], None] | None = None
+        self.stop_requested: Callable[[], bool] = lambda: False
 
     @property
     def worker_id(self) -> str:
@@ -52,6 +60,8 @@ class WorkerRuntime:
     def load(self, bundles: list[Path]) -> None:
         self.models.update(load_models(bundles, self.device))
         self.presence.models = list(self.models)
+        if self.settings.batching == "continuous":  # the engines' caches are allocated once, now
+            self.server = ContinuousServer(self)
 
     def queue_names(self) -> list[str]:
         return [self.backend.queue.name(name) for name in self.models]
@@ -64,6 +74,8 @@ class WorkerRuntime:
         self.presence.state = "idle"
 
     def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()  # what was handed to the finisher is stored first
         self.presence.stop()
 
     def gather(self, leader: str, model: str) -> list[str]:
@@ -102,6 +114,13 @@ class WorkerRuntime:
         return self.jobs.get(job_id)
 
     def run(self, leader: str, model: str) -> None:
+        """Run the job RQ handed over (and what queues up meanwhile); every claimed job ends terminal."""
+        if self.server is not None:
+            self.server.serve(leader, model, keepalive=self.keepalive, stop_requested=self.stop_requested)
+        else:
+            self.run_static(leader, model)
+
+    def run_static(self, leader: str, model: str) -> None:
         """Claim the batch led by `leader`, run it, and leave every claimed job in a terminal state."""
         try:
             ids = self.gather(leader, model)

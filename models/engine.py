@@ -1,0 +1,260 @@
+"""The decoding engine: continuous batching over a persistent decoder per model (iteration-level
+scheduling, as Orca, vLLM and TGI do for text).
+
+An engine holds a fixed number of slots (rows of KV cache, allocated once). `add` places a sample in free
+slots: one, or two when it is guided (the second row reads its unconditioned logits), plus two rows of the
+class guide's prior when it has one. Each `step` advances every sample by one code, each at its own
+position; a sample that has all its codes leaves at once and its slots take a new sample at the next
+step; `cancel` frees a sample's slots. A sample's codes are the same bits whatever shares the engine with
+it and whenever it joined (models/decoding.py says why), so a seed means one video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .controls import check_sampling, check_seed, draw, drawn_class, uniform_stream
+from .decoding import RowDecoder
+from .errors import InputError
+from .gpt import Conditioning, VideoGPT
+from .limits import MAX_GUIDANCE, is_guidance_scale
+
+
+class EngineFull(RuntimeError):
+    """add() of a sample whose rows do not fit in the free slots now."""
+
+
+@dataclass
+class SampleRequest:
+    """One sample to generate; `tag` is the caller's (a job and an index, say)."""
+
+    seed: int
+    class_label: int | None = None  # None (or -1): no class
+    cond_frames: torch.Tensor | None = None  # (3, n_cond_frames, R, R) in [-0.5, 0.5]
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance: float = 1.0
+    class_guidance: float | None = None  # None: the class guide's own scale; 0: off
+    tag: Any = None
+
+
+@dataclass
+class Finished:
+    handle: int
+    tag: Any
+    codes: torch.Tensor  # (t, h, w)
+
+
+@dataclass
+class _Live:
+    handle: int
+    request: SampleRequest
+    rows: list[int]  # main decoder rows: [conditioned] or [conditioned, unconditioned]
+    guide_rows: list[int]  # guide decoder rows: [recognised class, no class], or none
+    guide_scale: float
+    uniforms: list[float]
+    total: int
+    codes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """Per-step index tensors of the live samples, rebuilt when samples come or go."""
+
+    live: list[_Live]
+    main: torch.Tensor  # (n,) place of each sample's conditioned row
+    companion: torch.Tensor | None  # (n,) place of its unconditioned row (its own row when unguided)
+    scales: torch.Tensor  # (n,) guidance
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    main_rows: torch.Tensor  # (rows,) places of every main row, and which sample each belongs to
+    main_owner: torch.Tensor
+    guided: torch.Tensor | None = None  # (g,) which samples the class guide steers
+    guide_class: torch.Tensor | None = None  # (g,) guide places of their class and no-class rows
+    guide_none: torch.Tensor | None = None
+    guide_scales: torch.Tensor | None = None
+    guide_rows: torch.Tensor | None = None
+    guide_owner: torch.Tensor | None = None
+
+
+class DecodeEngine:
+    def __init__(self, gpt: VideoGPT, slots: int, cuda_graph: bool | None = None):
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
+            raise InputError(f"an engine needs at least one slot, got {slots!r}")
+        self.gpt, self.slots = gpt, slots
+        self.device = gpt.fc_in.weight.device
+        self.main = RowDecoder(gpt, slots, cuda_graph)
+        guide = getattr(gpt, "class_guide", None)
+        # Each sample may take two rows of the class guide's prior, and up to `slots` samples run at once.
+        self.guide = RowDecoder(guide.prior, 2 * slots, cuda_graph) if guide is not None else None
+        self.live: dict[int, _Live] = {}
+        self._next = 0
+        self._plan: _Plan | None = None
+        self.steps = 0
+
+    @property
+    def seq_len(self) -> int:
+        return self.main.seq_len
+
+    @property
+    def rows_in_use(self) -> int:
+        return self.main.active
+
+    def rows_needed(self, request: SampleRequest) -> tuple[int, int]:
+        """(main rows, class-guide rows) a sample takes."""
+        main = 1 if request.guidance == 1 else 2
+        return main, 2 if self._guide_scale(request) else 0
+
+    def fits(self, request: SampleRequest) -> bool:
+        main, guide = self.rows_needed(request)
+        return main <= self.main.free and (guide == 0 or guide <= self.guide.free)
+
+    def _guide_scale(self, request: SampleRequest) -> float:
+        guide = getattr(self.gpt, "class_guide", None)
+        if guide is None or request.cond_frames is None:
+            return 0.0
+        return guide.scale if request.class_guidance is None else float(request.class_guidance)
+
+    def check(self, request: SampleRequest) -> SampleRequest:
+        """The request validated, with a drawn class where the bundle draws one (InputError if bad)."""
+        check_seed(request.seed)
+        check_sampling(request.temperature, request.top_k, request.top_p)
+        if not is_guidance_scale(request.guidance):
+            raise InputError(f"guidance must be a number in [0, {MAX_GUIDANCE}] (1: no guidance), "
+                             f"got {request.guidance!r}")
+        if request.guidance != 1 and not self.gpt.config.conditions_optional:
+            raise InputError("guidance needs a prior trained with condition dropout (conditions_optional); "
+                             "this one always needs its conditions: leave guidance at 1")
+        check_class_guidance(self.gpt, request.class_guidance)
+        info = getattr(self.gpt, "info", None)
+        if info is not None and info.unconditional == "classes" and request.class_label in (None, -1):
+            drawn = drawn_class(request.seed, self.gpt.config.class_cond_dim)
+            request = dataclasses.replace(request, class_label=drawn)
+        return request
+
+    def condition(self, request: SampleRequest) -> Conditioning:
+        """The conditioning of one sample (a batch of one)."""
+        labels = None if request.class_label is None else torch.tensor([request.class_label])
+        frames = None if request.cond_frames is None else request.cond_frames[None].to(self.device)
+        return self.gpt.condition(labels, frames, 1)
+
+    @torch.no_grad()
+    def add(self, request: SampleRequest, cond: Conditioning | None = None) -> int:
+        """Place a sample in free slots; its handle. cond: its conditioning, when the caller has it."""
+        request = self.check(request)
+        if not self.fits(request):
+            raise EngineFull(f"a sample needs {self.rows_needed(request)} rows; {self.main.free} are free")
+        cond = self.condition(request) if cond is None else cond
+        main_rows, _ = self.rows_needed(request)
+        rows = self.main.admit(cond if main_rows == 1 else cond.with_dropped_copy(), main_rows)
+        guide_scale = self._guide_scale(request)
+        guide_rows = self._admit_guide(request) if guide_scale else []
+        handle, self._next = self._next, self._next + 1
+        total = self.seq_len
+        self.live[handle] = _Live(handle, request, rows, guide_rows, guide_scale,
+                                  uniform_stream(request.seed, total).tolist(), total)
+        self._plan = None
+        return handle
+
+    def _admit_guide(self, request: SampleRequest) -> list[int]:
+        guide = self.gpt.class_guide
+        label = int(guide.classes(request.cond_frames[None].to(self.device))[0])
+        cond = guide.prior.condition(torch.tensor([label, -1]), None, 2)
+        return self.guide.admit(cond, 2)
+
+    def cancel(self, handle: int) -> bool:
+        """Free a sample's slots (at once: the next step runs without it). False if it is not live."""
+        live = self.live.pop(handle, None)
+        if live is None:
+            return False
+        self._release(live)
+        return True
+
+    def _release(self, live: _Live) -> None:
+        self.main.release(live.rows)
+        if live.guide_rows:
+            self.guide.release(live.guide_rows)
+        self._plan = None
+
+    def progress(self, handle: int) -> tuple[int, int]:
+        live = self.live[handle]
+        return len(live.codes), live.total
+
+    @torch.no_grad()
+    def step(self) -> list[Finished]:
+        """Advance every live sample by one code; the samples that are complete now (their slots free)."""
+        if not self.live:
+            return []
+        plan = self._plan or self._build_plan()
+        self._plan = plan
+        logits = self.main.step()
+        chosen = logits.index_select(0, plan.main)
+        if plan.companion is not None:
+            unconditioned = logits.index_select(0, plan.companion)
+            chosen = torch.where(plan.scales[:, None] == 1, chosen,
+                                 torch.lerp(unconditioned.float(), chosen.float(), plan.scales[:, None]))
+        if plan.guided is not None:
+            guide_logits = self.guide.step().float()
+            steer = plan.guide_scales[:, None] * (guide_logits.index_select(0, plan.guide_class)
+                                                  - guide_logits.index_select(0, plan.guide_none))
+            chosen = chosen.float().index_add(0, plan.guided, steer)
+        uniforms = torch.tensor([live.uniforms[len(live.codes)] for live in plan.live], dtype=torch.float64)
+        codes = draw(chosen, plan.temperature, plan.top_k, plan.top_p, uniforms)
+        self.main.set_tokens(plan.main_rows, codes.index_select(0, plan.main_owner.to(codes.device)))
+        if plan.guided is not None:
+            self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner.to(codes.device)))
+        self.steps += 1
+        finished = []
+        for live, code in zip(plan.live, codes.tolist()):
+            live.codes.append(code)
+            if len(live.codes) == live.total:
+                del self.live[live.handle]
+                self._release(live)
+                grid = torch.tensor(live.codes, dtype=torch.long).view(*self.gpt.latent_shape)
+                finished.append(Finished(live.handle, live.request.tag, grid))
+        return finished
+
+    def _build_plan(self) -> _Plan:
+        live = list(self.live.values())
+        device = self.device
+
+        def tensor(values: list, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        main = [self.main.place(s.rows[0]) for s in live]
+        guided = any(len(s.rows) == 2 for s in live)
+        rows = [(self.main.place(r), i) for i, s in enumerate(live) for r in s.rows]
+        plan = _Plan(
+            live=live, main=tensor(main, torch.long),
+            companion=tensor([self.main.place(s.rows[-1]) for s in live], torch.long) if guided else None,
+            scales=tensor([float(s.request.guidance) for s in live], torch.float32),
+            temperature=torch.tensor([float(s.request.temperature) for s in live]),
+            top_k=torch.tensor([s.request.top_k or 0 for s in live], dtype=torch.long),
+            top_p=torch.tensor([1.0 if s.request.top_p is None else float(s.request.top_p) for s in live]),
+            main_rows=tensor([p for p, _ in rows], torch.long), main_owner=tensor([i for _, i in rows], torch.long))
+        steered = [i for i, s in enumerate(live) if s.guide_rows]
+        if steered:
+            plan.guided = tensor(steered, torch.long)
+            plan.guide_class = tensor([self.guide.place(live[i].guide_rows[0]) for i in steered], torch.long)
+            plan.guide_none = tensor([self.guide.place(live[i].guide_rows[1]) for i in steered], torch.long)
+            plan.guide_scales = tensor([live[i].guide_scale for i in steered], torch.float32)
+            guide_rows = [(self.guide.place(r), i) for i in steered for r in live[i].guide_rows]
+            plan.guide_rows = tensor([p for p, _ in guide_rows], torch.long)
+            plan.guide_owner = tensor([i for _, i in guide_rows], torch.long)
+        return plan
+
+
+def check_class_guidance(gpt: VideoGPT, class_guidance: object) -> None:
+    """Raise InputError unless class_guidance is None or a scale for a prior that has a class guide."""
+    if class_guidance is None:
+        return
+    if getattr(gpt, "class_guide", None) is None:
+        raise InputError("class_guidance needs a frames prior with a class guide (set-class-guide)")
+    if not is_guidance_scale(class_guidance):
+        raise InputError(f"class_guidance must be a number in [0, {MAX_GUIDANCE}] (0: off), got {class_guidance!r}")

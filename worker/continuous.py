@@ -1,0 +1,244 @@
+"""Continuous batching (VGS_BATCHING=continuous): the worker's loop around one engine per model.
+
+RQ hands the worker one job id (it leads); the loop claims it, then keeps stepping every model's engine,
+and between steps (every POLL_S while slots are free) takes newly queued jobs of its models into free
+slots. A finished job goes to the finisher (decode, encode, store) while the engines step on; cancels, the
+job time limit and progress are looked at every few steps. The loop returns to RQ once nothing runs and
+nothing is queued, or after a stop request (SIGTERM) once what it holds is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+import torch
+
+from jobs.backend import Backend
+from jobs.settings import ServiceSettings
+from jobs.store import JobStore
+from models import InputError, VideoGPT
+
+from . import metrics
+from .batch import output_writer
+from .claimed import load_claimed
+from .finisher import Finisher
+from .lane import LaneJob, ModelLane
+from .outputs import finish_canceled
+
+
+class Host(Protocol):
+    """What the loop needs of its worker process (worker/runtime.py's WorkerRuntime)."""
+
+    settings: ServiceSettings
+    backend: Backend
+    jobs: JobStore
+    models: dict[str, VideoGPT]
+    presence: Any
+
+    def claim(self, job_id: str) -> dict[str, Any] | None: ...
+
+    def count_outcomes(self, model: str, job_ids: list[str]) -> None: ...
+
+log = logging.getLogger(__name__)
+POLL_S = 0.01  # how often a lane with free slots looks for queued jobs
+CHECK_S = 0.1  # how often cancels and the job time limit are looked at
+PROGRESS_S = 0.2
+KEEPALIVE_S = 30.0  # how often RQ hears that the leading job is still running
+RATE_WINDOW_S = 2.0
+
+
+class ContinuousServer:
+    def __init__(self, runtime: Host, slots: int | None = None):
+        self.runtime, self.store = runtime, runtime.jobs
+        settings = runtime.settings
+        self.lanes = {name: ModelLane(name, gpt, slots or engine_slots(gpt, settings.engine_slots,
+                                                                      settings.batch_size))
+                      for name, gpt in runtime.models.items()}
+        writers = {name: output_writer(self.store, runtime.backend.storage, gpt, settings.upscale)
+                   for name, gpt in runtime.models.items()}
+        self.finisher = Finisher(self.store, writers, self._done)
+        self._rates = {name: (time.monotonic(), 0) for name in self.lanes}
+
+    def close(self) -> None:
+        self.finisher.close()
+
+    def serve(self, leader: str, model: str, keepalive: Callable[[], None] | None = None,
+              stop_requested: Callable[[], bool] = lambda: False) -> None:
+        """Run the leader and whatever queues up meanwhile, until idle (or stopped and drained)."""
+        self._claim(model, leader)
+        last = {"poll": 0.0, "check": 0.0, "progress": 0.0, "keepalive": time.monotonic()}
+        while True:
+            now = time.monotonic()
+            stopping = stop_requested()
+            if not stopping and now - last["poll"] >= POLL_S:
+                last["poll"] = now
+                self._take_queued()
+            if now - last["check"] >= CHECK_S:
+                last["check"] = now
+                self._check()
+            if now - last["progress"] >= PROGRESS_S:
+                last["progress"] = now
+                self._report_progress()
+            if keepalive is not None and now - last["keepalive"] >= KEEPALIVE_S:
+                last["keepalive"] = now
+                keepalive()
+            if not self._step_lanes() and (stopping or not self._take_queued()):
+                break  # nothing runs, nothing waits in the queues: back to RQ, which blocks on them
+        self._update_gauges()
+
+    def _step_lanes(self) -> bool:
+        """Admit waiting samples and step every busy lane once; whether any lane holds jobs."""
+        busy = False
+        for lane in self.lanes.values():
+            self._admit(lane)
+            try:
+                complete = lane.step()
+            except torch.cuda.OutOfMemoryError:
+                self._lost_lane(lane)
+                continue
+            for lane_job in complete:
+                self._hand_over(lane, lane_job)
+            self._count_step(lane)
+            busy = busy or lane.busy
+        self._update_gauges()
+        return busy
+
+    def _admit(self, lane: ModelLane) -> None:
+        while True:
+            try:
+                lane.admit()
+                return
+            except Exception as exc:  # the job at the head cannot run: it fails, the rest go on
+                lane_job: LaneJob = exc.lane_job  # type: ignore[attr-defined]
+                lane.drop(lane_job.job.id)
+                code = "invalid_request" if isinstance(exc, InputError) else \
+                    "out_of_memory" if isinstance(exc, torch.cuda.OutOfMemoryError) else "internal"
+                log.warning("job %s failed to start: %s", lane_job.job.id, exc, extra={"job_id": lane_job.job.id})
+                self._end(lane.name, lane_job.job.id, "failed", code, f"{type(exc).__name__}: {exc}")
+
+    def _lost_lane(self, lane: ModelLane) -> None:
+        torch.cuda.empty_cache()
+        for lane_job in lane.reset():
+            self._end(lane.name, lane_job.job.id, "failed", "out_of_memory",
+                      "the GPU ran out of memory while decoding; retry, or lower VGS_ENGINE_SLOTS")
+
+    def _claim(self, model: str, job_id: str) -> bool:
+        """Claim a queued job into its model's lane; False if it was not queued (canceled, taken)."""
+        record = self.runtime.claim(job_id)
+        if record is None:
+            return False
+        try:
+            job = load_claimed(self.store, record)
+        except ValueError as exc:
+            self._end(model, job_id, "failed", "frames_expired", str(exc))
+            return True
+        if model not in self.lanes:
+            self._end(model, job_id, "failed", "internal", f"this worker does not serve model {model!r}")
+            return True
+        self.lanes[model].enqueue(job)
+        log.info("job %s (%d samples) joins %s", job_id, job.n, model, extra={"job_id": job_id, "model": model})
+        return True
+
+    def _take_queued(self) -> bool:
+        """Take the next queued job of every lane that could start one now; whether any was taken."""
+        queue, took = self.store.queue, False
+        try:
+            for model, lane in self.lanes.items():
+                if not lane.has_room():
+                    continue
+                entry = queue.take(model)
+                if entry is None:
+                    continue
+                queue.forget(entry)
+                took = self._claim(model, entry.job_id) or took
+        except redis.exceptions.RedisError as exc:
+            log.warning("taking queued jobs failed: %s", exc)
+        return took
+
+    def _check(self) -> None:
+        """End the jobs a cancel was asked of, and those past the time limit."""
+        held = [(lane, lane_job) for lane in self.lanes.values() for lane_job in list(lane.jobs.values())]
+        if not held:
+            return
+        try:
+            canceled = self.store.cancels_requested([lane_job.job.id for _, lane_job in held])
+        except redis.exceptions.RedisError:
+            return  # Redis is away: keep decoding; the results are written when it is back
+        limit = self.runtime.settings.job_timeout_s
+        for (lane, lane_job), cancel in zip(held, canceled):
+            job = lane_job.job
+            if cancel:
+                lane.drop(job.id)
+                finish_canceled(self.store, job)
+                self._done(lane.name, job.id)
+            elif time.time() - job.claimed_at > limit:
+                lane.drop(job.id)
+                self._end(lane.name, job.id, "failed", "timeout", f"the job ran longer than the limit of {limit:g} s")
+
+    def _report_progress(self) -> None:
+        progress = {lane_job.job.id: round(0.9 * lane.progress(lane_job), 4)
+                    for lane in self.lanes.values() for lane_job in lane.jobs.values()}
+        try:
+            self.store.report_progress(progress)
+        except redis.exceptions.RedisError:
+            pass  # progress is best effort
+
+    def _hand_over(self, lane: ModelLane, lane_job: LaneJob) -> None:
+        """A job whose codes are all drawn: its sampling figures, then to the finisher."""
+        job, n, tokens = lane_job.job, lane_job.job.n, lane.engine.seq_len
+        sampling_s = max(lane_job.done_at - lane_job.first_slot_at, 1e-9)
+        wait_s = lane_job.first_slot_at - job.claimed_at
+        mean_samples = lane_job.samples_seen / max(lane_job.steps, 1)
+        metrics.SAMPLING.labels(lane.name).observe(sampling_s)
+        metrics.SLOT_WAIT.labels(lane.name).observe(wait_s)
+        metrics.TOKENS.labels(lane.name).inc(n * tokens)
+        metrics.TOKENS_PER_SECOND.labels(lane.name).set(n * tokens / sampling_s)
+        metrics.BATCH_SAMPLES.labels(lane.name).observe(mean_samples)
+        shared = {"sampling_seconds": round(sampling_s, 4), "slot_wait_seconds": round(wait_s, 4),
+                  "tokens_per_second": round(n * tokens / sampling_s, 1), "batch_samples": round(mean_samples, 2)}
+        self.finisher.submit(lane.name, lane.gpt, lane_job, shared)
+
+    def _end(self, model: str, job_id: str, status: str, code: str, message: str) -> None:
+        try:
+            self.store.end(job_id, status, code, message)
+        except redis.exceptions.RedisError:
+            log.warning("could not end job %s (%s); its lease will", job_id, code, extra={"job_id": job_id})
+        self._done(model, job_id)
+
+    def _done(self, model: str, job_id: str) -> None:
+        """A job has left this worker (its record terminal, or left to the reaper)."""
+        self.runtime.presence.running.discard(job_id)
+        try:
+            self.runtime.count_outcomes(model, [job_id])
+        except redis.exceptions.RedisError:
+            pass
+
+    def _count_step(self, lane: ModelLane) -> None:
+        started, steps = self._rates[lane.name]
+        steps += 1 if lane.engine.live or lane.busy else 0
+        elapsed = time.monotonic() - started
+        if elapsed >= RATE_WINDOW_S:
+            metrics.STEPS_PER_SECOND.labels(lane.name).set(steps / elapsed)
+            self._rates[lane.name] = (time.monotonic(), 0)
+        else:
+            self._rates[lane.name] = (started, steps)
+
+    def _update_gauges(self) -> None:
+        busy = False
+        for lane in self.lanes.values():
+            metrics.SLOTS_IN_USE.labels(lane.name).set(lane.engine.rows_in_use)
+            busy = busy or lane.busy
+        metrics.BUSY.set(1 if busy or self.finisher.pending else 0)
+        self.runtime.presence.state = "busy" if busy else "idle"
+
+
+def engine_slots(gpt, configured: int | None, batch_size: int) -> int:
+    """Slots of a model's engine: VGS_ENGINE_SLOTS, else room for VGS_BATCH_SIZE samples (two slots each
+    when the model can be guided, as guided samples take a second row)."""
+    if configured:
+        return configured
+    return batch_size * (2 if gpt.config.conditions_optional else 1)
