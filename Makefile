@@ -41,6 +41,13 @@ tools: $(PROMTOOL) $(COMPOSE)
 test: $(STAMP) lint tools
 	$(BIN)/python -m pytest -q
 
+# Both images built with podman and run for real (containers, one video per mode, HEALTHCHECKs, compose):
+# scripts/image-test.sh, then tests/test_images.py. Needs root; installs podman, runc and debootstrap itself,
+# keeps podman's state in build/podman (`scripts/image-test.sh clean` removes it); skips where podman cannot run.
+.PHONY: image-test
+image-test: $(STAMP)
+	BIN=$(BIN) PYTHON=$(PYTHON) scripts/image-test.sh
+
 # Redis (private, port 6380, data in ./data), one worker with the shipped model, the gateway on :8000.
 run: $(STAMP)
 	$(BIN)/videogpt-serve up
