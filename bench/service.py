@@ -2,11 +2,16 @@
 
     python bench/service.py gateway   [--requests 1500] [--concurrency 1 4 16 32]
     python bench/service.py batching  [--bundle weights/moving-digits] [--repeats 3]
+    python bench/service.py load      [--bundle weights/moving-digits] [--jobs 200] [--loads 0.3 0.6 0.9]
 
 gateway: submit latency (p50/p99) and submit rate at each concurrency with a private Redis and the real
 gateway process (no worker: jobs only queue), and the highest rate seen with zero errors.
 batching: end-to-end time of 1 job vs 8 concurrent jobs of one model with one worker, and the overhead
 of a job beyond sampling (queue + decode + encode + store) as a fraction of its end-to-end time.
+load: static and continuous batching side by side, one worker each in turn: a job alone, the capacity
+(jobs/s when 48 are submitted at once), then open-loop Poisson arrivals at fractions of the static
+capacity (today's), each level `--jobs` jobs: p50/p95/p99 latency (submitted -> succeeded), throughput,
+and the mean engine slots in use (sampled from the worker's metrics).
 """
 
 from __future__ import annotations
@@ -138,7 +143,7 @@ def run_jobs(url: str, count: int, body: dict) -> tuple[float, list[dict]]:
 def bench_batching(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         url, _, procs = start_stack(Path(tmp), [args.bundle], worker=True, VGS_BATCH_SIZE="8",
-                                    VGS_BATCH_WAIT_S=str(args.wait))
+                                    VGS_BATCH_WAIT_S=str(args.wait), VGS_BATCHING=args.batching)
         try:
             body = {"mode": "class", "class_label": 3}
             run_jobs(url, 1, body)  # warm-up
@@ -149,7 +154,7 @@ def bench_batching(args: argparse.Namespace) -> dict:
                 overheads.append((t1 - job["metrics"]["sampling_seconds"]) / t1)
                 t8, jobs = run_jobs(url, 8, body)
                 eights.append(t8)
-                batch_jobs.append(max(j["metrics"]["batch_jobs"] for j in jobs))
+                batch_jobs.append(max(j["metrics"].get("batch_jobs") or 0 for j in jobs))
                 # Where the time of a batch of 8 goes: sampling and decode are shared, encode and store per job.
                 stages.append({"sampling_s": jobs[0]["metrics"]["sampling_seconds"],
                                "decode_s": round(sum(j["metrics"]["decode_seconds"] for j in jobs), 3),
@@ -165,6 +170,124 @@ def bench_batching(args: argparse.Namespace) -> dict:
             stop(procs)
 
 
+LOAD_BODY = {"mode": "class"}  # the shipped model's default guidance (class jobs take two slots a sample)
+
+
+def _job_seconds(job: dict) -> float:
+    """Submitted -> finished, from the job's own timestamps."""
+    def epoch(stamp: str) -> float:
+        from datetime import datetime
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return epoch(job["finished_at"]) - epoch(job["created_at"])
+
+
+class SlotSampler:
+    """Samples the worker's vgs_worker_slots_in_use every 50 ms while running."""
+
+    def __init__(self, metrics_url: str):
+        import threading
+
+        self.url, self.values, self._stop = metrics_url, [], threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=2) as client:
+            while not self._stop.wait(0.05):
+                try:
+                    text = client.get(self.url).text
+                except httpx.HTTPError:
+                    continue
+                self.values.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                       if line.startswith("vgs_worker_slots_in_use{")))
+
+    def __enter__(self) -> SlotSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return round(statistics.fmean(self.values), 2) if self.values else 0.0
+
+
+def poisson_level(url: str, metrics_url: str, rate: float, count: int, seed: int) -> dict:
+    """Submit `count` jobs at Poisson times of `rate` per second (open loop), wait for all; the figures."""
+    import random
+    import threading
+
+    rng = random.Random(seed)
+    times, t = [], 0.0
+    for _ in range(count):
+        t += rng.expovariate(rate)
+        times.append(t)
+    ids: list[str] = [""] * count
+    started = time.perf_counter()
+
+    def submit(i: int) -> None:
+        time.sleep(max(0.0, started + times[i] - time.perf_counter()))
+        with httpx.Client(base_url=url, timeout=30) as client:
+            ids[i] = client.post("/v1/generate", json={**LOAD_BODY, "class_label": i % 10, "seed": i}).json()["id"]
+
+    with SlotSampler(metrics_url) as slots:
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        jobs = []
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for job_id in ids:
+                while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] not in (
+                        "succeeded", "failed", "canceled"):
+                    time.sleep(0.05)
+                jobs.append(job)
+    bad = [j for j in jobs if j["status"] != "succeeded"]
+    if bad:
+        raise SystemExit(f"{len(bad)} jobs did not succeed: {bad[0]}")
+    latencies = [_job_seconds(j) for j in jobs]
+    span = max(time.perf_counter() - started, 1e-9)
+    return {"offered_jobs_per_s": round(rate, 3), "jobs": count,
+            "p50_s": round(percentile(latencies, 0.5), 3), "p95_s": round(percentile(latencies, 0.95), 3),
+            "p99_s": round(percentile(latencies, 0.99), 3), "throughput_jobs_per_s": round(count / span, 3),
+            "mean_slots_in_use": slots.mean}
+
+
+def bench_load(args: argparse.Namespace) -> dict:
+    modes, capacity = {}, {}
+    for mode in ("static", "continuous"):
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics_port = free_port()
+            url, _, procs = start_stack(Path(tmp), [args.bundle], worker=True, VGS_BATCHING=mode,
+                                        VGS_RATE_LIMIT_PER_MINUTE="0", VGS_MAX_CONCURRENT_JOBS="0",
+                                        VGS_MAX_QUEUE_DEPTH="100000", VGS_METRICS_PORT=str(metrics_port))
+            try:
+                run_jobs(url, 8, {**LOAD_BODY, "class_label": 1})  # warm-up
+                alone = [_job_seconds(run_jobs(url, 1, {**LOAD_BODY, "class_label": 3})[1][0]) for _ in range(5)]
+                elapsed, _ = run_jobs(url, 48, {**LOAD_BODY, "class_label": 5})
+                capacity[mode] = 48 / elapsed
+                modes[mode] = {"alone_job_s": round(statistics.median(alone), 3),
+                               "capacity_jobs_per_s": round(capacity[mode], 3), "levels": [],
+                               "_url": url, "_metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+                reference = capacity["static"]
+                for i, load in enumerate(args.loads):
+                    level = poisson_level(url, modes[mode]["_metrics"], load * reference, args.jobs, seed=i)
+                    modes[mode]["levels"].append({"load": load, **level})
+                    print(json.dumps({"mode": mode, "load": load, **level}), file=sys.stderr, flush=True)
+            finally:
+                stop(procs)
+            del modes[mode]["_url"], modes[mode]["_metrics"]
+    ratios = [{"load": s["load"], "p99_continuous_over_static": round(c["p99_s"] / s["p99_s"], 3),
+               "throughput_continuous_over_static": round(c["throughput_jobs_per_s"] / s["throughput_jobs_per_s"], 3)}
+              for s, c in zip(modes["static"]["levels"], modes["continuous"]["levels"])]
+    alone = modes["continuous"]["alone_job_s"] / modes["static"]["alone_job_s"]
+    return {"bench": "load", "bundle": args.bundle, "body": LOAD_BODY, "reference_capacity": "static",
+            "modes": modes, "ratios": ratios, "alone_continuous_over_static": round(alone, 3),
+            "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="which", required=True)
@@ -175,8 +298,14 @@ def main() -> None:
     b.add_argument("--bundle", default=str(REPO / "weights" / "moving-digits"))
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--wait", type=float, default=0.2, help="VGS_BATCH_WAIT_S of the worker")
+    b.add_argument("--batching", choices=["static", "continuous"], default="static")
+    ld = sub.add_parser("load")
+    ld.add_argument("--bundle", default=str(REPO / "weights" / "moving-digits"))
+    ld.add_argument("--jobs", type=int, default=200, help="jobs per load level (at least 200 for the report)")
+    ld.add_argument("--loads", type=float, nargs="+", default=[0.3, 0.6, 0.9],
+                    help="offered load as fractions of the static capacity")
     args = parser.parse_args()
-    result = bench_gateway(args) if args.which == "gateway" else bench_batching(args)
+    result = {"gateway": bench_gateway, "batching": bench_batching, "load": bench_load}[args.which](args)
     print(json.dumps(result, indent=2))
 
 

@@ -24,6 +24,7 @@ class JobRequest:
     top_k: int | None = None
     top_p: float | None = None
     guidance: float = 1.0
+    num_frames: int | None = None  # None: the model's own length; longer videos slide a window over time
     class_label: int | None = None
     class_name: str | None = None
     # What was uploaded (content_type, bytes, frames_used); the frames themselves travel beside the record.

@@ -332,18 +332,31 @@ class RowDecoder:
 
     @torch.no_grad()
     def prefill(self, row_ids: list[int], codes: torch.Tensor) -> None:
-        """Teacher-force rows (admitted together, at position 0) through codes (rows, P): their cache then
-        holds positions 0..P-1 and their next step computes position P."""
-        start = self.place(row_ids[0])
-        rows = slice(start, start + len(row_ids))
-        length = codes.shape[1]
-        x = self.token_features[F.pad(codes[:, :-1].to(self.device), (1, 0), value=self.sos)]
-        x = x + self.position_features[:length]
+        """Teacher-force each row through codes (rows, P) in one pass: its cache then holds positions
+        0..P-1 and its next step computes position P. Rows are prefilled one at a time, so a row's cache
+        does not depend on the rows beside it."""
+        for row_id, row_codes in zip(row_ids, codes):
+            self._prefill_row(self.place(row_id), row_codes.to(self.device))
+
+    def _prefill_row(self, place: int, codes: torch.Tensor) -> None:
+        rows, length = slice(place, place + 1), codes.shape[0]
+        if length == 0:
+            self.positions[place], self.tokens[place] = 0, self.sos
+            return
+        x = self.token_features[F.pad(codes[None, :-1], (1, 0), value=self.sos)] + self.position_features[:length]
         if self.tables.aligned is not None:
             x = x + self.tables.aligned[rows, :length]
         self.model.trunk(x, DecodeContext(self, rows, length, prefill=True))
-        self.positions[rows] = length
-        self.tokens[rows] = codes[:, -1].to(self.device)
+        self.positions[place], self.tokens[place] = length, codes[-1]
+
+    @torch.no_grad()
+    def restart(self, row_id: int, codes: torch.Tensor, cond: Conditioning | None = None) -> None:
+        """Start a row over in its place (the next window of a long video): optionally new conditioning,
+        then codes (P,) prefilled as positions 0..P-1."""
+        place = self.place(row_id)
+        if cond is not None:
+            self.tables.write(self.model, slice(place, place + 1), cond)
+        self._prefill_row(place, codes.to(self.device))
 
     def release(self, row_ids: list[int]) -> None:
         """Free rows: the last active rows move into their places."""
@@ -357,7 +370,7 @@ class RowDecoder:
             self.active -= 1
 
     def _move(self, source: int, target: int) -> None:
-        written = int(self.positions[source])
+        written = min(int(self.positions[source]) + 1, self.seq_len)  # a last step leaves positions at N - 1
         self.keys[:, target, ..., :written] = self.keys[:, source, ..., :written]
         self.values[:, target, :, :written] = self.values[:, source, :, :written]
         self.tables.move(source, target)

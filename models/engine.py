@@ -7,6 +7,12 @@ class guide's prior when it has one. Each `step` advances every sample by one co
 position; a sample that has all its codes leaves at once and its slots take a new sample at the next
 step; `cancel` frees a sample's slots. A sample's codes are the same bits whatever shares the engine with
 it and whenever it joined (models/decoding.py says why), so a seed means one video.
+
+Videos longer than the model's t latent time steps slide a window over time: once a window is full, the
+sample's rows start over with its last t - stride time steps as context (prefilled in one pass) and
+generate `stride` new ones, until it has all it asked for. Class conditioning holds for every window; a
+frames sample's later windows are conditioned on the first frames of their own context (decoded from
+its codes), as the prior saw frames and codes together in training, or on the original frames.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class SampleRequest:
     top_p: float | None = None
     guidance: float = 1.0
     class_guidance: float | None = None  # None: the class guide's own scale; 0: off
+    time_steps: int | None = None  # latent time steps to generate (None: the model's own, t)
     tag: Any = None
 
 
@@ -58,7 +65,9 @@ class _Live:
     guide_rows: list[int]  # guide decoder rows: [recognised class, no class], or none
     guide_scale: float
     uniforms: list[float]
-    total: int
+    total: int  # codes to draw in all windows
+    context: int  # positions a later window starts from (prefilled)
+    window_pos: int = 0  # the position in its window the sample's rows compute next
     codes: list[int] = field(default_factory=list)
 
 
@@ -83,10 +92,23 @@ class _Plan:
     guide_owner: torch.Tensor | None = None
 
 
+LATER_FRAMES = ("generated", "original")
+
+
 class DecodeEngine:
-    def __init__(self, gpt: VideoGPT, slots: int, cuda_graph: bool | None = None):
+    def __init__(self, gpt: VideoGPT, slots: int, cuda_graph: bool | None = None, stride: int | None = None,
+                 later_frames: str = "generated"):
+        """stride: latent time steps each window after the first adds (default: half the model's t);
+        later_frames: what conditions a frames sample's later windows (see the module)."""
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise InputError(f"an engine needs at least one slot, got {slots!r}")
+        t = gpt.latent_shape[0]
+        self.stride = max(1, t // 2) if stride is None else stride
+        if t > 1 and not 1 <= self.stride < t:
+            raise InputError(f"the window stride must be 1..{t - 1} latent time steps for this model, got {stride!r}")
+        if later_frames not in LATER_FRAMES:
+            raise InputError(f"later_frames must be one of {', '.join(LATER_FRAMES)}, got {later_frames!r}")
+        self.later_frames = later_frames
         self.gpt, self.slots = gpt, slots
         self.device = gpt.fc_in.weight.device
         self.main = RowDecoder(gpt, slots, cuda_graph)
@@ -101,6 +123,10 @@ class DecodeEngine:
     @property
     def seq_len(self) -> int:
         return self.main.seq_len
+
+    def max_time_steps(self) -> int | None:
+        """The longest a sample may be in latent time steps (None: no limit; a one-step model: its own)."""
+        return None if self.gpt.latent_shape[0] > 1 else 1
 
     @property
     def rows_in_use(self) -> int:
@@ -132,6 +158,11 @@ class DecodeEngine:
             raise InputError("guidance needs a prior trained with condition dropout (conditions_optional); "
                              "this one always needs its conditions: leave guidance at 1")
         check_class_guidance(self.gpt, request.class_guidance)
+        steps = request.time_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+                                  or (self.max_time_steps() is not None and steps > self.max_time_steps())):
+            raise InputError(f"time_steps must be a whole number of latent time steps from 1"
+                             f"{f' to {self.max_time_steps()}' if self.max_time_steps() else ''}, got {steps!r}")
         info = getattr(self.gpt, "info", None)
         if info is not None and info.unconditional == "classes" and request.class_label in (None, -1):
             drawn = drawn_class(request.seed, self.gpt.config.class_cond_dim)
@@ -156,9 +187,10 @@ class DecodeEngine:
         guide_scale = self._guide_scale(request)
         guide_rows = self._admit_guide(request) if guide_scale else []
         handle, self._next = self._next, self._next + 1
-        total = self.seq_len
+        t, h, w = self.gpt.latent_shape
+        total = (request.time_steps or t) * h * w
         self.live[handle] = _Live(handle, request, rows, guide_rows, guide_scale,
-                                  uniform_stream(request.seed, total).tolist(), total)
+                                  uniform_stream(request.seed, total).tolist(), total, (t - self.stride) * h * w)
         self._plan = None
         return handle
 
@@ -183,6 +215,7 @@ class DecodeEngine:
         self._plan = None
 
     def progress(self, handle: int) -> tuple[int, int]:
+        """(codes drawn, codes in all) of a live sample."""
         live = self.live[handle]
         return len(live.codes), live.total
 
@@ -213,12 +246,35 @@ class DecodeEngine:
         finished = []
         for live, code in zip(plan.live, codes.tolist()):
             live.codes.append(code)
+            live.window_pos += 1
             if len(live.codes) == live.total:
                 del self.live[live.handle]
                 self._release(live)
-                grid = torch.tensor(live.codes, dtype=torch.long).view(*self.gpt.latent_shape)
+                grid = torch.tensor(live.codes, dtype=torch.long).view(-1, *self.gpt.latent_shape[1:])
                 finished.append(Finished(live.handle, live.request.tag, grid))
+            elif live.window_pos == self.seq_len:
+                self._next_window(live)
         return finished
+
+    def _next_window(self, live: _Live) -> None:
+        """Start the sample's rows over with its last t - stride time steps as context."""
+        context = torch.tensor(live.codes[len(live.codes) - live.context:], dtype=torch.long)
+        cond = None
+        if live.request.cond_frames is not None and self.later_frames == "generated":
+            cond = self.condition(dataclasses.replace(live.request, cond_frames=self._first_frames(context)))
+            cond = cond if len(live.rows) == 1 else cond.with_dropped_copy()
+        for i, row in enumerate(live.rows):
+            self.main.restart(row, context, None if cond is None else cond.row(i))
+        for row in live.guide_rows:
+            self.guide.restart(row, context)
+        live.window_pos = live.context
+
+    def _first_frames(self, context: torch.Tensor) -> torch.Tensor:
+        """The first frames (3, n_cond_frames, R, R) of the video the context codes decode to."""
+        _, h, w = self.gpt.latent_shape
+        vqvae = self.gpt.vqvae
+        video = vqvae.decode_any_length(context.view(1, -1, h, w).to(self.device))
+        return video[0, :, :self.gpt.config.n_cond_frames].clamp(-0.5, 0.5)
 
     def _build_plan(self) -> _Plan:
         live = list(self.live.values())

@@ -6,6 +6,8 @@ so a seed gives the same video whatever else shares the batch (models/engine.py,
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,7 +133,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
            frames_present: object = None, temperature: object = 1.0, top_k: object = None,
            top_p: object = None, seed: object = None, guidance: object = None, class_guidance: object = None,
            progress: Callable[[int, int], None] | None = None,
-           should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None) -> torch.Tensor:
+           should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None,
+           time_steps: int | None = None, window_stride: int | None = None) -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
 
     temperature, top_k, top_p, guidance and seed are one value for all samples or a sequence of n (one per
@@ -149,6 +152,9 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     recognised in each sample's first frame; class_guidance (None: the guide's own scale; 0: off) sets how
     strongly. It runs the class prior beside the frames prior, two rows per sample.
     On CUDA the decode step is captured once as a CUDA graph and replayed (cuda_graph=False turns it off).
+    time_steps (None: the model's t) asks for longer (or shorter) grids (n, time_steps, h, w): a window slides
+    over time, each later one adding window_stride latent time steps (default t // 2) to the last t - stride
+    as context; `gpt.vqvae.decode_long` turns them into video.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n must be an integer >= 1, got {n!r}")
@@ -164,16 +170,17 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
         labels = drawn if labels is None else torch.where(labels == -1, drawn, labels)
     check_class_guidance(gpt, class_guidance)
     cond = gpt.condition(labels, cond_frames, n, present)  # validates the batch, encodes the frames once
-    engine = DecodeEngine(gpt, sum(1 if g == 1 else 2 for g in scales), cuda_graph=cuda_graph)
+    engine = DecodeEngine(gpt, sum(1 if g == 1 else 2 for g in scales), cuda_graph=cuda_graph, stride=window_stride)
     for i, request in enumerate(_requests(n, labels, cond_frames, present, controls, scales, class_guidance)):
-        engine.add(request, cond.row(i))
-    return _run(engine, n, progress, should_stop).view(n, *gpt.latent_shape)
+        engine.add(dataclasses.replace(request, time_steps=time_steps), cond.row(i))
+    steps = time_steps or gpt.latent_shape[0]
+    return _run(engine, n, steps * math.prod(gpt.latent_shape[1:]), progress, should_stop).view(
+        n, steps, *gpt.latent_shape[1:])
 
 
-def _run(engine: DecodeEngine, n: int, progress: Callable[[int, int], None] | None,
+def _run(engine: DecodeEngine, n: int, total: int, progress: Callable[[int, int], None] | None,
          should_stop: Callable[[], bool] | None) -> torch.Tensor:
-    """Step the engine until every sample is complete; their codes (n, N) in tag order."""
-    total = engine.seq_len
+    """Step the engine until every sample's `total` codes are drawn; the codes (n, total) in tag order."""
     codes = torch.zeros(n, total, dtype=torch.long)
     last_progress = last_poll = time.monotonic()
     while engine.live:

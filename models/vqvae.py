@@ -307,14 +307,16 @@ class VQVAE(nn.Module):
                              f"(B, {', '.join(map(str, expected))})"
                              f" (B videos, RGB, {c.sequence_length} frames of {c.resolution}x{c.resolution})")
 
-    def check_codes(self, codes: torch.Tensor) -> None:
-        """Raise InputError unless codes is an integer (B, t, h, w) batch of valid code indices."""
+    def check_codes(self, codes: torch.Tensor, any_length: bool = False) -> None:
+        """Raise InputError unless codes is an integer (B, t, h, w) batch of valid code indices (any_length:
+        any number of latent time steps t)."""
         shape = self.latent_shape
         if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dtype == torch.bool:
             raise InputError("codes must be an integer tensor (B, t, h, w)")
-        if codes.dim() != 4 or tuple(codes.shape[1:]) != shape:
-            raise InputError(f"codes have shape {tuple(codes.shape)}; this model's latent grid is "
-                             f"(B, {', '.join(map(str, shape))})")
+        if codes.dim() != 4 or tuple(codes.shape[2:]) != shape[1:] or codes.shape[1] < 1 \
+                or (not any_length and codes.shape[1] != shape[0]):
+            grid = f"(B, {'t' if any_length else shape[0]}, {shape[1]}, {shape[2]})"
+            raise InputError(f"codes have shape {tuple(codes.shape)}; this model's latent grid is {grid}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.n_codes):
             raise InputError(f"codes must lie in 0..{self.n_codes - 1}, got values "
                              f"{int(codes.min())}..{int(codes.max())}")
@@ -351,4 +353,40 @@ class VQVAE(nn.Module):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """long (B,t,h,w) codes -> float (B,3,T,H,W) video, not clamped."""
         self.check_codes(codes)
+        return self.decode_embeddings(self.embed(codes.long()))
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether decoding is convolutional only (no axial attention): codes of any length decode as one
+        grid, each frame from the codes around it."""
+        return not self.config.axial_attention
+
+    def decode_long(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, t', h, w) of any length -> video (B, 3, T', H, W). A convolutional VQ-VAE decodes them as
+        one grid (each frame sees the codes around it, as in training); one with axial attention, whose
+        attention along time spans what it is given, decodes native-length windows overlapping by half and
+        cross-fades them linearly, so no frame is far from the middle of a window it was decoded in."""
+        t = self.latent_shape[0]
+        if self.convolutional or codes.shape[1] <= t:
+            return self.decode_any_length(codes)
+        self.check_codes(codes, any_length=True)
+        steps, stride = codes.shape[1], max(1, t // 2)
+        starts = [*range(0, steps - t, stride), steps - t]
+        per_step = self.config.downsample[0]
+        video = weight = None
+        for start in starts:
+            window = self.decode_embeddings(self.embed(codes[:, start:start + t].long()))
+            ramp = torch.minimum(torch.arange(1, window.shape[2] + 1), torch.arange(window.shape[2], 0, -1))
+            ramp = ramp.to(window).clamp(max=stride * per_step).view(1, 1, -1, 1, 1)
+            if video is None:
+                video = window.new_zeros(window.shape[0], 3, steps * per_step, *window.shape[3:])
+                weight = window.new_zeros(1, 1, steps * per_step, 1, 1)
+            frames = slice(start * per_step, (start + t) * per_step)
+            video[:, :, frames] += window * ramp
+            weight[:, :, frames] += ramp
+        return video / weight
+
+    def decode_any_length(self, codes: torch.Tensor) -> torch.Tensor:
+        """long (B, t', h, w) codes of any number t' of latent time steps -> (B, 3, t' * time downsample, H, W)."""
+        self.check_codes(codes, any_length=True)
         return self.decode_embeddings(self.embed(codes.long()))

@@ -100,17 +100,29 @@ def run_batch(gpt: VideoGPT, jobs: list[ClaimedJob], store: JobStore, writer: Ou
     stops early only when every job in it is canceled, or when it has sampled for longer than timeout_s
     (its jobs fail with code `timeout`).
     """
+    lengths = {job.request.num_frames for job in jobs}
+    if len(lengths) > 1:  # one sample() call draws grids of one length: a batch per length
+        for length in sorted(lengths, key=lambda f: f or 0):
+            run_batch(gpt, [job for job in jobs if job.request.num_frames == length], store, writer, timeout_s)
+        return
     watch = BatchWatch(store, jobs, timeout_s)
+    inputs = batch_inputs(gpt, jobs)
+    num_frames = jobs[0].request.num_frames
+    if num_frames is not None:
+        inputs["time_steps"] = num_frames // gpt.vqvae.config.downsample[0]
+    metrics.SLOTS_IN_USE.labels(writer.model).set(sum(1 if g == 1 else 2 for g in inputs["guidance"]))
     try:
-        codes = sample(gpt, sum(job.n for job in jobs), **batch_inputs(gpt, jobs), progress=watch.progress,
+        codes = sample(gpt, sum(job.n for job in jobs), **inputs, progress=watch.progress,
                        should_stop=watch.should_stop)
     except SamplingCancelled:
         return
+    finally:
+        metrics.SLOTS_IN_USE.labels(writer.model).set(0)
     sampling_s = time.time() - watch.started
     shared = record_sampling(writer.model, codes, sampling_s, len(jobs))
     decoded = time.time()
     with torch.no_grad():
-        videos = torch.cat([gpt.vqvae.decode(codes[i:i + DECODE_CHUNK]).float().cpu()
+        videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
                             for i in range(0, len(codes), DECODE_CHUNK)])
     decode_s = time.time() - decoded
     metrics.DECODE.labels(writer.model).observe(decode_s)

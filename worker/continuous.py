@@ -189,7 +189,8 @@ class ContinuousServer:
 
     def _hand_over(self, lane: ModelLane, lane_job: LaneJob) -> None:
         """A job whose codes are all drawn: its sampling figures, then to the finisher."""
-        job, n, tokens = lane_job.job, lane_job.job.n, lane.engine.seq_len
+        job, n = lane_job.job, lane_job.job.n
+        tokens = int(lane_job.codes[0].numel())  # every window's codes of one sample
         sampling_s = max(lane_job.done_at - lane_job.first_slot_at, 1e-9)
         wait_s = lane_job.first_slot_at - job.claimed_at
         mean_samples = lane_job.samples_seen / max(lane_job.steps, 1)

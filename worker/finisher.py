@@ -61,7 +61,7 @@ class Finisher:
             codes = torch.stack([lane_job.codes[i] for i in range(job.n)]).to(gpt.fc_in.weight.device)
             t0 = time.time()
             with torch.no_grad():
-                videos = torch.cat([gpt.vqvae.decode(codes[i:i + DECODE_CHUNK]).float().cpu()
+                videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
                                     for i in range(0, job.n, DECODE_CHUNK)])
             decode_s = time.time() - t0
             metrics.DECODE.labels(model).observe(decode_s)

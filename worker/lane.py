@@ -37,10 +37,11 @@ class LaneJob:
     def complete(self) -> bool:
         return len(self.codes) == self.job.n
 
-    def request(self, index: int, frames: torch.Tensor | None) -> SampleRequest:
+    def request(self, index: int, frames: torch.Tensor | None, frames_per_step: int) -> SampleRequest:
         r = self.job.request
         return SampleRequest(seed=sample_seed(r.seed, index), class_label=r.class_label, cond_frames=frames,
                              temperature=r.temperature, top_k=r.top_k, top_p=r.top_p, guidance=r.guidance,
+                             time_steps=None if r.num_frames is None else r.num_frames // frames_per_step,
                              tag=(self.job.id, index))
 
 
@@ -73,7 +74,7 @@ class ModelLane:
         while self.waiting:
             lane_job = self.waiting[0]
             frames = lane_job.job.frames.to(self.engine.device) if lane_job.job.frames is not None else None
-            request = lane_job.request(lane_job.next_sample, frames)
+            request = lane_job.request(lane_job.next_sample, frames, self.gpt.vqvae.config.downsample[0])
             if not self.engine.fits(request):
                 return
             try:
@@ -119,11 +120,14 @@ class ModelLane:
         return lane_job
 
     def progress(self, lane_job: LaneJob) -> float:
-        """The fraction of the job's codes drawn so far."""
-        total = self.engine.seq_len * lane_job.job.n
-        done = self.engine.seq_len * len(lane_job.codes)
+        """The fraction of the job's codes drawn so far (every window's)."""
+        job = lane_job.job
+        t, h, w = self.gpt.latent_shape
+        per_sample = h * w * (t if job.request.num_frames is None else
+                              job.request.num_frames // self.gpt.vqvae.config.downsample[0])
+        done = per_sample * len(lane_job.codes)
         done += sum(self.engine.progress(handle)[0] for handle in lane_job.handles)
-        return done / total
+        return done / (per_sample * job.n)
 
     def reset(self) -> list[LaneJob]:
         """Empty the lane and start a fresh engine (after the device failed a step); the jobs it held."""
