@@ -74,10 +74,13 @@ def filter_logits(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 
 
 def draw(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-         uniforms: torch.Tensor) -> torch.Tensor:
-    """One code per row of logits (B, K), by inverse CDF at each row's uniform number (B,)."""
+         uniforms: torch.Tensor, truncated: bool | None = None) -> torch.Tensor:
+    """One code per row of logits (B, K), by inverse CDF at each row's uniform number (B,); truncated says
+    whether any row has a top-k or top-p (None: look)."""
     logits = logits.float() / temperature.to(logits.device)[:, None]
-    if bool((top_k > 0).any()) or bool((top_p < 1).any()):
+    if truncated is None:
+        truncated = bool((top_k > 0).any()) or bool((top_p < 1).any())
+    if truncated:
         logits = filter_logits(logits, top_k, top_p)
     cdf = F.softmax(logits, dim=-1, dtype=torch.float64).cumsum(dim=-1)
     target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]

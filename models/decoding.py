@@ -31,52 +31,106 @@ from .layers import LayerNorm, MultiHeadAttention
 from .layout import causal_mask
 
 CALIBRATION_ROWS = 32  # invariant_rows checks row counts up to this
-READ_CHUNK = 64  # a step reads the cache up to its furthest row's position, rounded up to this (or a divisor of N)
+# A step reads the cache up to its furthest row's position rounded up to the first of these that divides N
+# and that the attention kernels give the same bits for (reads_agree); else all of it.
+READ_CHUNKS = (16, 32, 64, 128)
 NORMS = ("pre_attn_norm", "pre_enc_norm", "pre_fc_norm")
 
 
-class DecodeLinear(nn.Module):
-    """y = x @ W^T + b with W^T stored contiguous: one row streams that layout faster than nn.Linear's
-    (out, in) on CPU, and decoding a token at a time is bound by reading weights."""
+ROWWISE_BYTES = 1 << 20  # float32 linears with every weight this small multiply row by row (see DecodeLinear)
 
-    def __init__(self, *linears: nn.Linear):
-        super().__init__()
-        self.register_buffer("weight_t", torch.cat([lin.weight for lin in linears]).t().contiguous().detach())
-        biases = [lin.bias for lin in linears]
-        self.register_buffer("bias", torch.cat(biases).detach() if all(b is not None for b in biases) else None)
+
+class DecodeLinear:
+    """y = x @ W^T + b with W^T stored contiguous: one row streams that layout faster than nn.Linear's
+    (out, in) on CPU, and decoding a token at a time is bound by reading weights.
+
+    rowwise: each row multiplied on its own (one batched matrix-vector product), which gives a row the same
+    bits whatever rows share the call, at no cost while the weights stay in cache (small priors); larger
+    ones take one matmul over whole tiles of rows instead (see row_tile).
+    The decoding copy holds these as plain callables, not modules: a step calls dozens of them, and
+    nn.Module's call machinery costs more than a small matmul.
+    """
+
+    def __init__(self, *linears: nn.Linear, rowwise: bool = False):
+        with torch.no_grad():
+            self.weight_t = torch.cat([lin.weight for lin in linears]).t().contiguous()
+            biases = [lin.bias for lin in linears]
+            self.bias = torch.cat(biases) if all(b is not None for b in biases) else None
+        self.rowwise = rowwise
 
     @property
     def in_features(self) -> int:
         return self.weight_t.shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(x, self.weight_t)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rowwise and x.dim() == 3 and x.shape[1] == 1:  # decoding steps; prefill is one sample
+            y = torch.bmm(x, self.weight_t.expand(x.shape[0], *self.weight_t.shape))
+        else:
+            y = torch.matmul(x, self.weight_t)
         return y if self.bias is None else y.add_(self.bias)
 
 
+ROW_BLOCK = 64
+
+
+def row_gelu2(x: torch.Tensor) -> torch.Tensor:
+    """GeLU2 on rows padded to a multiple of 64 values. Elementwise kernels run the last, partial block of
+    a tensor through scalar code whose sigmoid rounds differently from the vectorized one, and where the
+    tensor ends depends on how many rows it holds; with whole blocks per row, no row ever falls in a tail."""
+    width = x.shape[-1]
+    if width % ROW_BLOCK:
+        padded = F.pad(x, (0, ROW_BLOCK - width % ROW_BLOCK))
+        return ((1.702 * padded).sigmoid() * padded)[..., :width]
+    return (1.702 * x).sigmoid() * x
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _plain(module: nn.Module, name: str, value: object) -> None:
+    """Put a plain callable where a submodule was (found by ordinary attribute lookup, called directly)."""
+    module._modules.pop(name, None)
+    object.__setattr__(module, name, value)
+
+
 def prepare_decoding(gpt: VideoGPT) -> VideoGPT:
-    """A copy of the prior for decoding (eval mode, no gradients): its linears as DecodeLinear and each
-    self-attention's three projections fused into one. It shares the VQ-VAE, the frame encoder and the
-    class guide with gpt; the original stays as it is (for training)."""
+    """A copy of the prior for decoding (eval mode, no gradients): its linears as DecodeLinear, each
+    self-attention's three projections fused into one, dropout gone. It shares the VQ-VAE, the frame
+    encoder and the class guide with gpt; the original stays as it is (for training)."""
     shared = {id(gpt.vqvae): gpt.vqvae}
     for name in ("resnet", "cond_pos_embd", "class_guide"):
         if getattr(gpt, name, None) is not None:
             shared[id(getattr(gpt, name))] = getattr(gpt, name)
     model = copy.deepcopy(gpt, memo=shared).eval().requires_grad_(False)
     model.norm.table_key = (None, "norm")  # which row table a norm's gains and biases are in
+    linears = []
     for index, layer in enumerate(model.attn_stack.attn_nets):
         for name in NORMS:
             if hasattr(layer, name):
                 getattr(layer, name).table_key = (index, name)
         attn = layer.attn
-        attn.qkv = DecodeLinear(attn.w_qs, attn.w_ks, attn.w_vs)
-        attn.fc = DecodeLinear(attn.fc)
-        layer.fc_block[0], layer.fc_block[2] = DecodeLinear(layer.fc_block[0]), DecodeLinear(layer.fc_block[2])
+        qkv, out = DecodeLinear(attn.w_qs, attn.w_ks, attn.w_vs), DecodeLinear(attn.fc)
+        _plain(attn, "qkv", qkv)
+        _plain(attn, "fc", out)
+        mlp_in, mlp_out = DecodeLinear(layer.fc_block[0]), DecodeLinear(layer.fc_block[2])
+        _plain(layer, "fc_block", lambda h, a=mlp_in, b=mlp_out: b(row_gelu2(a(h))))
+        linears += [qkv, out, mlp_in, mlp_out]
         if hasattr(layer, "enc_attn"):
-            layer.enc_attn.w_qs, layer.enc_attn.fc = DecodeLinear(layer.enc_attn.w_qs), DecodeLinear(layer.enc_attn.fc)
-            layer.post_enc_dp = nn.Identity()
-        layer.post_attn_dp, layer.post_fc_dp = nn.Identity(), nn.Identity()  # eval: dropout does nothing
-    model.fc_out = DecodeLinear(model.fc_out)
+            cross_q, cross_out = DecodeLinear(layer.enc_attn.w_qs), DecodeLinear(layer.enc_attn.fc)
+            _plain(layer.enc_attn, "w_qs", cross_q)
+            _plain(layer.enc_attn, "fc", cross_out)
+            _plain(layer, "post_enc_dp", _identity)
+            linears += [cross_q, cross_out]
+        _plain(layer, "post_attn_dp", _identity)
+        _plain(layer, "post_fc_dp", _identity)
+    logits = DecodeLinear(model.fc_out)
+    _plain(model, "fc_out", logits)
+    model.decode_linears = [*linears, logits]
+    rowwise = model.fc_in.weight.dtype == torch.float32 and model.fc_in.weight.device.type == "cpu" and \
+        all(m.weight_t.numel() * m.weight_t.element_size() <= ROWWISE_BYTES for m in model.decode_linears)
+    for m in model.decode_linears:
+        m.rowwise = rowwise
     return model
 
 
@@ -85,26 +139,67 @@ _ROW_TILES: dict[tuple, int] = {}  # what row_tile and reads_agree measured, per
 
 def row_tile(model: VideoGPT) -> int:
     """The row count a step's computed rows are a multiple of, so that each row's result is the same bits
-    however many rows there are. Matmul kernels work on tiles of rows and treat a partial last tile with
-    other code and other rounding (MKL's float32 kernels here: tiles of 4); with whole tiles only, a row is
-    computed alike wherever it is. Measured on this machine's kernels for the model's linear shapes."""
-    linears = [m for m in model.modules() if isinstance(m, DecodeLinear)]
-    shapes = {(m.weight_t.shape, m.weight_t.dtype, m.weight_t.device.type): m for m in linears}
-    key = (tuple(sorted(shapes, key=str)), torch.get_num_threads())
+    however many rows there are. Kernels may take other code (and rounding) for another number of rows:
+    MKL's float32 matmuls treat a partial last tile of 4 rows apart; a reduction over a short axis may
+    vectorize across rows. Measured once per model shape on this machine: the model's layers run on random
+    rows (ProbeContext) for every multiple of the tile up to CALIBRATION_ROWS rows, against all of them."""
+    c = model.config
+    key = ("rows", c, model.latent_shape, model.fc_in.weight.dtype, model.fc_in.weight.device.type,
+           torch.get_num_threads())
     if key not in _ROW_TILES:
-        tiles = [tile for tile in (1, 2, 4, 8, 16) if all(_whole_tiles_agree(m, tile) for m in shapes.values())]
+        tiles = [tile for tile in (1, 2, 4, 8, 16) if _whole_tiles_agree(model, tile)]
         _ROW_TILES[key] = tiles[0] if tiles else CALIBRATION_ROWS
     return _ROW_TILES[key]
 
 
-def _whole_tiles_agree(linear: DecodeLinear, tile: int) -> bool:
+class ProbeContext:
+    """A decoding pass over random rows for row_tile: per-row norms, and attention outputs that are fixed
+    random numbers per row (attention has its own check, reads_agree)."""
+
+    def __init__(self, model: VideoGPT, rows: int, gen: torch.Generator):
+        c, dtype, device = model.config, model.fc_in.weight.dtype, model.fc_in.weight.device
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen).to(device, dtype)
+
+        self.norm = (1 + rand(rows, 1, c.hidden_dim) * 0.1, rand(rows, 1, c.hidden_dim))
+        self.heads = rand(rows, c.heads, 1, c.hidden_dim // c.heads)
+        self.cross = rand(rows, c.heads, 1, c.resnet_dim // c.heads) if c.frame_conditional else None
+        self.gate = rand(rows, 1, 1)
+        self.reads_frames = c.frame_conditional
+        self.rows = rows
+
+    def cut(self, rows: int) -> ProbeContext:
+        cut = copy.copy(self)
+        cut.norm = tuple(t[:rows] for t in self.norm)
+        cut.heads, cut.gate = self.heads[:rows], self.gate[:rows]
+        cut.cross = None if self.cross is None else self.cross[:rows]
+        return cut
+
+    def normalize(self, norm: LayerNorm, x: torch.Tensor, index: int | None) -> torch.Tensor:
+        return LayerNorm.normalize(x, *self.norm)
+
+    def self_attention(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       dropout: float = 0.0) -> torch.Tensor:
+        return self.heads + 0 * (q + k + v)  # keeps the projections' outputs in the computation
+
+    def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
+        return self.cross
+
+    def gate_frames(self, branch: torch.Tensor) -> torch.Tensor:
+        return branch * self.gate
+
+
+def _whole_tiles_agree(model: VideoGPT, tile: int) -> bool:
     """Whether every multiple of `tile` rows up to CALIBRATION_ROWS gives each row the bits it gets among
-    CALIBRATION_ROWS rows."""
+    CALIBRATION_ROWS rows, through the whole layer stack."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(CALIBRATION_ROWS, 1, linear.in_features, generator=gen).to(linear.weight_t)
+    probe = ProbeContext(model, CALIBRATION_ROWS, gen)
+    x = torch.randn(CALIBRATION_ROWS, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
     with torch.no_grad():
-        reference = linear(x)
-        return all(torch.equal(linear(x[:rows]), reference[:rows]) for rows in range(tile, CALIBRATION_ROWS, tile))
+        reference = model.trunk(x, probe)
+        return all(torch.equal(model.trunk(x[:rows], probe.cut(rows)), reference[:rows])
+                   for rows in range(tile, CALIBRATION_ROWS, tile))
 
 
 def reads_agree(heads: int, d_k: int, d_v: int, seq_len: int, chunk: int, tile: int, dtype: torch.dtype,
@@ -118,11 +213,11 @@ def reads_agree(heads: int, d_k: int, d_v: int, seq_len: int, chunk: int, tile: 
         keys_t = torch.randn(tile, heads, d_k, seq_len, generator=gen).to(device, dtype)
         values = torch.randn(tile, heads, seq_len, d_v, generator=gen).to(device, dtype)
         agree = True
-        for length in range(chunk, seq_len, chunk):
+        for length in range(chunk, seq_len, chunk):  # rows that may read up to `length`, read that far or all
             readable = torch.arange(seq_len, device=device) < length - torch.arange(tile, device=device)[:, None]
             bias = torch.zeros(readable.shape, dtype=dtype, device=device).masked_fill_(
                 ~readable, float("-inf"))[:, None, None, :]
-            short = attend_cache(q, keys_t[..., :length], values[:, :, :length], bias)
+            short = attend_cache(q, keys_t[..., :length], values[:, :, :length], bias[..., :length])
             agree = agree and torch.equal(short, attend_cache(q, keys_t, values, bias))
         _ROW_TILES[key] = agree
     return bool(_ROW_TILES[key])
@@ -130,15 +225,16 @@ def reads_agree(heads: int, d_k: int, d_v: int, seq_len: int, chunk: int, tile: 
 
 def attend_cache(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention of one query per row and head, q (R, H, 1, d), over the first L cached keys (R, H, d, L)
-    (transposed) and values (R, H, L, d_v). bias (R, 1, 1, N) is 0 where a row may read and -inf elsewhere,
-    over the whole cache: the scores are padded to N before the softmax, so its sum adds the same terms in
-    the same order whatever L is, and a row's result does not depend on how far its companions read."""
+    (transposed) and values (R, H, L, d_v); bias (R, 1, 1, L) is 0 where a row may read and -inf elsewhere.
+    L is a multiple of the read chunk: what a row may not read adds exact zeros (reads_agree checks that
+    this machine's kernels then give a row the same bits whatever L its companions make it read)."""
     scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), keys_t)
-    length, total = scores.shape[-1], bias.shape[-1]
-    if length < total:
-        scores = F.pad(scores, (0, total - length), value=float("-inf"))
-    weights = scores.add_(bias).softmax(dim=-1)
-    return torch.matmul(weights[..., :length], values)
+    return torch.matmul(scores.add_(bias).softmax(dim=-1), values)
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """x with zero rows appended up to `rows` (the rows a step computes beyond the active ones)."""
+    return x if x.shape[0] == rows else F.pad(x, (0, 0) * (x.dim() - 1) + (0, rows - x.shape[0]))
 
 
 class RowTables:
@@ -208,7 +304,6 @@ class RowViews:
         self.norms = {key: (gain[rows], bias[rows]) for key, (gain, bias) in tables.norms.items()}
         self.cross = [(keys_t[rows], values[rows]) for keys_t, values in tables.cross]
         self.gate = None if tables.gate is None else tables.gate[rows]
-        self.places = decoder.places[rows]
         self.positions = decoder.positions[rows]
 
 
@@ -217,28 +312,27 @@ class DecodeContext:
     self-attention through its KV cache. A step reads `length` cached positions (a multiple of the read
     chunk); a prefill computes positions 0..L-1 of its rows at once and writes them to the cache."""
 
-    def __init__(self, decoder: RowDecoder, rows: slice, length: int, prefill: bool = False):
+    def __init__(self, decoder: RowDecoder, rows: slice, length: int, prefill: bool = False,
+                 active: int | None = None):
+        """active: of a step's rows [0, n), the first `active` hold samples (the rest only make whole tiles
+        for the matmuls: they skip attention)."""
         self.decoder, self.rows, self.length, self.prefill = decoder, rows, length, prefill
         self.views = decoder.views(rows)
         self.reads_frames = self.views.gate is not None
         if not prefill:
+            self.count, self.active = rows.stop, rows.stop if active is None else active
+            self.live = decoder.views(slice(0, self.active))
             self._prepare_step(decoder, length)
 
     def _prepare_step(self, decoder: RowDecoder, length: int) -> None:
         """What every layer of this step shares: which keys each row may read, where its new key and value
         go in each layer's cache (flat offsets), and the part of the caches it reads."""
-        positions = self.views.positions
-        readable = decoder.mask.index_select(0, positions)
-        self.bias = torch.zeros(readable.shape, dtype=decoder.dtype, device=decoder.device).masked_fill_(
-            ~readable, float("-inf"))[:, None, None, :]
-        _, _, heads, d_k, seq_len = decoder.keys.shape
-        heads_of = (self.views.places[:, None] * heads + torch.arange(heads, device=decoder.device))
-        self.key_offsets = ((heads_of[..., None] * d_k + torch.arange(d_k, device=decoder.device)) * seq_len
-                            + positions[:, None, None]).flatten()
-        self.value_offsets = (heads_of * seq_len + positions[:, None]).flatten()
-        count = self.rows.stop
-        self.keys_read = decoder.keys[:, :count, :, :, :length]
-        self.values_read = decoder.values[:, :count, :, :length]
+        positions = self.live.positions
+        self.bias = decoder.read_bias.index_select(0, positions)[:, None, None, :length]
+        self.key_offsets = (decoder.key_base[:self.active] + positions[:, None]).flatten()
+        self.value_offsets = (decoder.value_base[:self.active] + positions[:, None]).flatten()
+        self.keys_read = decoder.keys[:, :self.active, :, :, :length]
+        self.values_read = decoder.values[:, :self.active, :, :length]
 
     def normalize(self, norm: LayerNorm, x: torch.Tensor, index: int | None) -> torch.Tensor:
         return LayerNorm.normalize(x, *self.views.norms[norm.table_key])
@@ -250,14 +344,19 @@ class DecodeContext:
             self.decoder.keys[index, self.rows, :, :, :length] = k.transpose(-1, -2)
             self.decoder.values[index, self.rows, :, :length] = v
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.decoder.mask[:length, :length])
-        self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k.reshape(-1))
-        self.decoder.flat_values[index].index_copy_(0, self.value_offsets, v.reshape(-1, v.shape[-1]))
-        return attend_cache(q, self.keys_read[index], self.values_read[index], self.bias)
+        active = self.active
+        self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k[:active].reshape(-1))
+        self.decoder.flat_values[index].index_copy_(0, self.value_offsets, v[:active].reshape(-1, v.shape[-1]))
+        heads = attend_cache(q[:active], self.keys_read[index], self.values_read[index], self.bias)
+        return pad_rows(heads, self.count)
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
-        keys_t, values = self.views.cross[index]
+        views = self.views if self.prefill else self.live
+        keys_t, values = views.cross[index]
+        q = q if self.prefill else q[:self.active]
         scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), keys_t)
-        return torch.matmul(scores.softmax(dim=-1), values)
+        heads = torch.matmul(scores.softmax(dim=-1), values)
+        return heads if self.prefill else pad_rows(heads, self.count)
 
     def gate_frames(self, branch: torch.Tensor) -> torch.Tensor:
         return branch * self.views.gate
@@ -277,9 +376,8 @@ class RowDecoder:
         self.capacity, self.seq_len = rows, math.prod(self.model.latent_shape)
         rows = self.tile * math.ceil(rows / self.tile)  # room for the last tile, beyond the rows admitted
         attn = self.model.attn_stack.attn_nets[0].attn
-        self.chunk = math.gcd(self.seq_len, READ_CHUNK)
-        if not reads_agree(c.heads, attn.d_k, attn.d_v, self.seq_len, self.chunk, self.tile, self.dtype, self.device):
-            self.chunk = self.seq_len
+        self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and reads_agree(
+            c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device)), self.seq_len)
         per_layer = (c.layers, rows, c.heads)
         self.keys = torch.zeros(*per_layer, attn.d_k, self.seq_len, device=self.device, dtype=self.dtype)
         self.values = torch.zeros(*per_layer, self.seq_len, attn.d_v, device=self.device, dtype=self.dtype)
@@ -288,6 +386,14 @@ class RowDecoder:
         self._views: dict[tuple[int, int], RowViews] = {}
         self.mask = causal_mask(self.model.latent_shape, c.attn_type, c.sparse_block_size,
                                 c.sparse_local_blocks).to(self.device)
+        # What a step adds to its scores (0 where a position may read, -inf elsewhere), and where in the
+        # flattened caches each place's entries of position 0 are (a step adds its rows' positions).
+        self.read_bias = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
+            ~self.mask, float("-inf"))
+        heads_of = torch.arange(rows, device=self.device)[:, None] * c.heads + torch.arange(c.heads, device=self.device)
+        self.key_base = ((heads_of[..., None] * attn.d_k + torch.arange(attn.d_k, device=self.device))
+                         * self.seq_len).flatten(1)
+        self.value_base = heads_of * self.seq_len
         self.tables = RowTables(self.model, rows, self.device, self.dtype)
         with torch.no_grad():  # code -> input feature, once; the last entry is the start-of-sequence vector
             features = self.model.fc_in(self.model.vqvae.codebook.embeddings.to(self.dtype))
@@ -295,7 +401,6 @@ class RowDecoder:
             self.position_features = self.model.attn_stack.pos_embd.table().flatten(0, -2).to(self.dtype)
         self.sos = self.token_features.shape[0] - 1
         self.positions = torch.zeros(rows, dtype=torch.long, device=self.device)
-        self.places = torch.arange(rows, device=self.device)
         self.tokens = torch.full((rows,), self.sos, dtype=torch.long, device=self.device)
         self.active = 0
         self.ids: list[int] = []  # the id of the row at each active place
@@ -393,20 +498,22 @@ class RowDecoder:
         count = self.tile * math.ceil(self.active / self.tile)
         furthest = int(self.positions[:count].max()) + 1
         length = min(self.seq_len, self.chunk * math.ceil(furthest / self.chunk))
-        return self._step(count, length)[:self.active]
+        return self._step(count, length, self.active)[:self.active]
 
     @torch.no_grad()
     def step_full(self) -> torch.Tensor:
         """`step` as the CUDA graph captures it: every row over the whole cache, shapes that never change."""
         return self._step(self.positions.shape[0], self.seq_len)[:self.active]
 
-    def _step(self, count: int, length: int) -> torch.Tensor:
+    def _step(self, count: int, length: int, active: int | None = None) -> torch.Tensor:
+        """Rows [0, count) through the model reading `length` cached positions, the first `active` of them
+        attending (all: the fixed shapes of the CUDA graph)."""
         rows = slice(0, count)
         positions = self.positions[rows]
         x = self.token_features[self.tokens[rows]] + self.position_features[positions]
         if self.tables.aligned is not None:
             x = x + self.tables.aligned[torch.arange(count, device=self.device), positions]
-        logits = self.model.trunk(x[:, None], DecodeContext(self, rows, length))[:, 0]
+        logits = self.model.trunk(x[:, None], DecodeContext(self, rows, length, active=active))[:, 0]
         self.positions[rows] = (positions + 1).clamp_(max=self.seq_len - 1)
         return logits
 

@@ -84,6 +84,7 @@ class _Plan:
     top_p: torch.Tensor
     main_rows: torch.Tensor  # (rows,) places of every main row, and which sample each belongs to
     main_owner: torch.Tensor
+    truncated: bool = False  # whether any sample has a top-k or top-p
     guided: torch.Tensor | None = None  # (g,) which samples the class guide steers
     guide_class: torch.Tensor | None = None  # (g,) guide places of their class and no-class rows
     guide_none: torch.Tensor | None = None
@@ -238,7 +239,7 @@ class DecodeEngine:
                                                   - guide_logits.index_select(0, plan.guide_none))
             chosen = chosen.float().index_add(0, plan.guided, steer)
         uniforms = torch.tensor([live.uniforms[len(live.codes)] for live in plan.live], dtype=torch.float64)
-        codes = draw(chosen, plan.temperature, plan.top_k, plan.top_p, uniforms)
+        codes = draw(chosen, plan.temperature, plan.top_k, plan.top_p, uniforms, plan.truncated)
         self.main.set_tokens(plan.main_rows, codes.index_select(0, plan.main_owner.to(codes.device)))
         if plan.guided is not None:
             self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner.to(codes.device)))
@@ -293,7 +294,8 @@ class DecodeEngine:
             temperature=torch.tensor([float(s.request.temperature) for s in live]),
             top_k=torch.tensor([s.request.top_k or 0 for s in live], dtype=torch.long),
             top_p=torch.tensor([1.0 if s.request.top_p is None else float(s.request.top_p) for s in live]),
-            main_rows=tensor([p for p, _ in rows], torch.long), main_owner=tensor([i for _, i in rows], torch.long))
+            main_rows=tensor([p for p, _ in rows], torch.long), main_owner=tensor([i for _, i in rows], torch.long),
+            truncated=any(s.request.top_k is not None or s.request.top_p not in (None, 1, 1.0) for s in live))
         steered = [i for i, s in enumerate(live) if s.guide_rows]
         if steered:
             plan.guided = tensor(steered, torch.long)

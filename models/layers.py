@@ -7,6 +7,7 @@ as they are; the arithmetic follows REFERENCE.md (tests/fixtures/REFERENCE.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ class MultiHeadAttention(nn.Module):
         nn.init.normal_(self.fc.weight, std=1.0 / math.sqrt(dim_q * n_layer))
         # A decoding copy of the model (models/decoding.py) fuses the three projections of a self-attention
         # into one matmul here; training and teacher forcing keep the three parameters of the reference.
-        self.qkv: nn.Module | None = None
+        self.qkv: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def split_heads(self, x: torch.Tensor, head_dim: int) -> torch.Tensor:
         """(B, L, heads * d) -> (B, heads, L, d), features split head-major."""
@@ -164,12 +165,10 @@ class LayerNorm(nn.Module):
     @staticmethod
     def normalize(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(x - mean) * (rsqrt(var) + 1e-5) * g + b over the last axis, the statistics in float32."""
-        if x.dtype == torch.float32:
-            s, mu = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
-            return torch.addcmul(b, (x - mu) * (s.rsqrt() + 1e-5), g)
         x_float = x.float()
-        s, mu = torch.var_mean(x_float, dim=-1, keepdim=True, correction=0)
-        return torch.addcmul(b, ((x_float - mu) * (s.rsqrt() + 1e-5)).type_as(x), g)
+        centred = x_float - x_float.mean(dim=-1, keepdim=True)
+        scale = (centred * centred).mean(dim=-1, keepdim=True).rsqrt() + 1e-5
+        return torch.addcmul(b, (centred * scale).type_as(x), g)
 
     def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None,
                 summary: torch.Tensor | None = None) -> torch.Tensor:

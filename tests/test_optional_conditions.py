@@ -76,8 +76,9 @@ def test_cached_decoding_of_a_mixed_batch_equals_teacher_forcing(static, paths):
     with torch.no_grad():
         expected = gpt.forward(codes, gpt.condition(labels, frames, 4, present))
     got = forced_step_logits(gpt, codes, labels, frames, static, frames_present=present)
-    # float32 rounding grows with the logits' size (random frame-summary gains make them large)
-    assert (got - expected).abs().max() < 1e-5 * expected.abs().max().clamp_min(10)
+    # float32 rounding grows with the logits' size (random frame-summary gains make them large); the cached
+    # pass multiplies row by row and teacher forcing in blocks, so they round apart by a few parts in 1e5
+    assert (got - expected).abs().max() < 3e-5 * expected.abs().max().clamp_min(10)
 
 
 def test_sampling_a_mixed_batch_matches_sampling_each_mode_alone(gpt):
