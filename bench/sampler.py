@@ -1,8 +1,21 @@
-"""Sampler speed: ms per token step averaged over a whole video, per config and batch size; prints JSON lines.
+"""Sampler speed: ms per token step averaged over a whole video, per config, batch size and precision; prints
+JSON lines, then a summary.
 
-    python bench/sampler.py                                  # all configs, batches 1 and 8, CPU, 2 threads
-    python bench/sampler.py --configs small --batches 1 4 --device cuda --dtype bfloat16
-    python bench/sampler.py --configs small-class --guidance 1 3     # what classifier-free guidance costs
+    python bench/sampler.py                                    # all configs, batches 1 and 8, float32, CPU
+    python bench/sampler.py --configs bair-like bair-like-sparse --precisions float32 bfloat16 int8 \\
+        --against ../baseline                                  # beside a checkout of an older sampler
+    python bench/sampler.py --configs small-class --guidance 1 3    # what classifier-free guidance costs
+    python bench/sampler.py --positions 8                      # estimate from 8 evenly spaced positions
+
+A whole video's average: every step of a sample (default), or (--positions K) K positions spread evenly
+over the video, each timed over --steps-per-position steps with the cache prefilled up to it: a step's
+cost depends only on where it is, so this estimates the same average at a fraction of the time.
+--against PATH runs that checkout's own bench/sampler.py (float32) in the same run: with PATH a checkout
+of the sampler before the decoding engine (commit 93b7a0d), whose float32 steps the reference
+implementation's own sample loop takes 2.0x (batch 1) and 2.5x (batch 8) as long for bair-like (measured
+side by side earlier), the summary's `x_reference` estimates the speed-up over the reference.
+Bytes read per step: the decoding weights plus the KV cache a step reads on average; the floor is those
+bytes at the memory bandwidth this machine reaches (a large copy, timed here).
 """
 
 from __future__ import annotations
@@ -34,9 +47,12 @@ CONFIGS = {
     "small-class": (SMALL_VQVAE, GPTConfig(hidden_dim=192, heads=4, layers=4, attn_type="full", class_cond_dim=10,
                                            condition_dropout=0.3)),
 }
+# The reference implementation's sample loop over the sampler of commit 93b7a0d, float32, bair-like (the
+# decoding-engine issue's measurement, both on the same checkpoint in one run): batch 1 and batch 8.
+REFERENCE_OVER_BASELINE = {1: 2.0, 8: 2.5}
 
 
-def build(name: str, device: str, dtype: torch.dtype) -> VideoGPT:
+def build(name: str, device: str, dtype: torch.dtype = torch.float32) -> VideoGPT:
     vq_config, gpt_config = CONFIGS[name]
     gpt = VideoGPT(gpt_config, VQVAE(vq_config))
     torch.nn.init.normal_(gpt.fc_out.weight, std=0.02)  # random weights: speed does not depend on them
@@ -50,34 +66,144 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def run(name: str, batch: int, device: str, dtype: torch.dtype, guidance: float = 1.0) -> dict:
-    gpt = build(name, device, dtype)
-    steps = math.prod(gpt.latent_shape)
+def bandwidth_gb_s(device: str) -> float:
+    """The copy bandwidth this machine reaches (read + write of a 512 MiB buffer), GB/s."""
+    source = torch.empty(2**27, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(4):
+        target.copy_(source)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 4 * 2 * source.numel() * 4 / (time.perf_counter() - started) / 1e9
+
+
+def bytes_per_step(gpt: VideoGPT, decoder, batch: int) -> float:
+    """Weights of the decoding copy plus the KV cache a step reads, averaged over a video."""
+    from models.decoding import DecodeLinear
+
+    weights = 0
+    for lin in decoder.model.decode_linears:
+        tensors = (lin.weight_t, lin.bias) if isinstance(lin, DecodeLinear) else (lin.weight, lin.scales, lin.bias)
+        weights += sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    c, n = gpt.config, decoder.seq_len
+    per_position = 2 * c.layers * c.hidden_dim * decoder.keys.element_size()  # keys and values, all heads
+    reads = decoder.mean_read(batch) if hasattr(decoder, "mean_read") else (n / 2 + decoder.chunk / 2)
+    return weights + batch * reads * per_position
+
+
+def time_whole(gpt: VideoGPT, batch: int, device: str, cond: dict, rows: int) -> float:
+    sample(gpt, batch, seed=0, **cond) if math.prod(gpt.latent_shape) <= 1024 else None  # warm-up, small only
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    sample(gpt, batch, seed=1, **cond)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / math.prod(gpt.latent_shape)
+
+
+def time_positions(gpt: VideoGPT, rows: int, positions: int, steps: int, device: str) -> float:
+    """Mean seconds per step at `positions` evenly spaced positions (each prefilled, then stepped)."""
+    from models.decoding import RowDecoder
+
+    decoder = RowDecoder(gpt, rows)
+    n = decoder.seq_len
+    cond = gpt.condition(None, None, rows) if gpt.config.conditions_optional or not (
+        gpt.config.class_conditional or gpt.config.frame_conditional) else \
+        gpt.condition(torch.zeros(rows, dtype=torch.long, device=device), None, rows)
+    ids = decoder.admit(cond, rows)
+    codes = torch.randint(0, gpt.n_codes, (rows, n), device=device)
+    total = 0.0
+    for k in range(positions):
+        start = min(n - steps, int((k + 0.5) * n / positions) - steps // 2)
+        decoder.prefill(ids, codes[:, :max(start, 0)])
+        decoder.step()  # warm-up at this position
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        for _ in range(steps - 1):
+            decoder.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        total += (time.perf_counter() - began) / (steps - 1)
+    return total / positions
+
+
+def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidance: float) -> dict:
+    gpt = build(name, args.device)
+    gpt.decode_precision = precision
     c = gpt.config
     cond = {"class_labels": [i % c.class_cond_dim for i in range(batch)]} if c.class_conditional else {}
     if guidance != 1:
         cond["guidance"] = guidance
-    sample(gpt, batch, seed=0, top_k=None, **cond) if steps <= 1024 else None  # warm-up on small models only
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    rows = batch * (1 if guidance == 1 else 2)
+    if device_is_cuda := args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    sample(gpt, batch, seed=1, **cond)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+    if args.positions:
+        per_step = time_positions(gpt, rows, args.positions, args.steps_per_position, args.device)
+    else:
+        per_step = time_whole(gpt, batch, args.device, cond, rows)
+    from models.decoding import RowDecoder
+
+    decoder = RowDecoder(gpt, rows)
+    moved = bytes_per_step(gpt, decoder, rows)
+    steps = math.prod(gpt.latent_shape)
     return {
-        "config": name, "batch": batch, "guidance": guidance, "device": device,
-        "dtype": str(dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(), "steps": steps,
-        "ms_per_step": round(elapsed / steps * 1000, 3),
-        "tokens_per_s": round(batch * steps / elapsed, 1),
-        "seconds_per_batch": round(elapsed, 2),
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "kv_cache_mb": round(2 * gpt.config.layers * batch * steps * gpt.config.hidden_dim
-                             * gpt.fc_in.weight.element_size() / 2**20, 1),
+        "config": name, "batch": batch, "guidance": guidance, "device": args.device, "precision": precision,
+        "threads": torch.get_num_threads(), "steps": steps, "estimated_from_positions": args.positions or None,
+        "ms_per_step": round(per_step * 1000, 3), "tokens_per_s": round(batch / per_step, 1),
+        "mb_read_per_step": round(moved / 1e6, 1), "row_tile": decoder.tile, "read_chunk": decoder.chunk,
+        "peak_memory_mb": round(peak_memory_mb(args.device), 1),
+        "cuda_graph": decoder.cuda_graph if device_is_cuda else None,
         "params_m": round(sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("vqvae.")) / 1e6, 2),
     }
+
+
+# The older sampler (commit 93b7a0d: models.sampling.CachedDecoder) timed at evenly spaced positions, run
+# with that checkout first on the path: its own step, on its own model classes, this file's configs.
+OLDER_POSITIONS = """
+import json, sys, time, torch
+sys.path.insert(0, {older!r})
+torch.set_num_threads({threads})
+from models import VQVAE, GPTConfig, VideoGPT, VQVAEConfig
+from models.sampling import CachedDecoder
+vq, gc = {vq!r}, {gc!r}
+gpt = VideoGPT(GPTConfig(**gc), VQVAE(VQVAEConfig(**vq))).eval()
+torch.nn.init.normal_(gpt.fc_out.weight, std=0.02)
+rows, positions, steps = {rows}, {positions}, {steps}
+decoder = CachedDecoder(gpt, gpt.condition(None, None, rows), rows)
+n = decoder.seq_len
+previous = torch.zeros(rows, dtype=torch.long)
+total = 0.0
+with torch.no_grad():
+    for k in range(positions):
+        start = max(0, min(n - steps, int((k + 0.5) * n / positions) - steps // 2))
+        decoder.step(start, previous)
+        began = time.perf_counter()
+        for pos in range(start + 1, start + steps):
+            decoder.step(pos, previous)
+        total += (time.perf_counter() - began) / (steps - 1)
+print(json.dumps({{"ms_per_step": round(total / positions * 1000, 3)}}))
+"""
+
+
+def against(args: argparse.Namespace, name: str, batch: int) -> dict | None:
+    """The older sampler at PATH, float32, same config and batch (and way of timing), in its own process."""
+    if args.positions:
+        vq, gc = CONFIGS[name]
+        code = OLDER_POSITIONS.format(older=str(Path(args.against).resolve()), threads=args.threads,
+                                      vq=vq.to_dict(), gc=gc.to_dict(), rows=batch, positions=args.positions,
+                                      steps=args.steps_per_position)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    else:
+        done = subprocess.run([sys.executable, str(Path(args.against) / "bench" / "sampler.py"), "--in-process",
+                               "--configs", name, "--batches", str(batch), "--device", args.device,
+                               "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -85,22 +211,52 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--precisions", nargs="+", default=["float32"], choices=["float32", "bfloat16", "int8"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--guidance", nargs="+", type=float, default=[1.0],
                         help="guidance scales (other than 1 only for configs trained with condition dropout)")
+    parser.add_argument("--positions", type=int, default=0, help="estimate from this many positions (0: whole)")
+    parser.add_argument("--steps-per-position", type=int, default=17)
+    parser.add_argument("--against", help="a checkout of an older sampler to run beside (float32)")
+    parser.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="CUDA: capture the step or not")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # what older checkouts' runs pass
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.cuda_graph == "off":
+        import models.decoding as decoding
+
+        decoding.CUDA_GRAPHS = False
+    if args.in_process:
+        for name in args.configs:
+            for batch in args.batches:
+                for precision in args.precisions:
+                    for guidance in args.guidance:
+                        print(json.dumps(run(args, name, batch, precision, guidance)), flush=True)
+        return
+    results, floor = [], bandwidth_gb_s(args.device)
     for name in args.configs:
         for batch in args.batches:
-            for guidance in args.guidance:
-                if args.in_process:
-                    print(json.dumps(run(name, batch, args.device, getattr(torch, args.dtype), guidance)), flush=True)
-                else:  # a fresh process per case, so peak memory is that case's
-                    subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches",
-                                    str(batch), "--device", args.device, "--dtype", args.dtype, "--threads",
-                                    str(args.threads), "--guidance", str(guidance)], check=True)
+            older = against(args, name, batch) if args.against else None
+            for precision in args.precisions:
+                for guidance in args.guidance:  # a fresh process per case, so peak memory is that case's
+                    done = subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches",
+                                           str(batch), "--device", args.device, "--precisions", precision,
+                                           "--threads", str(args.threads), "--guidance", str(guidance),
+                                           "--positions", str(args.positions), "--steps-per-position",
+                                           str(args.steps_per_position), "--cuda-graph", args.cuda_graph],
+                                          capture_output=True, text=True, check=True)
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    result["floor_ms_per_step"] = round(result["mb_read_per_step"] / floor, 3)
+                    result["fraction_of_floor"] = round(result["floor_ms_per_step"] / result["ms_per_step"], 3)
+                    if older is not None:
+                        result["older_ms_per_step"] = older["ms_per_step"]
+                        result["x_older"] = round(older["ms_per_step"] / result["ms_per_step"], 3)
+                        if name == "bair-like" and batch in REFERENCE_OVER_BASELINE:
+                            result["x_reference"] = round(result["x_older"] * REFERENCE_OVER_BASELINE[batch], 2)
+                    results.append(result)
+                    print(json.dumps(result), flush=True)
+    print(json.dumps({"summary": True, "bandwidth_gb_s": round(floor, 1), "cases": len(results)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from .classifier import FrameRecognizer, load_classifier, save_classifier
 from .errors import CheckpointError, ConfigError
 from .gpt import GPTConfig, VideoGPT
 from .limits import MAX_GUIDANCE, is_guidance_scale
+from .precision import PRECISIONS, check_precision, choose_precision
 from .sampling import ClassGuide
 from .vqvae import VQVAE, VQVAEConfig
 
@@ -58,6 +59,9 @@ class BundleInfo:
     # path (condition dropout), or "classes": draw a class uniformly, then sample it (at the request's
     # guidance), p(x) = sum_c p(c) p(x | c) for balanced classes.
     unconditional: str = "dropped"
+    # Measured fidelity of reduced decoding precisions on the bundle's own codes (`videogpt-serve fidelity`):
+    # {"bfloat16": {"kl_nats_per_code": ..., "top1_agreement": ...}, ...}; what precision auto consults.
+    precision_fidelity: dict[str, dict[str, float]] | None = None
 
 
 def config_from_dict(cls: type, data: Any, where: str) -> Any:
@@ -135,9 +139,23 @@ def read_bundle_config(bundle_dir: str | Path) -> tuple[BundleInfo, VQVAEConfig,
     check_guidance(guidance, gpt_config, str(path))
     unconditional = raw.get("unconditional", "dropped")
     check_unconditional(unconditional, gpt_config, str(path))
+    fidelity = check_precision_fidelity(raw.get("precision_fidelity"), str(path))
     info = BundleInfo(name=name, kind=kind, fps=float(fps), class_names=class_names, source=source,
-                      guidance=float(guidance), unconditional=unconditional)
+                      guidance=float(guidance), unconditional=unconditional, precision_fidelity=fidelity)
     return info, vq_config, gpt_config
+
+
+def check_precision_fidelity(value: Any, where: str) -> dict[str, dict[str, float]] | None:
+    """A bundle's recorded fidelity per reduced precision, validated (None: not measured)."""
+    if value is None:
+        return None
+    reduced = [p for p in PRECISIONS if p != "float32"]
+    if not isinstance(value, dict) or not set(value) <= set(reduced) or not all(
+            isinstance(v, dict) and all(isinstance(v.get(k), (int, float)) and not isinstance(v.get(k), bool)
+                                        for k in ("kl_nats_per_code", "top1_agreement")) for v in value.values()):
+        raise ConfigError(f"{where}: precision_fidelity must map {' and/or '.join(reduced)} to "
+                          "{kl_nats_per_code, top1_agreement} numbers")
+    return {p: {k: float(v[k]) for k in ("kl_nats_per_code", "top1_agreement")} for p, v in value.items()}
 
 
 def check_unconditional(unconditional: Any, gpt_config: GPTConfig | None, where: str) -> None:
@@ -210,9 +228,13 @@ def load_vqvae(bundle_dir: str | Path, device: str | torch.device = "cpu") -> VQ
     return vq.to(device).eval()
 
 
-def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu", with_class_guide: bool = True) -> VideoGPT:
+def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu", with_class_guide: bool = True,
+             precision: str = "float32") -> VideoGPT:
     """The GPT prior of a bundle, carrying its VQ-VAE as `.vqvae` and, when the bundle has one and
-    with_class_guide, its class guide as `.class_guide`, in eval mode."""
+    with_class_guide, its class guide as `.class_guide`, in eval mode. precision: what it decodes in
+    (`.decode_precision`; models/precision.py; auto: measured now, the report in `.precision_report`); its
+    weights stay float32."""
+    check_precision(precision)
     info, _, gpt_config = read_bundle_config(bundle_dir)
     if gpt_config is None:
         raise CheckpointError(f"{bundle_dir}: this bundle holds only a VQ-VAE; load it with load_vqvae")
@@ -224,7 +246,12 @@ def load_gpt(bundle_dir: str | Path, device: str | torch.device = "cpu", with_cl
     guide_dir = Path(bundle_dir) / CLASS_GUIDE_DIR
     if with_class_guide and guide_dir.is_dir():
         gpt.class_guide = _load_class_guide(gpt, guide_dir, device)
-    return gpt.to(device).eval()
+    gpt = gpt.to(device).eval()
+    gpt.precision_report = None  # type: ignore[attr-defined]
+    if precision == "auto":
+        precision, gpt.precision_report = choose_precision(gpt, info.precision_fidelity)
+    gpt.decode_precision = precision  # type: ignore[attr-defined]
+    return gpt
 
 
 def _contiguous(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -267,9 +294,10 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         "source": info.source,
         "guidance": info.guidance,
         "unconditional": info.unconditional,
+        "precision_fidelity": info.precision_fidelity,
     }
     if gpt_config is None:
-        del config["gpt"], config["guidance"], config["unconditional"]
+        del config["gpt"], config["guidance"], config["unconditional"], config["precision_fidelity"]
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

@@ -29,7 +29,9 @@ from torch import nn
 from .gpt import Conditioning, VideoGPT
 from .layers import LayerNorm, MultiHeadAttention
 from .layout import causal_mask
+from .precision import DTYPES, Int8Linear, check_precision
 
+CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
 CALIBRATION_ROWS = 32  # invariant_rows checks row counts up to this
 # A step reads the cache up to its furthest row's position rounded up to the first of these that divides N
 # and that the attention kernels give the same bits for (reads_agree); else all of it.
@@ -51,11 +53,11 @@ class DecodeLinear:
     nn.Module's call machinery costs more than a small matmul.
     """
 
-    def __init__(self, *linears: nn.Linear, rowwise: bool = False):
+    def __init__(self, *linears: nn.Linear, dtype: torch.dtype | None = None, rowwise: bool = False):
         with torch.no_grad():
-            self.weight_t = torch.cat([lin.weight for lin in linears]).t().contiguous()
+            self.weight_t = torch.cat([lin.weight for lin in linears]).t().contiguous().to(dtype)
             biases = [lin.bias for lin in linears]
-            self.bias = torch.cat(biases) if all(b is not None for b in biases) else None
+            self.bias = torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None
         self.rowwise = rowwise
 
     @property
@@ -94,10 +96,17 @@ def _plain(module: nn.Module, name: str, value: object) -> None:
     object.__setattr__(module, name, value)
 
 
-def prepare_decoding(gpt: VideoGPT) -> VideoGPT:
-    """A copy of the prior for decoding (eval mode, no gradients): its linears as DecodeLinear, each
-    self-attention's three projections fused into one, dropout gone. It shares the VQ-VAE, the frame
-    encoder and the class guide with gpt; the original stays as it is (for training)."""
+def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
+    """A copy of the prior for decoding in `precision` (models/precision.py; eval mode, no gradients): its
+    linears as DecodeLinear (Int8Linear for int8), each self-attention's three projections fused into one,
+    dropout gone, everything else in the decoding dtype. It shares the VQ-VAE, the frame encoder and the
+    class guide with gpt; the original stays as it is (for training, and as the float32 reference)."""
+    check_precision(precision, allow_auto=False)
+    dtype = DTYPES[precision]
+
+    def linear(*linears: nn.Linear) -> DecodeLinear | Int8Linear:
+        return Int8Linear(*linears) if precision == "int8" else DecodeLinear(*linears, dtype=dtype)
+
     shared = {id(gpt.vqvae): gpt.vqvae}
     for name in ("resnet", "cond_pos_embd", "class_guide"):
         if getattr(gpt, name, None) is not None:
@@ -110,24 +119,27 @@ def prepare_decoding(gpt: VideoGPT) -> VideoGPT:
             if hasattr(layer, name):
                 getattr(layer, name).table_key = (index, name)
         attn = layer.attn
-        qkv, out = DecodeLinear(attn.w_qs, attn.w_ks, attn.w_vs), DecodeLinear(attn.fc)
+        qkv, out = linear(attn.w_qs, attn.w_ks, attn.w_vs), linear(attn.fc)
         _plain(attn, "qkv", qkv)
         _plain(attn, "fc", out)
-        mlp_in, mlp_out = DecodeLinear(layer.fc_block[0]), DecodeLinear(layer.fc_block[2])
+        mlp_in, mlp_out = linear(layer.fc_block[0]), linear(layer.fc_block[2])
         _plain(layer, "fc_block", lambda h, a=mlp_in, b=mlp_out: b(row_gelu2(a(h))))
         linears += [qkv, out, mlp_in, mlp_out]
         if hasattr(layer, "enc_attn"):
-            cross_q, cross_out = DecodeLinear(layer.enc_attn.w_qs), DecodeLinear(layer.enc_attn.fc)
+            cross_q, cross_out = linear(layer.enc_attn.w_qs), linear(layer.enc_attn.fc)
             _plain(layer.enc_attn, "w_qs", cross_q)
             _plain(layer.enc_attn, "fc", cross_out)
             _plain(layer, "post_enc_dp", _identity)
             linears += [cross_q, cross_out]
         _plain(layer, "post_attn_dp", _identity)
         _plain(layer, "post_fc_dp", _identity)
-    logits = DecodeLinear(model.fc_out)
+    logits = linear(model.fc_out)
     _plain(model, "fc_out", logits)
+    for part in (model.attn_stack, model.norm, model.fc_in):  # the rest of the layers, not the VQ-VAE
+        part.to(dtype)
     model.decode_linears = [*linears, logits]
-    rowwise = model.fc_in.weight.dtype == torch.float32 and model.fc_in.weight.device.type == "cpu" and \
+    model.decode_precision = precision
+    rowwise = precision == "float32" and model.fc_in.weight.device.type == "cpu" and \
         all(m.weight_t.numel() * m.weight_t.element_size() <= ROWWISE_BYTES for m in model.decode_linears)
     for m in model.decode_linears:
         m.rowwise = rowwise
@@ -242,6 +254,7 @@ class RowTables:
     frames' cross-attention keys and values and whether it has frames, its aligned frame features."""
 
     def __init__(self, model: VideoGPT, rows: int, device: torch.device, dtype: torch.dtype):
+        self.dtype = dtype
         c = model.config
         dim, seq_len = c.hidden_dim, math.prod(model.latent_shape)
         self.norms: dict[tuple[int | None, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -270,6 +283,7 @@ class RowTables:
     @torch.no_grad()
     def write(self, model: VideoGPT, rows: slice, cond: Conditioning) -> None:
         """Fill rows with the tables of cond (a batch of as many samples)."""
+        cond = cond.to(self.dtype)
         norm_inputs = (cond.class_onehot, cond.frames_summary)
         modules = {(i, name): getattr(layer, name) for i, layer in enumerate(model.attn_stack.attn_nets)
                    for name in NORMS if hasattr(layer, name)}
@@ -331,8 +345,11 @@ class DecodeContext:
         self.bias = decoder.read_bias.index_select(0, positions)[:, None, None, :length]
         self.key_offsets = (decoder.key_base[:self.active] + positions[:, None]).flatten()
         self.value_offsets = (decoder.value_base[:self.active] + positions[:, None]).flatten()
-        self.keys_read = decoder.keys[:, :self.active, :, :, :length]
-        self.values_read = decoder.values[:, :self.active, :, :length]
+        if decoder.sparse:  # which entries each row reads, gathered from its cache row
+            self.read_index = decoder.read_index.index_select(0, positions)[:, :length]
+        else:
+            self.keys_read = decoder.keys[:, :self.active, :, :, :length]
+            self.values_read = decoder.values[:, :self.active, :, :length]
 
     def normalize(self, norm: LayerNorm, x: torch.Tensor, index: int | None) -> torch.Tensor:
         return LayerNorm.normalize(x, *self.views.norms[norm.table_key])
@@ -347,8 +364,15 @@ class DecodeContext:
         active = self.active
         self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k[:active].reshape(-1))
         self.decoder.flat_values[index].index_copy_(0, self.value_offsets, v[:active].reshape(-1, v.shape[-1]))
-        heads = attend_cache(q[:active], self.keys_read[index], self.values_read[index], self.bias)
-        return pad_rows(heads, self.count)
+        if self.decoder.sparse:
+            keys_t, values = self.decoder.keys[index, :active], self.decoder.values[index, :active]
+            rows, heads, d_k, _ = keys_t.shape
+            length = self.read_index.shape[1]
+            keys_t = keys_t.gather(3, self.read_index[:, None, None, :].expand(rows, heads, d_k, length))
+            values = values.gather(2, self.read_index[:, None, :, None].expand(rows, heads, length, values.shape[-1]))
+        else:
+            keys_t, values = self.keys_read[index], self.values_read[index]
+        return pad_rows(attend_cache(q[:active], keys_t, values, self.bias), self.count)
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
         views = self.views if self.prefill else self.live
@@ -365,11 +389,12 @@ class DecodeContext:
 class RowDecoder:
     """Up to `rows` sequences of one prior decoded together, each at its own position (see the module)."""
 
-    def __init__(self, gpt: VideoGPT, rows: int, cuda_graph: bool | None = None):
-        self.model = prepare_decoding(gpt)
+    def __init__(self, gpt: VideoGPT, rows: int, cuda_graph: bool | None = None, precision: str | None = None):
+        """precision: the decoding precision (default: the prior's decode_precision, else float32)."""
+        self.model = prepare_decoding(gpt, precision or getattr(gpt, "decode_precision", "float32"))
         c, weight = self.model.config, self.model.fc_in.weight
         self.device, self.dtype = weight.device, weight.dtype
-        self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
+        self.cuda_graph = self.device.type == "cuda" and CUDA_GRAPHS if cuda_graph is None else cuda_graph
         # Steps compute whole tiles of rows: the same tile for every decoder of this model on this machine,
         # whatever its size, so a seed gives the same codes in a one-sample `sample` as in a worker's engine.
         self.tile = 1 if self.cuda_graph else row_tile(self.model)
@@ -386,14 +411,18 @@ class RowDecoder:
         self._views: dict[tuple[int, int], RowViews] = {}
         self.mask = causal_mask(self.model.latent_shape, c.attn_type, c.sparse_block_size,
                                 c.sparse_local_blocks).to(self.device)
-        # What a step adds to its scores (0 where a position may read, -inf elsewhere), and where in the
-        # flattened caches each place's entries of position 0 are (a step adds its rows' positions).
+        # What a step adds to its scores (0 where a position may read, -inf elsewhere; sparse: over what it
+        # gathers), and where in the flattened caches each place's entries of position 0 are (a step adds
+        # its rows' positions).
         self.read_bias = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
             ~self.mask, float("-inf"))
         heads_of = torch.arange(rows, device=self.device)[:, None] * c.heads + torch.arange(c.heads, device=self.device)
         self.key_base = ((heads_of[..., None] * attn.d_k + torch.arange(attn.d_k, device=self.device))
                          * self.seq_len).flatten(1)
         self.value_base = heads_of * self.seq_len
+        self.sparse = c.attn_type == "sparse"
+        if self.sparse:
+            self._sparse_reads()
         self.tables = RowTables(self.model, rows, self.device, self.dtype)
         with torch.no_grad():  # code -> input feature, once; the last entry is the start-of-sequence vector
             features = self.model.fc_in(self.model.vqvae.codebook.embeddings.to(self.dtype))
@@ -406,6 +435,32 @@ class RowDecoder:
         self.ids: list[int] = []  # the id of the row at each active place
         self._next_id = 0
         self._graph: Callable[[], torch.Tensor] | None = None
+
+    def _sparse_reads(self) -> None:
+        """Sparse attention reads a few blocks (the local window and the strided ones), not the prefix: each
+        position's readable positions in order (`read_index`, padded to a multiple of the read chunk), how
+        many (`read_counts`), and the scores' bias over them (0, then -inf for the padding)."""
+        reads = [row.nonzero().flatten() for row in self.mask.cpu()]
+        self.read_counts = torch.tensor([len(r) for r in reads], device=self.device)
+        width = self.chunk * math.ceil(int(self.read_counts.max()) / self.chunk)
+        index = torch.zeros(self.seq_len, width, dtype=torch.long)
+        bias = torch.full((self.seq_len, width), float("-inf"), dtype=self.dtype)
+        for position, read in enumerate(reads):
+            index[position, :len(read)] = read
+            bias[position, :len(read)] = 0
+        self.read_index, self.read_bias = index.to(self.device), bias.to(self.device)
+
+    def read_length(self, positions: torch.Tensor) -> int:
+        """How many cached entries a step of rows at these positions reads (a multiple of the read chunk)."""
+        furthest = int((self.read_counts[positions] if self.sparse else positions + 1).max())
+        width = self.read_index.shape[1] if self.sparse else self.seq_len
+        return min(width, self.chunk * math.ceil(furthest / self.chunk))
+
+    def mean_read(self, rows: int = 1) -> float:
+        """The entries a row reads per step, on average over a video (rows in step: the furthest sets it)."""
+        positions = torch.arange(self.seq_len, device=self.device)
+        counts = self.read_counts if self.sparse else positions + 1
+        return float((self.chunk * torch.ceil(counts / self.chunk)).mean())
 
     def views(self, rows: slice) -> RowViews:
         key = (rows.start, rows.stop)
@@ -496,14 +551,17 @@ class RowDecoder:
                 self._graph = self._capture()
             return self._graph()[:self.active]
         count = self.tile * math.ceil(self.active / self.tile)
-        furthest = int(self.positions[:count].max()) + 1
-        length = min(self.seq_len, self.chunk * math.ceil(furthest / self.chunk))
-        return self._step(count, length, self.active)[:self.active]
+        return self._step(count, self.read_length(self.positions[:self.active]), self.active)[:self.active]
 
     @torch.no_grad()
     def step_full(self) -> torch.Tensor:
         """`step` as the CUDA graph captures it: every row over the whole cache, shapes that never change."""
-        return self._step(self.positions.shape[0], self.seq_len)[:self.active]
+        return self._step(self.positions.shape[0], self.full_read)[:self.active]
+
+    @property
+    def full_read(self) -> int:
+        """The entries every step reads when shapes must not change (the CUDA graph)."""
+        return self.read_index.shape[1] if self.sparse else self.seq_len
 
     def _step(self, count: int, length: int, active: int | None = None) -> torch.Tensor:
         """Rows [0, count) through the model reading `length` cached positions, the first `active` of them
@@ -530,7 +588,7 @@ class RowDecoder:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self._step(self.positions.shape[0], self.seq_len)
+            logits = self._step(self.positions.shape[0], self.full_read)
         self.positions.copy_(saved)
 
         def replay() -> torch.Tensor:

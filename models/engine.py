@@ -98,9 +98,10 @@ LATER_FRAMES = ("generated", "original")
 
 class DecodeEngine:
     def __init__(self, gpt: VideoGPT, slots: int, cuda_graph: bool | None = None, stride: int | None = None,
-                 later_frames: str = "generated"):
+                 later_frames: str = "generated", precision: str | None = None):
         """stride: latent time steps each window after the first adds (default: half the model's t);
-        later_frames: what conditions a frames sample's later windows (see the module)."""
+        later_frames: what conditions a frames sample's later windows (see the module); precision: of the
+        decoding (default: the prior's decode_precision, set by load_gpt; else float32)."""
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise InputError(f"an engine needs at least one slot, got {slots!r}")
         t = gpt.latent_shape[0]
@@ -112,10 +113,12 @@ class DecodeEngine:
         self.later_frames = later_frames
         self.gpt, self.slots = gpt, slots
         self.device = gpt.fc_in.weight.device
-        self.main = RowDecoder(gpt, slots, cuda_graph)
+        self.main = RowDecoder(gpt, slots, cuda_graph, precision)
         guide = getattr(gpt, "class_guide", None)
         # Each sample may take two rows of the class guide's prior, and up to `slots` samples run at once.
-        self.guide = RowDecoder(guide.prior, 2 * slots, cuda_graph) if guide is not None else None
+        guide_precision = precision or getattr(gpt, "decode_precision", None)
+        self.guide = RowDecoder(guide.prior, 2 * slots, cuda_graph, guide_precision) \
+            if guide is not None else None
         self.live: dict[int, _Live] = {}
         self._next = 0
         self._plan: _Plan | None = None

@@ -259,6 +259,12 @@ class Conditioning:
             return branch
         return branch * self.frames_present.view(-1, *(1,) * (branch.dim() - 1)).to(branch.dtype)
 
+    def to(self, dtype: torch.dtype) -> Conditioning:
+        """The floating-point tensors cast to dtype (frames_present stays bool)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Conditioning(**{name: value if value is None or not value.is_floating_point() else value.to(dtype)
+                               for name, value in values.items()})
+
     def row(self, i: int) -> Conditioning:
         """The conditioning of sample i alone (a batch of one)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -29,7 +29,7 @@ def forced_step_logits(gpt, codes, labels, frames, static=False, frames_present=
     """Per-step logits of the cached decoder made to emit `codes` (static: the CUDA-graph form of the step,
     every row over the whole cache), with spare rows the decoder may compute beside them."""
     batch = codes.shape[0]
-    decoder = RowDecoder(gpt, batch + spare_rows, cuda_graph=False)
+    decoder = RowDecoder(gpt, batch + spare_rows, cuda_graph=False)  # in the prior's decode_precision
     decoder.admit(gpt.condition(labels, frames, batch, frames_present), batch)
     flat = codes.flatten(1)
     steps = []
@@ -185,12 +185,14 @@ def test_seeds_of_a_request_are_distinct_streams():
     assert math.isclose(float(u.mean()), 0.5, abs_tol=0.1)
 
 
-def test_bfloat16_sampling_runs_and_tracks_float32(fixture_models):
-    """The reduced-precision path (the GPU option) on CPU: same arithmetic, bf16 tensors."""
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_reduced_precision_sampling_runs_and_tracks_float32(fixture_models, precision):
+    """The reduced decoding precisions on CPU: the same layers, bfloat16 activations and cache."""
     import copy
 
     gpt = fixture_models["gpt_classcond_full"]
-    half = copy.deepcopy(gpt).to(torch.bfloat16)
+    half = copy.copy(gpt)
+    half.decode_precision = precision
     codes = sample(half, 2, class_labels=[1, 2], seed=5)
     assert codes.shape == (2, 4, 8, 8) and 0 <= int(codes.min()) and int(codes.max()) < gpt.n_codes
     labels = torch.tensor([1, 2])

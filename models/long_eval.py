@@ -1,0 +1,197 @@
+"""How good long videos are, and how steady any video is: measured with the evaluation classifier and pixels.
+
+- per 16-frame window of a long video: the classifier's agreement with the digit asked for (class) or
+  given (frames), and the motion (mean centroid displacement, pixels per frame);
+- seams: the mean frame-to-frame pixel change across the boundaries where a generation window's new frames
+  begin, over the mean change between the other frames;
+- colour: each window's dominant hue against the first window's (within 20 degrees);
+- digit stability: the share of frames whose digit (by a frame recognizer, a 2D classifier of single frames:
+  0.99 on real videos, where the video classifier on a frame held still reads 0.95) is the video's majority
+  digit; colour purity: the share of lit pixels within 20 degrees of the dominant hue.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from media import write_png
+
+from .classifier import VideoClassifier
+from .data import MovingDigits, MovingDigitsSpec
+from .evaluation import motion_stats
+from .gpt import VideoGPT
+from .sampling import sample
+
+HUE_TOLERANCE_DEG = 20.0
+LIT = 0.25  # a pixel is lit (part of the digit) when its brightest channel is above this, in [0, 1]
+
+
+def hues(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hue in degrees (B, T, H, W) of video (B, 3, T, H, W) in [-0.5, 0.5], and which pixels are lit."""
+    rgb = (video.clamp(-0.5, 0.5) + 0.5).movedim(1, -1)  # (B, T, H, W, 3) in [0, 1]
+    top, top_idx = rgb.max(dim=-1)
+    low = rgb.min(dim=-1).values
+    span = (top - low).clamp_min(1e-6)
+    r, g, b = rgb.unbind(-1)
+    hue = torch.where(top_idx == 0, ((g - b) / span) % 6, torch.where(top_idx == 1, (b - r) / span + 2,
+                                                                     (r - g) / span + 4)) * 60.0
+    return hue % 360.0, top > LIT
+
+
+def dominant_hue(hue: torch.Tensor, lit: torch.Tensor) -> torch.Tensor:
+    """Per item of hue/lit (B, ...): the circular mean hue of the lit pixels (degrees; NaN when none is lit)."""
+    rad = torch.deg2rad(hue) * lit
+    weight = lit.flatten(1).sum(dim=1).clamp_min(1)
+    x = torch.cos(rad).mul(lit).flatten(1).sum(dim=1) / weight
+    y = torch.sin(rad).mul(lit).flatten(1).sum(dim=1) / weight
+    angle = torch.rad2deg(torch.atan2(y, x)) % 360.0
+    return torch.where(lit.flatten(1).any(dim=1), angle, torch.full_like(angle, float("nan")))
+
+
+def hue_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Angular distance in degrees (0..180)."""
+    d = (a - b).abs() % 360.0
+    return torch.minimum(d, 360.0 - d)
+
+
+def colour_purity(video: torch.Tensor) -> torch.Tensor:
+    """Per video: the share of lit pixels whose hue is within 20 degrees of the video's dominant hue."""
+    hue, lit = hues(video)
+    dominant = dominant_hue(hue, lit)
+    close = (hue_distance(hue, dominant.view(-1, 1, 1, 1)) <= HUE_TOLERANCE_DEG) & lit
+    return close.flatten(1).sum(dim=1) / lit.flatten(1).sum(dim=1).clamp_min(1)
+
+
+@torch.no_grad()
+def frame_digits(recognizer: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Per frame (B, T): the digit a frame recognizer (B, 3, H, W) -> logits reads off each frame."""
+    b, _, t, h, w = video.shape
+    frames = video.clamp(-0.5, 0.5).permute(0, 2, 1, 3, 4).reshape(b * t, 3, h, w)
+    digits = torch.cat([recognizer(frames[i:i + 512]).argmax(dim=1) for i in range(0, b * t, 512)])
+    return digits.view(b, t)
+
+
+def digit_stability(recognizer: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Per video: the share of frames whose digit (by a frame recognizer) is the video's majority digit."""
+    digits = frame_digits(recognizer, video)
+    majority = torch.mode(digits, dim=1).values
+    return (digits == majority[:, None]).float().mean(dim=1)
+
+
+@torch.no_grad()
+def window_figures(classifier: VideoClassifier, video: torch.Tensor, wanted: torch.Tensor | None, glyph: int,
+                   window: int = 16) -> dict:
+    """Agreement and motion per `window`-frame window of videos (B, 3, T, H, W), and the hue drift."""
+    windows = video.shape[2] // window
+    agreement, motion, hue_kept = [], [], []
+    first_hue = None
+    for k in range(windows):
+        part = video[:, :, k * window:(k + 1) * window].clamp(-0.5, 0.5)
+        if wanted is not None:
+            predicted = torch.cat([classifier(part[i:i + 64]).argmax(dim=1) for i in range(0, len(part), 64)])
+            agreement.append(float((predicted == wanted).float().mean()))
+        motion.append(float(motion_stats(part, glyph)[0].mean()))
+        dominant = dominant_hue(*hues(part))
+        first_hue = dominant if first_hue is None else first_hue
+        hue_kept.append(float((hue_distance(dominant, first_hue) <= HUE_TOLERANCE_DEG).float().mean()))
+    figures = {"windows": windows, "motion_px_per_frame": [round(m, 3) for m in motion],
+               "hue_within_20deg_of_first_window": [round(h, 3) for h in hue_kept]}
+    if wanted is not None:
+        figures["classifier_agreement"] = [round(a, 3) for a in agreement]
+    return figures
+
+
+def seam_ratio(video: torch.Tensor, first: int, stride: int) -> float:
+    """Mean frame-to-frame change across generation-window boundaries (frames first, first + stride, ...)
+    over the mean change between all other consecutive frames."""
+    change = (video[:, :, 1:] - video[:, :, :-1]).abs().mean(dim=(0, 1, 3, 4))  # (T - 1,): t -> t + 1
+    boundary = torch.zeros_like(change, dtype=torch.bool)
+    for start in range(first, video.shape[2], stride):
+        boundary[start - 1] = True  # the change into the window's first new frame
+    return float(change[boundary].mean() / change[~boundary].mean())
+
+
+@torch.no_grad()
+def generate_long(gpt: VideoGPT, frames: int, n: int, batch: int, seed: int, guidance: float,
+                  stride: int | None = None, **cond: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+    """n videos of `frames` frames, and the seconds their sampling took."""
+    per_step = gpt.vqvae.config.downsample[0]
+    videos, seconds = [], 0.0
+    for start in range(0, n, batch):
+        size = min(batch, n - start)
+        part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
+        t0 = time.perf_counter()
+        codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
+                       time_steps=frames // per_step, window_stride=stride, **part)
+        seconds += time.perf_counter() - t0
+        videos.append(gpt.vqvae.decode_long(codes).clamp(-0.5, 0.5).cpu())
+    return torch.cat(videos), seconds
+
+
+def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, recognizer: torch.nn.Module,
+                  spec: MovingDigitsSpec, lengths: tuple[int, ...] = (64, 128), n: int = 100, batch: int = 25,
+                  seed: int = 0,
+                  guidance: dict[str, float] | None = None, stride: int | None = None,
+                  sheet_path: str | Path | None = None, log=print) -> dict:
+    """The long-video report for the class and frames modes of `models` (mode -> prior)."""
+    guidance = guidance or {}
+    test = MovingDigits("test", length=n, seed=seed + 7, spec=spec)
+    real = torch.stack([test[i]["video"] for i in range(n)])
+    labels = torch.stack([test[i]["label"] for i in range(n)])
+    glyph = 8 * spec.scale
+    report, rows = {"n_per_length": n, "window_frames": spec.frames}, []
+    for mode, gpt in models.items():
+        if mode not in ("class", "frames"):
+            continue
+        vq = gpt.vqvae.config
+        t = vq.latent_shape[0]
+        step_stride = stride or max(1, t // 2)
+        cond = ({"class_labels": torch.arange(n) % gpt.config.class_cond_dim} if mode == "class" else
+                {"cond_frames": real[:, :, :gpt.config.n_cond_frames]})
+        wanted = cond["class_labels"] if mode == "class" else labels
+        _, native_s = generate_long(gpt, vq.sequence_length, min(n, batch), batch, seed, guidance.get(mode, 1.0),
+                                    **{k: v[:batch] for k, v in cond.items()})
+        section = {"stride_latent_steps": step_stride, "stride_frames": step_stride * vq.downsample[0]}
+        for frames in lengths:
+            videos, seconds = generate_long(gpt, frames, n, batch, seed, guidance.get(mode, 1.0), step_stride, **cond)
+            figures = window_figures(classifier, videos, wanted, glyph, spec.frames)
+            extra = (frames - vq.sequence_length) / spec.frames
+            per_batch = seconds * min(n, batch) / n
+            figures.update({
+                "seam_ratio": round(seam_ratio(videos, vq.sequence_length, step_stride * vq.downsample[0]), 3),
+                "digit_stability": round(float(digit_stability(recognizer, videos).mean()), 3),
+                "colour_purity": round(float(colour_purity(videos).mean()), 3),
+                "seconds_per_extra_16_frames_over_first_16": round((per_batch - native_s) / extra / native_s, 3),
+            })
+            section[f"{frames}_frames"] = figures
+            log(f"{mode} {frames} frames: {figures}")
+            rows.append(_long_row(videos[0], spec.frames // 2))
+        report[mode] = section
+    if sheet_path is not None and rows:
+        width = max(r.shape[1] for r in rows)
+        sheet = np.concatenate([np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0))) for r in rows])
+        scale = max(1, math.ceil(1024 / width))
+        write_png(sheet.repeat(scale, axis=0).repeat(scale, axis=1), sheet_path)
+    return report
+
+
+def _long_row(video: torch.Tensor, every: int) -> np.ndarray:
+    """One video's frames 0, every, 2 * every, ... side by side, 2 px gaps."""
+    v = ((video.clamp(-0.5, 0.5) + 0.5) * 255).round().to(torch.uint8)[:, ::every].permute(1, 2, 3, 0).numpy()
+    t, h, w, _ = v.shape
+    row = np.full((h, t * (w + 2), 3), 40, dtype=np.uint8)
+    for i in range(t):
+        row[:, i * (w + 2): i * (w + 2) + w] = v[i]
+    return row
+
+
+def quality_figures(recognizer: torch.nn.Module, videos: torch.Tensor) -> dict:
+    """Digit stability and colour purity of native-length videos (the eval report's steadiness figures)."""
+    return {"digit_stability": float(digit_stability(recognizer, videos).mean()),
+            "colour_purity": float(colour_purity(videos).mean())}
+
