@@ -63,7 +63,8 @@ class LocalStorage:
 
     def verify(self, key: str, expires: int, sig: str, now: float | None = None) -> str | None:
         """None when the URL is good, else why it is refused."""
-        if not hmac.compare_digest(self.signature(key, expires), sig):
+        # Bytes, not str: compare_digest refuses str holding non-ASCII characters (a TypeError, not a mismatch).
+        if not hmac.compare_digest(self.signature(key, expires).encode(), sig.encode("utf-8", "surrogatepass")):
             return "the URL's signature does not match"
         if (now if now is not None else time.time()) > expires:
             return "the URL has expired"

@@ -1,18 +1,27 @@
-"""Schemathesis against the gateway's own OpenAPI schema: no 5xx, every response matches the schema."""
+"""Schemathesis against the gateway's own OpenAPI schema: no 5xx, every response matches the schema.
+
+Two searches: a fixed one (the same cases every run) and one whose seed changes with every run, so that each
+run also looks where earlier ones did not; a failure names its seed, and FUZZ_SEED=<seed> replays it.
+"""
 
 from __future__ import annotations
+
+import os
+import random
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from service_stack import serving, write_bundle
 
 from service.auth import hash_key
 
-EXAMPLES_PER_OPERATION = 40
 KEY = "fuzzer-api-key"
+RUN_SEED = int(os.environ.get("FUZZ_SEED") or random.SystemRandom().randrange(2**32))
+SEARCHES = {"fixed": (None, 40), "this-run": (RUN_SEED, 150)}  # (seed, examples per operation)
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +32,15 @@ def stack(tmp_path_factory):
         yield s
 
 
-def test_gateway_conforms_to_its_schema(stack):
+@pytest.mark.parametrize("search", SEARCHES)
+def test_gateway_conforms_to_its_schema(stack, search):
+    seed, examples = SEARCHES[search]
     api = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
     counted = {}
     failures = []
     def fuzz(operation, label):
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
+        @settings(max_examples=examples, deadline=None, derandomize=seed is None, database=None,
                   suppress_health_check=list(HealthCheck))
         def run(case):
             counted[label] += 1
@@ -38,7 +49,7 @@ def test_gateway_conforms_to_its_schema(stack):
             case.call_and_validate(base_url=stack.url, timeout=30, excluded_checks=[positive_data_acceptance],
                                    headers={"Authorization": f"Bearer {KEY}"})
 
-        run()
+        (run if seed is None else hypothesis_seed(seed)(run))()
 
     for result in api.get_all_operations():
         operation = result.ok()
@@ -48,8 +59,10 @@ def test_gateway_conforms_to_its_schema(stack):
             fuzz(operation, label)
         except Exception as exc:  # collect every operation's failure, then report them all
             failures.append(f"{label}: {exc}")
-    print(f"schemathesis: {sum(counted.values())} cases over {len(counted)} operations: {counted}")
-    assert not failures, "\n\n".join(failures)
+    replay = "" if seed is None else f" (seed {seed}: FUZZ_SEED={seed} replays this search)"
+    print(f"schemathesis, {search} search{replay}: {sum(counted.values())} cases over {len(counted)} operations: "
+          f"{counted}")
+    assert not failures, f"{search} search{replay}:\n" + "\n\n".join(failures)
     assert len(counted) >= 9 and sum(counted.values()) >= 100
 
 
