@@ -86,5 +86,9 @@ class JobQueue:
         return self._rq(model).key
 
     def depth(self, model: str) -> int:
-        """How many entries wait in model's queue."""
+        """How many entries wait in model's queue (JobStore.queued_count counts only those of queued jobs)."""
         return self._rq(model).count
+
+    def entries(self, model: str) -> list[Entry]:
+        """The entries waiting in model's queue, head first."""
+        return [Entry.parse(rq_id) for rq_id in self._rq(model).get_job_ids()]

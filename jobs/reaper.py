@@ -6,6 +6,10 @@ gateway) runs the reaper now and then; a Redis lock lets one at a time scan:
   else failed with code `worker_lost`; a cancel asked for meanwhile makes them canceled.
 - queued jobs that sat for a while and are not on their queue: taken off it by a worker that died before
   claiming them. Requeued (a second queue entry would be harmless: only one claim can win).
+- queued jobs of a model that is gone (no worker served it for model_ttl_s, so its catalog entry expired):
+  failed with code `no_worker`, as nothing will ever run them.
+- queue entries that carry no queued job (canceled, ended or expired jobs): taken off their queue, so that
+  queue lengths (what an autoscaler watches) count only jobs that wait.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 import uuid
 
+from .catalog import Catalog
 from .connection import as_text
 from .settings import ServiceSettings
 from .storage import Storage
@@ -29,6 +34,7 @@ class Reaper:
 
     def __init__(self, jobs: JobStore, settings: ServiceSettings, storage: Storage | None = None):
         self.jobs, self.settings, self.storage = jobs, settings, storage
+        self.catalog = Catalog(jobs.redis, settings.namespace, settings.model_ttl_s)
         self.lock_key = f"{settings.namespace}:reaper-lock"
         self.token = uuid.uuid4().hex
         self.last = 0.0
@@ -50,14 +56,19 @@ class Reaper:
 
     def reap(self, now: float | None = None) -> dict[str, int]:
         now = time.time() if now is None else now
-        counts = {"requeued": 0, "failed": 0, "canceled": 0, "stranded": 0}
+        counts = {"requeued": 0, "failed": 0, "canceled": 0, "stranded": 0, "no_worker": 0, "purged": 0}
         for raw in self.jobs.redis.zrangebyscore(self.jobs.running_index, "-inf", now):
             outcome = self._reap_running(as_text(raw))
             if outcome:
                 counts[outcome] += 1
+        names = self.catalog.names()
+        self.catalog.forget_expired()
         for raw in self.jobs.redis.zrangebyscore(self.jobs.queued_index, "-inf", now - STRANDED_AFTER_S):
-            if self._reap_queued(as_text(raw), now):
-                counts["stranded"] += 1
+            outcome = self._reap_queued(as_text(raw), now)
+            if outcome:
+                counts[outcome] += 1
+        for name in names:
+            counts["purged"] += self.jobs.purge_queue(name)
         return counts
 
     def _reap_running(self, job_id: str) -> str | None:
@@ -82,17 +93,26 @@ class Reaper:
                     self.settings.max_attempts, extra={"job_id": job_id})
         return "requeued"
 
-    def _reap_queued(self, job_id: str, now: float) -> bool:
-        """A job queued for a while: requeued (True) if its queue entry is gone."""
+    def _reap_queued(self, job_id: str, now: float) -> str | None:
+        """A job queued for a while: failed if its model is gone ("no_worker"), requeued if its queue entry is
+        gone ("stranded"), else left waiting (None)."""
         jobs = self.jobs
         record = jobs.get(job_id)
         if record is None or record["status"] != "queued":
             jobs.redis.zrem(jobs.queued_index, job_id)
-            return False
-        if jobs.queue.is_queued(record["model"], record.get("rq_id", "")):
+            return None
+        model = record["model"]
+        if self.catalog.model(model) is None:
+            message = (f"no worker served model {model!r} for {self.settings.model_ttl_s:g} s (VGS_MODEL_TTL_S), "
+                       "so the model was dropped; start a worker that serves it and submit the job again")
+            if not jobs.end_queued(job_id, "failed", "no_worker", message):
+                return None
+            log.warning("job %s failed: %s", job_id, message, extra={"job_id": job_id})
+            return "no_worker"
+        if jobs.queue.is_queued(model, record.get("rq_id", "")):
             jobs.redis.zadd(jobs.queued_index, {job_id: now})  # waiting its turn: look again later
-            return False
-        if not jobs.requeue(job_id, record["model"], ("queued",)):
-            return False
+            return None
+        if not jobs.requeue(job_id, model, ("queued",)):
+            return None
         log.warning("job %s was off its queue while queued; requeued", job_id, extra={"job_id": job_id})
-        return True
+        return "stranded"

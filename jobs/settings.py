@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def list_setting(value: Any) -> Any:
+    """A list from the environment: a JSON list, or plain values separated by commas (one value alone too)."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 class ServiceSettings(BaseSettings):
@@ -27,22 +39,29 @@ class ServiceSettings(BaseSettings):
     max_concurrent_jobs: int = Field(16, ge=0, description="queued or running jobs per key (0: no limit)")
     max_queue_depth: int = Field(1000, ge=1, description="queued jobs in all; past it, 503 with Retry-After")
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body")
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS (none: CORS off)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="origins allowed by CORS (none: CORS off)")
     webhook_secret: str = Field("change-me-too", min_length=8, description="HMAC key of webhook signatures")
-    webhook_allow: list[str] = Field(default_factory=list, description="webhook hosts, IPs or networks allowed "
-                                     "although loopback/private/link-local (e.g. [\"127.0.0.1\"])")
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="webhook hosts, IPs or networks allowed although loopback/private/"
+                                          "link-local (comma-separated, e.g. 127.0.0.1,10.0.0.0/8)")
     webhook_max_attempts: int = Field(6, ge=1, description="deliveries of one event before giving up")
     webhook_backoff_s: float = Field(1.0, gt=0, description="first retry delay; doubled at each retry")
 
     # Gateway
     public_url: str = Field("http://127.0.0.1:8000", description="base of the URLs handed to clients")
-    default_model: str | None = Field(None, description="model of requests that name none (default: the first)")
+    default_model: str | None = Field(None, description="models of requests that name none, comma-separated: the "
+                                      "first that does the request's mode (else the first by name that a live "
+                                      "worker serves; videogpt-serve up sets its bundles')")
     max_samples: int = Field(8, ge=1, description="most samples one request may ask for")
     max_cond_frames_bytes: int = Field(6 * 1024 * 1024, ge=1024, description="decoded size of a data URI")
     max_decoded_frames: int = Field(64, ge=1, description="frames a conditioning file may hold")
     max_decoded_pixels: int = Field(4096 * 4096, ge=1, description="width x height of a conditioning file")
     decode_timeout_s: float = Field(10.0, gt=0, description="longest a conditioning file may take to decode")
     job_ttl_s: int = Field(24 * 3600, ge=60, description="how long job records and output files are kept")
+    model_ttl_s: float = Field(600.0, gt=0, description="how long a model stays listed (requests for it queued, "
+                                                        "with a warning) after its last worker went; then it is "
+                                                        "dropped and its queued jobs fail (no_worker)")
 
     # Storage of outputs: "local" (a directory the gateway serves) or "s3".
     storage: str = Field("local", pattern="^(local|s3)$", description="local (served by the gateway) or s3")
@@ -56,9 +75,9 @@ class ServiceSettings(BaseSettings):
     s3_secret_key: str | None = Field(None, description="S3 credentials (empty: boto3's own lookup)")
 
     # Workers
-    bundles: list[Path] = Field(default_factory=lambda: [Path("weights/moving-digits"),
-                                                         Path("weights/moving-digits-frames")],
-                                description="bundle directories a worker loads at start")
+    bundles: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("weights/moving-digits"), Path("weights/moving-digits-frames")],
+        description="bundle directories a worker loads at start (comma-separated, or a JSON list)")
     device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
     batching: str = Field("continuous", pattern="^(continuous|static)$",
                           description="continuous: jobs join and leave a running engine at every step; static: "
@@ -76,6 +95,8 @@ class ServiceSettings(BaseSettings):
     job_timeout_s: float = Field(600.0, gt=0, description="longest a job may run; past it, failed (timeout)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     metrics_port: int = Field(9100, ge=0, le=65535, description="worker: port of its /metrics (0: none)")
+
+    _lists = field_validator("cors_origins", "webhook_allow", "bundles", mode="before")(list_setting)
 
 
 @lru_cache(maxsize=1)

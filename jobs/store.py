@@ -178,17 +178,49 @@ class JobStore:
                              client=pipe)
         pipe.execute()
 
+    def end_queued(self, job_id: str, status: str, code: str, message: str) -> bool:
+        """End a job that is still queued (its queue entry goes too); False if it was not queued."""
+        if not self.end(job_id, status, code, message, allowed=("queued",)):
+            return False
+        record = self.get(job_id)
+        if record is not None:
+            self.queue.remove(record["model"], record.get("rq_id", ""))
+        return True
+
     def request_cancel(self, job_id: str) -> str | None:
         """Cancel: a queued job at once (its queue entry goes too), a running one by flag (its worker
         stops). Returns the new status."""
-        if self.end(job_id, "canceled", "canceled", "canceled before it started", allowed=("queued",)):
-            record = self.get(job_id)
-            if record is not None:
-                self.queue.remove(record["model"], record.get("rq_id", ""))
+        if self.end_queued(job_id, "canceled", "canceled", "canceled before it started"):
             return "canceled"
         self.transition(job_id, ("running",), cancel=1)
         record = self.get(job_id)
         return record["status"] if record else None
+
+    def _live_entries(self, model: str) -> tuple[list[str], list[str]]:
+        """(ids of the queued jobs in model's queue, RQ ids of entries that carry no queued job: canceled,
+        ended or expired jobs, and second entries of one job)."""
+        entries = self.queue.entries(model)
+        pipe = self.redis.pipeline()
+        for entry in entries:
+            pipe.hmget(self.key(entry.job_id), "status", "rq_id")
+        live, dead = [], []
+        for entry, (status, rq_id) in zip(entries, pipe.execute()):
+            if as_text(status) == "queued" and as_text(rq_id) == entry.rq_id:
+                live.append(entry.job_id)
+            else:
+                dead.append(entry.rq_id)
+        return live, dead
+
+    def queued_count(self, model: str) -> int:
+        """How many queued jobs wait in model's queue (entries that carry none are not counted)."""
+        return len(self._live_entries(model)[0])
+
+    def purge_queue(self, model: str) -> int:
+        """Take the entries that carry no queued job off model's queue; returns how many went."""
+        dead = self._live_entries(model)[1]
+        for rq_id in dead:
+            self.queue.remove(model, rq_id)
+        return len(dead)
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.cancels_requested([job_id])[0]

@@ -21,4 +21,6 @@ def job_view(record: dict[str, Any], storage: Storage, url_ttl_s: int) -> dict[s
     view["outputs"] = outputs
     view["metrics"] = record.get("metrics") or {}
     view["attempts"] = record.get("attempts") or 0
+    # A running job asked to cancel stays `running` until its worker stops it (within a second).
+    view["cancel_requested"] = bool(record.get("cancel")) or record.get("status") == "canceled"
     return view

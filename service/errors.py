@@ -30,13 +30,21 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+ECHO_LIMIT = 80  # longest piece of a client's input an error message repeats back
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """text, or its first `limit` characters and how long it was: errors never echo a huge input whole."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, field)
 
 
 def validation_field(loc: tuple) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+    return clip(".".join(parts)) or "body"
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -45,8 +53,14 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":  # its loc holds the character position, not a field
+        where = first.get("loc", ())[-1:]
+        detail = (first.get("ctx") or {}).get("error", "JSON decode error")
+        at = f" at character {where[0]}" if where and isinstance(where[0], int) else ""
+        return invalid("body", f"the request body is not valid JSON: {detail}{at}").response()
     field = validation_field(tuple(first.get("loc", ())))
-    return invalid(field, f"{field}: {first.get('msg', 'invalid')}").response()
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return invalid(field, f"{field}: {message}").response()
 
 
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from jobs.store import new_job_id
 from jobs.webhooks import Deliverer, start_deliverer
 
 from .auth import KeyRing, Principal, can_see
-from .errors import ApiError
+from .errors import ApiError, clip
 from .limits import Limits
 from .requests import body_fingerprint, validate_request
 from .schemas import GenerateRequest
@@ -52,7 +52,7 @@ class Gateway:
     def get_job(self, job_id: str, who: Principal) -> dict[str, Any]:
         record = self.jobs.get(job_id) if len(job_id) <= 64 else None
         if record is None or not can_see(who, record):  # another key's job is as unknown as a missing one
-            raise ApiError(404, "not_found", f"no job {job_id!r} (unknown, or expired)")
+            raise ApiError(404, "not_found", f"no job {clip(repr(job_id))} (unknown, or expired)")
         return record
 
     def submit(self, req: GenerateRequest, idempotency_key: str | None,

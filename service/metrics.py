@@ -48,7 +48,7 @@ class RedisStateCollector:
         try:
             models = self.gateway.catalog.models()
             for name, info in models.items():
-                depth.add_metric([name], self.gateway.jobs.queue.depth(name))
+                depth.add_metric([name], self.gateway.jobs.queued_count(name))  # queued jobs only
                 workers.add_metric([name], info["workers_up"])
             running.add_metric([], self.gateway.redis.zcard(self.gateway.jobs.running_index))
         except Exception:  # Redis away: the scrape still answers, without these series

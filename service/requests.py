@@ -20,7 +20,7 @@ from jobs.webhooks import WebhookRefused, check_webhook_url
 from media import DecodeError, DecodeLimits, pad_frames, read_frames
 from models.limits import MAX_SEED, default_guidance
 
-from .errors import ApiError, invalid
+from .errors import ApiError, clip, invalid
 from .schemas import GenerateRequest
 
 DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
@@ -29,14 +29,25 @@ FRAME_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp"
                "video/quicktime", "application/octet-stream")
 
 
+def default_models(setting: str | None) -> list[str]:
+    """The names in VGS_DEFAULT_MODEL (comma-separated), in order."""
+    return [name.strip() for name in (setting or "").split(",") if name.strip()]
+
+
+def default_for(mode: str | None, models: dict[str, dict], default: str | None) -> str | None:
+    """The model a request without one gets: the first of VGS_DEFAULT_MODEL's models that does `mode`, else
+    the first by name that a live worker serves and does it, else the first by name that does it; with
+    none doing it, the first of those lists (the request is then refused for its mode)."""
+    served = sorted(n for n, m in models.items() if m.get("workers_up"))
+    ranked = [n for n in default_models(default) if n in models] + served + sorted(models)
+    doing = [n for n in ranked if mode in models[n].get("modes", [])]
+    return (doing or ranked or [None])[0]
+
+
 def resolve_model(name: str | None, models: dict[str, dict], default: str | None, mode: str | None = None) -> dict:
-    """The model a request names; with none, the first of: the configured default, a model a live worker
-    serves, any model, taking models that do `mode` before those that do not."""
+    """The model a request names, or the default for its mode (default_for)."""
     if name is None:
-        served = sorted(n for n, m in models.items() if m.get("workers_up"))
-        ranked = ([default] if default in models else []) + served + sorted(models)
-        doing = [n for n in ranked if mode in models[n].get("modes", [])]
-        name = (doing or ranked or [None])[0]
+        name = default_for(mode, models, default)
         if name is None:
             raise ApiError(503, "no_models", "no model is available yet: no worker has announced one",
                            headers={"Retry-After": "5"})
@@ -49,16 +60,16 @@ def resolve_model(name: str | None, models: dict[str, dict], default: str | None
 def class_index(value: int | str, model: dict) -> int:
     names = model.get("class_names") or []
     count = len(names) or model.get("n_classes") or 0
-    if isinstance(value, str) and not value.lstrip("-").isdigit():
+    if isinstance(value, str) and not (value.lstrip("-").isdigit() and len(value) <= 20):
         if value not in names:
             shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-            raise invalid("class_label", f"unknown class name {value!r} for model {model['name']!r}; "
+            raise invalid("class_label", f"unknown class name {clip(repr(value))} for model {model['name']!r}; "
                                          f"its classes are: {shown}")
         return names.index(value)
     index = int(value)
     if not 0 <= index < count:
-        raise invalid("class_label", f"class_label {index} is out of range: model {model['name']!r} has classes "
-                                     f"0-{count - 1}")
+        raise invalid("class_label", f"class_label {clip(str(index))} is out of range: model {model['name']!r} "
+                                     f"has classes 0-{count - 1}")
     return index
 
 

@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from models.limits import MAX_GUIDANCE, MAX_SEED
 
+from .errors import clip
+
 Mode = Literal["unconditional", "class", "frames"]
+MODES: tuple[str, ...] = Mode.__args__
 Status = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-class GenerateRequest(BaseModel):
-    """What to generate. Fields a mode does not use must be left out."""
+def _index_or_name(value: Any) -> Any:
+    """A class label is an integer or a string, nothing else (true is not class 1, 3.5 is no class)."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    shown = clip(json.dumps(value) if isinstance(value, (bool, float, list, dict)) else repr(value))
+    raise ValueError(f"must be a class index (an integer) or a class name (a string), not {shown}")
 
-    model_config = ConfigDict(extra="forbid")
+
+ClassLabel = Annotated[int | str | None, BeforeValidator(_index_or_name)]
+
+
+class GenerateRequest(BaseModel):
+    """What to generate. Fields a mode does not use must be left out. Types are strict: numbers are JSON
+    numbers (not strings or booleans), counts and seeds integers."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = Field(None, max_length=128, description="model name (default: the server's default)")
     mode: Mode = Field(description="unconditional, class (needs class_label) or frames (needs cond_frames)")
-    class_label: int | str | None = Field(None, description="class index or class name (mode class)")
+    class_label: ClassLabel = Field(None, description="class index or class name (mode class)")
     cond_frames: str | None = Field(
         None, description="mode frames: a data URI (data:image/png;base64,...) of a PNG/JPEG image, a GIF or an "
                           "mp4; its first frames condition the model, resized and cropped to its resolution")
@@ -85,6 +101,11 @@ class Job(BaseModel):
     error: ErrorBody | None = None
     metrics: JobMetrics = Field(default_factory=JobMetrics)
     attempts: int = 0
+    cancel_requested: bool = Field(False, description="a cancel was asked for: a queued job is canceled at once, "
+                                                      "a running one stays running until its worker stops it "
+                                                      "(within about a second), then it is canceled")
+    warnings: list[str] = Field(default_factory=list, description="why the job may not make progress, e.g. no "
+                                                                  "worker serving its model is up")
 
 
 class ModelInfo(BaseModel):
@@ -109,4 +130,6 @@ class ModelInfo(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
-    default_model: str | None = None
+    default_model: str | None = Field(None, description="the first model of the server's VGS_DEFAULT_MODEL")
+    defaults: dict[Mode, str] = Field(default_factory=dict, description="the model a request that names none "
+                                                                        "gets now, for each mode some model does")

@@ -3,7 +3,7 @@
 import pytest
 
 from service.errors import ApiError
-from service.requests import request_guidance, resolve_model
+from service.requests import default_for, request_guidance, resolve_model
 from service.schemas import GenerateRequest
 
 MODELS = {
@@ -21,9 +21,23 @@ MODELS = {
     (None, "unconditional", "digits"),
     ("asleep", "frames", "asleep"),  # the configured default first, served or not
     (None, "sideways", "digits"),  # no model does it: the usual order, and the mode check refuses it later
+    ("digits-frames,digits", "frames", "digits-frames"),  # a list: the first of it that does the mode
+    ("digits-frames, digits", "class", "digits"),
+    ("gone,digits-frames", "unconditional", "digits"),  # unknown names are passed over; none does it: served
 ])
 def test_a_request_without_a_model_gets_one_that_does_its_mode(default, mode, expected):
     assert resolve_model(None, MODELS, default, mode)["name"] == expected
+
+
+def test_adding_a_model_changes_nothing_for_the_pinned_defaults():
+    """What `up` does: VGS_DEFAULT_MODEL lists its bundles, so a model served beside them later (here one
+    that sorts first) does not take the requests that name none."""
+    pinned = "digits,digits-frames"
+    before = {mode: default_for(mode, MODELS, pinned) for mode in ("unconditional", "class", "frames")}
+    more = {**MODELS, "another": {"name": "another", "modes": ["unconditional", "class", "frames"], "workers_up": 1}}
+    assert {mode: default_for(mode, more, pinned) for mode in before} == before == {
+        "unconditional": "digits", "class": "digits", "frames": "digits-frames"}
+    assert default_for("unconditional", more, None) == "another"  # unpinned: the first by name a worker serves
 
 
 def test_no_models_is_503_and_an_unknown_name_is_named():

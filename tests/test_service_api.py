@@ -147,6 +147,9 @@ def test_models_health_and_discovery(api):
     assert tiny["class_names"][3] == "three" and tiny["n_cond_frames"] == 1
     assert (tiny["frames"], tiny["resolution"], tiny["fps"], tiny["latent_shape"]) == (4, 16, 4.0, [2, 4, 4])
     assert models["ghost"]["worker_up"] is False
+    defaults = api.get("/v1/models").json()
+    assert defaults["default_model"] == "tiny"
+    assert defaults["defaults"] == {"unconditional": "tiny", "class": "tiny", "frames": "tiny"}
     assert api.get("/healthz").json() == {"status": "ok"}
     assert api.get("/readyz").status_code == 200
     assert api.get("/").json()["endpoints"]["generate"] == "POST /v1/generate"
@@ -178,6 +181,14 @@ def test_models_health_and_discovery(api):
     ({"mode": "unconditional", "colour": "red"}, "colour", "Extra inputs are not permitted"),
     ({"mode": "unconditional", "guidance": 3}, "guidance", "leave it out in mode 'unconditional'"),
     ({"mode": "class", "class_label": 1, "guidance": 21}, "guidance", "less than or equal to 20"),
+    # Strict types: a boolean is no class and no count, a string no number, 3.5 no class index.
+    ({"mode": "class", "class_label": True}, "class_label", "a class index (an integer) or a class name"),
+    ({"mode": "class", "class_label": 3.5}, "class_label", "not 3.5"),
+    ({"mode": "unconditional", "num_samples": "2"}, "num_samples", "valid integer"),
+    ({"mode": "unconditional", "num_samples": True}, "num_samples", "valid integer"),
+    ({"mode": "unconditional", "seed": 1.5}, "seed", "valid integer"),
+    ({"mode": "unconditional", "temperature": "0.9"}, "temperature", "valid number"),
+    ({"mode": "class", "class_label": 1, "guidance": False}, "guidance", "valid number"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 20 else None)
 def test_bad_requests_are_refused_with_the_field_and_nothing_is_queued(api, stack, body, field, text):
     client = stack.redis.client()
@@ -187,6 +198,26 @@ def test_bad_requests_are_refused_with_the_field_and_nothing_is_queued(api, stac
     error = answer.json()["error"]
     assert error["field"] == field and text in error["message"], error
     assert len(list(client.scan_iter("vgs:job:*"))) == jobs_before
+
+
+def test_malformed_json_names_the_body_and_the_position(api):
+    answer = api.post("/v1/generate", content=b'{"mode": "class", ', headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["field"] == "body" and "not valid JSON" in error["message"] and "at character 18" in error["message"]
+
+
+def test_errors_do_not_echo_huge_inputs(api):
+    name = "x" * 100_000
+    error = api.post("/v1/generate", json={"mode": "class", "class_label": name}).json()["error"]
+    assert error["field"] == "class_label" and "unknown class name" in error["message"]
+    assert "(100002 characters)" in error["message"] and len(error["message"]) < 400
+    error = api.post("/v1/generate", json={"mode": "unconditional", "y" * 10_000: 1}).json()["error"]
+    assert len(error["field"]) < 120 and len(error["message"]) < 300
+    error = api.post("/v1/generate", json={"mode": "class", "class_label": "7" * 5000}).json()["error"]
+    assert error["field"] == "class_label" and len(error["message"]) < 400  # digits too long for an index: a name
+    answer = api.get("/v1/jobs/" + "z" * 10_000)
+    assert answer.status_code == 404 and len(answer.json()["error"]["message"]) < 200
 
 
 def test_oversized_frames_and_bodies_are_refused_with_413(api):
@@ -237,6 +268,9 @@ def test_local_output_urls_are_signed_and_expire(api, stack):
     assert expired.status_code == 403 and "expired" in expired.json()["error"]["message"]
     assert httpx.get(url.split("?")[0]).status_code == 422
     assert httpx.get(f"{stack.url}/v1/files/..%2F..%2Fetc%2Fpasswd?expires=9999999999&sig=x").status_code in (403, 404)
+    # What schemathesis found: a signature that is not ASCII is a mismatch, not a 500.
+    odd = httpx.get(f"{stack.url}/v1/files/0?expires=6121&sig=%C3%B7")
+    assert odd.status_code == 403 and "signature" in odd.json()["error"]["message"]
 
 
 def test_local_sweep_deletes_outputs_past_retention(tmp_path):
@@ -258,11 +292,32 @@ def test_unknown_job_is_404_json(api):
     assert api.post("/v1/jobs/doesnotexist/cancel").status_code == 404
 
 
+def ghost_depth(api) -> float:
+    lines = api.get("/metrics").text.splitlines()
+    line = next(line for line in lines if line.startswith('vgs_queue_depth{model="ghost"}'))
+    return float(line.split()[-1])
+
+
+def test_a_job_for_a_model_no_worker_serves_is_queued_with_a_warning(api, stack):
+    before = ghost_depth(api)
+    job = submit(api, mode="unconditional", model="ghost").json()
+    assert ghost_depth(api) == before + 1
+    assert job["status"] == "queued" and job["warnings"]
+    assert "no worker serving model 'ghost' is up" in job["warnings"][0] and "VGS_MODEL_TTL_S" in job["warnings"][0]
+    assert api.get(f"/v1/jobs/{job['id']}").json()["warnings"] == job["warnings"]
+    served = submit(api, mode="unconditional", model="tiny").json()
+    assert served["warnings"] == []
+    api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert api.get(f"/v1/jobs/{job['id']}").json()["warnings"] == [], "only a queued job waits for a worker"
+    assert ghost_depth(api) == before, "a canceled job is not counted as waiting"
+
+
 def test_cancel_a_queued_job_it_never_runs(api, stack):
     job = submit(api, mode="unconditional", model="ghost").json()
     assert job["status"] == "queued"
     canceled = api.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert canceled["status"] == "canceled" and canceled["error"]["code"] == "canceled"
+    assert canceled["cancel_requested"] is True
     time.sleep(0.5)
     assert api.get(f"/v1/jobs/{job['id']}").json()["started_at"] is None
 
@@ -275,7 +330,8 @@ def test_cancel_a_running_job_stops_within_a_second(api):
     time.sleep(0.3)
     assert api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running", "the slow model finished too soon"
     asked = time.monotonic()
-    api.post(f"/v1/jobs/{job['id']}/cancel")
+    answer = api.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert answer["cancel_requested"] is True and answer["status"] in ("running", "canceled")
     while api.get(f"/v1/jobs/{job['id']}").json()["status"] == "running":
         assert time.monotonic() - asked < 1.0, "still running a second after cancel"
         time.sleep(0.02)

@@ -10,6 +10,8 @@ import pytest
 from service_stack import RedisServer, serving, write_bundle
 from test_service_api import submit, wait
 
+from jobs.catalog import Catalog
+from jobs.queue import Entry
 from jobs.reaper import STRANDED_AFTER_S, Reaper
 from jobs.request import JobRequest
 from jobs.settings import ServiceSettings
@@ -63,6 +65,7 @@ def test_cancel_asked_of_a_lost_job_ends_it_canceled(store):
 
 
 def test_a_queued_job_off_its_queue_is_requeued(store):
+    Catalog(store.redis, "vgs").publish_model({"name": "tiny", "modes": ["unconditional"]})
     store.create("j3", request())
     store.create("j4", request())
     rq_id = store.get("j3")["rq_id"]
@@ -72,6 +75,57 @@ def test_a_queued_job_off_its_queue_is_requeued(store):
     assert reaper.reap(now=time.time() + STRANDED_AFTER_S + 1)["stranded"] == 1
     assert store.queue.depth("tiny") == 2 and store.get("j3")["status"] == "queued"
     assert store.get("j3")["rq_id"] != rq_id
+
+
+def test_a_model_without_workers_expires_and_its_queued_jobs_fail(store):
+    settings = ServiceSettings(model_ttl_s=1)
+    catalog = Catalog(store.redis, "vgs", model_ttl_s=settings.model_ttl_s)
+    catalog.publish_model({"name": "mine", "modes": ["unconditional"]})
+    catalog.heartbeat("w1", ["mine"], ttl_s=30)
+    assert catalog.served("mine")
+    catalog.retire("w1")
+    assert not catalog.served("mine") and "mine" in catalog.models(), "still known: a worker may come back"
+    store.create("waits", request(model="mine"))
+    time.sleep(1.2)  # no worker beat for model_ttl_s: the entry expires
+    assert "mine" not in catalog.models()
+    counts = Reaper(store, settings).reap(now=time.time() + STRANDED_AFTER_S + 1)
+    assert counts["no_worker"] == 1
+    record = store.get("waits")
+    assert record["status"] == "failed" and record["error"]["code"] == "no_worker"
+    assert "'mine'" in record["error"]["message"] and "VGS_MODEL_TTL_S" in record["error"]["message"]
+    assert store.queue.depth("mine") == 0 and catalog.names() == []
+
+
+def test_beats_keep_a_model_listed_and_entries_without_a_lifetime_get_one(store):
+    catalog = Catalog(store.redis, "vgs", model_ttl_s=1)
+    catalog.publish_model({"name": "kept", "modes": ["unconditional"]})
+    for _ in range(3):
+        time.sleep(0.5)
+        catalog.heartbeat("w1", ["kept"], ttl_s=30)
+    assert "kept" in catalog.models() and catalog.served("kept")
+    store.redis.delete("vgs:model:kept")  # lost (say, Redis was away longer than the lifetime)
+    catalog.heartbeat("w1", ["kept"], ttl_s=30)
+    assert "kept" in catalog.models(), "a worker announces its model again"
+    old = Catalog(store.redis, "vgs")  # entries written before models expired, as older workers did
+    old.publish_model({"name": "old", "modes": ["unconditional"]})
+    old.publish_model({"name": "old-but-served", "modes": ["unconditional"]})
+    old.heartbeat("w2", ["old-but-served"], ttl_s=30)
+    assert store.redis.pttl("vgs:model:old") == -1
+    catalog.forget_expired()
+    assert 0 < store.redis.pttl("vgs:model:old") <= 1000
+    assert store.redis.pttl("vgs:model:old-but-served") == -1, "not while a worker serves it"
+
+
+def test_queue_depth_counts_only_queued_jobs_and_the_reaper_purges_the_rest(store):
+    Catalog(store.redis, "vgs").publish_model({"name": "tiny", "modes": ["unconditional"]})
+    for job_id in ("a", "b", "c"):
+        store.create(job_id, request())
+    assert store.request_cancel("b") == "canceled"
+    store.queue.put_back("tiny", Entry.parse(store.get("b")["rq_id"]))  # a canceled job's entry back in the list
+    store.queue.put_back("tiny", Entry.parse("expired-0123456789ab"))  # an entry whose record is gone
+    assert store.queue.depth("tiny") == 4 and store.queued_count("tiny") == 2
+    assert Reaper(store, ServiceSettings()).reap()["purged"] == 2
+    assert store.queue.depth("tiny") == 2 and [e.job_id for e in store.queue.entries("tiny")] == ["a", "c"]
 
 
 @pytest.fixture(scope="module")

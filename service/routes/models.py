@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from ..deps import GatewayDep, Who
-from ..schemas import ModelInfo, ModelList
+from ..requests import default_for, default_models
+from ..schemas import MODES, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 
@@ -16,8 +17,12 @@ router = APIRouter(tags=["models"])
 def list_models(who: Who, gw: GatewayDep) -> dict[str, Any]:
     """Every model a worker has announced, and whether a worker serving it is up now."""
     models = []
-    for info in gw.catalog.models().values():
+    known = gw.catalog.models()
+    for info in known.values():
         # Fields a worker of an older version did not announce keep their defaults.
         shown = {k: info[k] for k in ModelInfo.model_fields if k in info and k not in ("worker_up", "workers")}
         models.append({**shown, "worker_up": info["workers_up"] > 0, "workers": info["workers_up"]})
-    return {"models": models, "default_model": gw.settings.default_model}
+    defaults = {mode: default_for(mode, known, gw.settings.default_model) for mode in MODES}
+    return {"models": models, "default_model": (default_models(gw.settings.default_model) or [None])[0],
+            "defaults": {mode: name for mode, name in defaults.items()
+                         if name is not None and mode in known[name].get("modes", [])}}

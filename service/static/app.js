@@ -235,6 +235,10 @@ function render(job) {
   $("current").dataset.status = job.status;
   $("progress").value = job.progress || 0;
   $("cancel").hidden = TERMINAL.includes(job.status);
+  const notes = [...(job.warnings || [])];
+  if (job.cancel_requested && !TERMINAL.includes(job.status)) notes.push("Cancel requested: the worker stops it.");
+  $("job-warnings").textContent = notes.join(" ");
+  $("job-warnings").hidden = notes.length === 0;
   const videos = $("videos");
   if (job.status !== "succeeded") { videos.replaceChildren(); return; }
   if (videos.dataset.job === job.id && videos.children.length) return;
