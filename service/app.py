@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from jobs.settings import ServiceSettings, get_settings
 
@@ -24,6 +25,7 @@ from .routes.health import STATIC
 from .schemas import ErrorResponse
 
 ERRORS = {status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 422, 429, 503)}
+DOCS_ASSETS = "/docs/assets"  # under /docs: the API's strict Content-Security-Policy does not apply there
 
 
 def create_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -37,9 +39,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         yield
         stop.set()
 
-    app = FastAPI(title="videogpt-serve", version=api_version(), responses=ERRORS, lifespan=lifespan,
-                  description="Generate short videos with VideoGPT models: POST /v1/generate, poll the job or "
-                              "stream its events, download the mp4 by URL.")
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from the fastapi-offline package, not a CDN:
+    # the docs work on a host without internet access.
+    app = FastAPIOffline(title="videogpt-serve", version=api_version(), responses=ERRORS, lifespan=lifespan,
+                         static_url=DOCS_ASSETS, favicon_url="/favicon.ico",
+                         description="Generate short videos with VideoGPT models: POST /v1/generate, poll the job "
+                                     "or stream its events, download the mp4 by URL.")
     app.state.gateway = gateway
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

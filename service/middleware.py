@@ -11,8 +11,9 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
-# The API answers JSON and media only; the interactive docs page loads its script from a CDN; the web
-# page and its static files set their own policy.
+# The API answers JSON and media only; the interactive docs pages (/docs, /redoc, their files under
+# /docs/assets, all served locally) start Swagger UI or ReDoc with an inline script; the web page and its
+# static files set their own policy.
 API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 DOCS_PATHS = ("/docs", "/redoc", "/static/")
 

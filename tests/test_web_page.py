@@ -27,7 +27,7 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: .ci/run installs Debian's chromium package")
+        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package (make browser)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -122,6 +122,7 @@ def test_cancel_a_job(page):
     page.select_option("#model", "ghost")  # no worker serves it: the job waits in the queue
     page.click("#submit")
     page.wait_for_selector("#current[data-status='queued']")
+    assert "no worker serving model 'ghost' is up" in page.inner_text("#job-warnings")
     page.click("#cancel")
     page.wait_for_selector("#current[data-status='canceled']")
     assert "canceled" in page.inner_text("#status-line")
@@ -143,3 +144,30 @@ def test_labelled_controls_keyboard_and_phone_width(browser, stack):
         seen.add(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
     assert "submit" in seen, seen
     context.close()
+
+
+@pytest.mark.parametrize("path, rendered", [
+    ("/docs", "#swagger-ui .opblock-summary-path[data-path='/v1/generate']"),  # Swagger UI lists the routes
+    ("/redoc", ".redoc-wrap"),  # ReDoc's own element once it has drawn the reference
+])
+def test_the_api_docs_work_without_internet(browser, stack, path, rendered):
+    """Only the gateway's own origin is reachable: Swagger UI, ReDoc and the icon come from the package."""
+    context = browser.new_context()
+    outside = []
+
+    def only_the_gateway(route):
+        if route.request.url.startswith(stack.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    context.route("**/*", only_the_gateway)
+    page = context.new_page()
+    page.goto(stack.url + path)
+    page.wait_for_selector(rendered, timeout=30000)
+    assert page.get_attribute("link[rel~='icon']", "href") == "/favicon.ico"
+    context.close()
+    # ReDoc's "API docs by Redocly" badge is an image on its CDN: decoration only, the reference is all there.
+    assert [url for url in outside if not url.endswith("/redoc/logo-mini.svg")] == [], outside
+    icon = httpx.get(stack.url + "/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/png"

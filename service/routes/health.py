@@ -28,6 +28,12 @@ def metrics(gw: GatewayDep) -> Response:
     return Response(body, media_type=content_type)
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    """The icon browsers ask for (the web page and the API docs)."""
+    return FileResponse(STATIC / "favicon.png", media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
+
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     """The process is alive."""
