@@ -38,7 +38,17 @@ $(COMPOSE):
 .PHONY: tools
 tools: $(PROMTOOL) $(COMPOSE)
 
-test: $(STAMP) lint tools
+# The web page's tests drive Debian's Chromium (no browser download of Playwright's own): installed when
+# missing, as root or through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -y -q
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the web page's tests"; \
+		$(APT) install chromium >/dev/null || { $(APT) update >/dev/null && $(APT) install chromium >/dev/null; }; }
+
+# Everything the suite needs on a fresh machine: .venv, the deployment checkers, the browser; then the suite.
+test: $(STAMP) lint tools browser
 	$(BIN)/python -m pytest -q
 
 # Both images built with podman and run for real (containers, one video per mode, HEALTHCHECKs, compose):
@@ -55,7 +65,7 @@ run: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
 
-# Retrain the shipped moving-digits models from scratch (CPU; the README says how long it takes):
+# Retrain the shipped moving-digits models from scratch (CPU; docs/training.md says how long it takes):
 # scripts/train-digits.sh. Training state and logs go to build/train-digits (resumable: rerun to continue);
 # the bundles to weights/moving-digits (class-conditional and unconditional) and weights/moving-digits-frames.
 DIGITS := weights/moving-digits weights/moving-digits-frames
@@ -65,6 +75,6 @@ DIGITS := weights/moving-digits weights/moving-digits-frames
 train-digits: $(STAMP)
 	BIN=$(BIN) scripts/train-digits.sh
 
-# The quality report of the shipped model (issue figures in the README): eval/report.json, eval/contact_sheet.png.
+# The quality report of the shipped model (its figures: docs/evaluation.md): eval/report.json, eval/contact_sheet.png.
 eval-digits: $(STAMP)
 	$(BIN)/videogpt-serve eval $(DIGITS) --classifier weights/moving-digits-classifier.safetensors --n 1000 --out eval
