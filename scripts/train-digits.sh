@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Retrain the shipped moving-digits models from scratch on CPU (`make train-digits`; the README says how
-# long it takes). Two stages of two trainings side by side, one torch thread each: on a 2-core CPU these
+# Retrain the shipped moving-digits models from scratch on CPU (`make train-digits`; docs/training.md says
+# how long it takes). Two stages of two trainings side by side, one torch thread each: on a 2-core CPU these
 # small models run about as fast on one thread as on two, so pairing them doubles the work done per hour.
 #   1. the VQ-VAE                      | the evaluation classifier (for `make eval-digits`), then the frame
 #                                        recognizer (which digit a single frame shows)

@@ -1,10 +1,15 @@
-"""The README stays true: every setting is documented, and its first lines give the two commands."""
+"""The README stays true: every setting is documented, its first lines give the two commands, and its links
+(and those of docs/) lead somewhere."""
 
+import re
 from pathlib import Path
+
+import pytest
 
 from jobs.settings import ServiceSettings
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
 
 
 def test_every_setting_is_documented():
@@ -16,3 +21,17 @@ def test_first_lines_give_make_run_and_make_test():
     head = README.splitlines()[:5]
     assert any(line.strip().startswith("make run") for line in head)
     assert any(line.strip().startswith("make test") for line in head)
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))])
+def test_relative_links_lead_to_files(page):
+    text = (REPO / page).read_text()
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
+    missing = [t for t in targets if t and not (REPO / page).parent.joinpath(t).exists()]
+    assert not missing, f"{page} links to {missing}"
+
+
+def test_the_training_and_evaluation_record_lives_in_docs():
+    for page in ("docs/models.md", "docs/training.md", "docs/evaluation.md"):
+        assert f"]({page})" in README
+    assert "### Serve your own model" in README
