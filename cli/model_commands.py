@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,18 +22,6 @@ def _class_names(value: str | None) -> list[str] | None:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def readable(path: str | Path) -> None:
-    """Give the files under path (or path itself) the read bits the umask allows: safetensors writes its files
-    0600, and other users of a shared model folder must be able to read a bundle."""
-    mask = os.umask(0)
-    os.umask(mask)
-    root = Path(path)
-    for file in [root] if root.is_file() else (f for f in root.rglob("*") if f.is_file()):
-        mode = file.stat().st_mode
-        if mode | (0o444 & ~mask) != mode:
-            file.chmod(mode | (0o444 & ~mask))
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
     from models import convert_official_checkpoint, read_bundle_config
 
@@ -46,7 +33,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if created:  # a failed conversion leaves nothing behind (not even the folder it made)
             shutil.rmtree(args.out_dir, ignore_errors=True)
         raise
-    readable(out)
     info, vq, gpt = read_bundle_config(out)
     print(f"wrote {info.kind} bundle '{info.name}' to {out}: latent {'x'.join(map(str, vq.latent_shape))}, "
           f"{vq.n_codes} codes" + (f", {gpt.layers} layers, {gpt.attn_type} attention" if gpt else ""))
@@ -185,7 +171,6 @@ def cmd_train_vqvae(args: argparse.Namespace) -> int:
     save_bundle(model, args.out, BundleInfo(name=args.name or Path(args.out).name, kind="vqvae", fps=args.fps,
                                             source={**source, "validation": metrics}),
                 storage_dtype=getattr(torch, args.save_dtype))
-    readable(args.out)
     print(f"wrote VQ-VAE bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
@@ -227,7 +212,6 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
                               "validation": metrics}, guidance=args.default_guidance,
                       unconditional=args.unconditional)
     save_bundle(model, args.out, info, storage_dtype=getattr(torch, args.save_dtype))
-    readable(args.out)
     print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
 
@@ -239,7 +223,6 @@ def cmd_set_decoder(args: argparse.Namespace) -> int:
 
     for prior in args.priors:
         set_decoder(prior, args.vqvae, storage_dtype=getattr(torch, args.save_dtype))
-        readable(prior)
         print(f"{prior}: decoder of {args.vqvae}")
     return 0
 
@@ -316,7 +299,6 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     classifier = train_classifier(spec, steps=args.steps, seed=args.seed, config=ClassifierConfig(width=args.width),
                                   device=args.device or _default_device())
     save_classifier(classifier, args.out)
-    readable(args.out)
     print(f"wrote the evaluation classifier {args.out}")
     return 0
 
@@ -336,7 +318,6 @@ def cmd_train_recognizer(args: argparse.Namespace) -> int:
     recognizer = FrameRecognizer(RecognizerConfig(n_classes=len(class_names), width=args.width))
     metrics = train(recognizer, recognizer_loss(recognizer), train_set, val_set, settings, _checkpoint_path(args))
     save_classifier(recognizer.cpu(), args.out)
-    readable(args.out)
     print(f"wrote the frame recognizer {args.out}: held-out accuracy {metrics['accuracy']:.3f} (random frames)")
     return 0
 
@@ -348,7 +329,6 @@ def cmd_set_class_guide(args: argparse.Namespace) -> int:
 
     set_class_guide(args.frames_prior, args.prior, args.recognizer, args.scale,
                     storage_dtype=getattr(torch, args.save_dtype))
-    readable(args.frames_prior)
     print(f"{args.frames_prior}: guided toward the recognised class by {args.prior} (scale {args.scale})")
     return 0
 

@@ -19,14 +19,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .classifier import FrameRecognizer, load_classifier, save_classifier
 from .errors import CheckpointError, ConfigError
+from .fidelity import choose_precision
+from .files import write_safetensors
 from .gpt import GPTConfig, VideoGPT
 from .limits import MAX_GUIDANCE, is_guidance_scale
-from .precision import PRECISIONS, check_precision, choose_precision
+from .precision import PRECISIONS, check_precision
 from .sampling import ClassGuide
 from .vqvae import VQVAE, VQVAEConfig
 
@@ -273,13 +275,13 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         check_class_names(info.class_names, gpt_config.class_cond_dim, "class_names")
         check_guidance(info.guidance, gpt_config, "guidance")
         check_unconditional(info.unconditional, gpt_config, "unconditional")
-        save_file(_contiguous(own_state(model, VQVAE_PREFIX), storage_dtype), str(out / GPT_FILE))
+        write_safetensors(_contiguous(own_state(model, VQVAE_PREFIX), storage_dtype), out / GPT_FILE)
     else:
         vq, gpt_config = model, None
         if info.class_names is not None:
             raise ConfigError("a VQ-VAE bundle has no classes: class_names must be None")
         (out / GPT_FILE).unlink(missing_ok=True)
-    save_file(_contiguous(vq.state_dict(), storage_dtype), str(out / VQVAE_FILE))
+    write_safetensors(_contiguous(vq.state_dict(), storage_dtype), out / VQVAE_FILE)
     config = {
         "format": BUNDLE_FORMAT,
         "format_version": FORMAT_VERSION,

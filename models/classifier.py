@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError
+from .files import write_safetensors
 from .settings import Settings
 
 
@@ -91,7 +92,7 @@ _KINDS = {"video classifier": (VideoClassifier, ClassifierConfig), "frame recogn
 def save_classifier(model: Classifier, path: str | Path) -> None:
     """Weights and settings (integers, in the file's metadata) of a video classifier or frame recognizer."""
     metadata = {k: str(v) for k, v in model.config.to_dict().items()}
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=metadata)
+    write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=metadata)
 
 
 def load_classifier(path: str | Path, kind: str = "video classifier") -> Classifier:

@@ -456,12 +456,17 @@ class VideoGPT(nn.Module):
             x = layer(x, ctx, index)
         return self.fc_out(ctx.normalize(self.norm, x, None))
 
-    def training_loss(self, video: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-entropy of the codes of video (B, 3, T, H, W), conditioned on its first frames and/or labels."""
-        with torch.no_grad():
-            codes = self.vqvae.encode(video)
-        c, batch = self.config, video.shape[0]
-        frames = video[:, :, : c.n_cond_frames] if c.frame_conditional else None
+    def training_loss(self, video: torch.Tensor | None, class_labels: torch.Tensor | None = None,
+                      codes: torch.Tensor | None = None, cond_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of the codes of video (B, 3, T, H, W), conditioned on its first frames and/or labels;
+        or of codes the VQ-VAE made once beforehand (models.data.EncodedVideos), with their cond_frames."""
+        c = self.config
+        if codes is None:
+            with torch.no_grad():
+                codes = self.vqvae.encode(video)
+            cond_frames = video[:, :, : c.n_cond_frames] if c.frame_conditional else None
+        batch = codes.shape[0]
+        frames = cond_frames if c.frame_conditional else None
         labels = class_labels if c.class_conditional else None
         present = None
         if self.training and c.conditions_optional:
@@ -469,7 +474,7 @@ class VideoGPT(nn.Module):
             if labels is not None:
                 labels = labels.masked_fill(torch.rand(batch, device=labels.device) < c.condition_dropout, -1)
             if frames is not None:
-                present = torch.rand(batch, device=video.device) >= c.condition_dropout
+                present = torch.rand(batch, device=codes.device) >= c.condition_dropout
         logits = self.forward(codes, self.condition(labels, frames, batch, present))
         return F.cross_entropy(logits.flatten(0, -2), codes.flatten())
 

@@ -5,7 +5,7 @@ A step of one token per sample is bound by reading the weights and the cache, so
 the hardware computes them natively; where it does not they cost more (choose by measurement, not by
 name: `choose_precision` times a short decoding run of each at load). The VQ-VAE and the sampling
 arithmetic (softmax, top-k/top-p, the inverse-CDF draw) stay float32, so a seed keeps its meaning.
-Fidelity against float32 (`fidelity`): mean KL(float32 || reduced) of teacher-forced next-code
+Fidelity against float32 (models/fidelity.py): mean KL(float32 || reduced) of teacher-forced next-code
 distributions (goal <= 0.01 nats per code) and top-1 agreement; auto never picks a precision that misses
 the goal on the model, as measured on the bundle's own codes (recorded by `videogpt-serve fidelity`) or,
 without a record, at load on codes the model samples itself.
@@ -13,17 +13,11 @@ without a record, at load on codes the model samples itself.
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .gpt import VideoGPT
 
-log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "bfloat16", "int8")
 CHOICES = (*PRECISIONS, "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.bfloat16}
@@ -64,85 +58,3 @@ class Int8Linear:
             y = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
         y = y.view(*x.shape[:-1], -1)
         return y if self.bias is None else y.add_(self.bias)
-
-
-@torch.no_grad()
-def fidelity(gpt: VideoGPT, precision: str, codes: torch.Tensor, class_labels: torch.Tensor | None = None,
-             cond_frames: torch.Tensor | None = None) -> dict[str, float]:
-    """Teacher-forced next-code distributions of codes (B, t, h, w) in `precision` against float32: mean
-    KL(float32 || reduced) in nats per code, and the share of codes whose most likely next code agrees."""
-    from .decoding import prepare_decoding
-
-    check_precision(precision, allow_auto=False)
-    reference = gpt.logits(codes, class_labels, cond_frames).float().flatten(0, -2)
-    copy = prepare_decoding(gpt, precision)
-    cond = gpt.condition(class_labels, cond_frames, codes.shape[0]).to(DTYPES[precision])
-    reduced = copy.forward(codes.long(), cond).float().flatten(0, -2)
-    log_p, log_q = F.log_softmax(reference, dim=-1), F.log_softmax(reduced, dim=-1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()
-    agreement = (reference.argmax(dim=-1) == reduced.argmax(dim=-1)).float().mean()
-    return {"kl_nats_per_code": float(kl), "top1_agreement": float(agreement)}
-
-
-def _probe_conditioning(gpt: VideoGPT, rows: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Labels and frames for decoding runs that only measure (what the prior requires, else none)."""
-    c, device = gpt.config, gpt.fc_in.weight.device
-    labels = torch.zeros(rows, dtype=torch.long, device=device) \
-        if c.class_conditional and not c.conditions_optional else None
-    frames = None
-    if c.frame_conditional and not c.conditions_optional:
-        r = gpt.vqvae.config.resolution
-        frames = torch.zeros(rows, 3, c.n_cond_frames, r, r, device=device)
-    return labels, frames
-
-
-@torch.no_grad()
-def step_time(gpt: VideoGPT, precision: str, rows: int = 4, steps: int = 24) -> float:
-    """Seconds per decoding step of `rows` rows in `precision` (after a short warm-up)."""
-    from .decoding import RowDecoder
-
-    labels, frames = _probe_conditioning(gpt, rows)
-    decoder = RowDecoder(gpt, rows, precision=precision)
-    decoder.admit(gpt.condition(labels, frames, rows), rows)
-    for _ in range(4):
-        decoder.step()
-    if decoder.device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        decoder.step()
-    if decoder.device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - started) / steps
-
-
-@torch.no_grad()
-def sampled_codes(gpt: VideoGPT, n: int = 2, steps: int | None = None) -> tuple[torch.Tensor, Any, Any]:
-    """Codes the float32 model samples itself (n grids; `steps` raster positions of them, the rest are the
-    first codes repeated), with the conditioning they were drawn with: what fidelity is measured on."""
-    from .sampling import sample
-
-    labels, frames = _probe_conditioning(gpt, n)
-    codes = sample(gpt, n, class_labels=labels, cond_frames=frames, seed=0)
-    return codes, labels, frames
-
-
-def choose_precision(gpt: VideoGPT, recorded: dict[str, dict] | None = None) -> tuple[str, dict]:
-    """The fastest precision this machine decodes the model in, among those meeting the fidelity goal on
-    it; float32 unless another is at least FASTER_BY faster. Returns it and what was measured."""
-    fidelities = dict(recorded or {})
-    missing = [p for p in PRECISIONS[1:] if p not in fidelities]
-    if missing:
-        codes, labels, frames = sampled_codes(gpt)
-        for precision in missing:
-            fidelities[precision] = fidelity(gpt, precision, codes, labels, frames)
-    times = {"float32": step_time(gpt, "float32")}
-    for precision in PRECISIONS[1:]:
-        if fidelities[precision]["kl_nats_per_code"] <= FIDELITY_KL:
-            times[precision] = step_time(gpt, precision)
-    fastest = min(times, key=times.get)
-    chosen = fastest if times[fastest] * FASTER_BY <= times["float32"] else "float32"
-    report = {"chosen": chosen, "ms_per_step": {p: round(t * 1000, 3) for p, t in times.items()},
-              "fidelity": fidelities}
-    log.info("decoding precision: %s (%s)", chosen, report)
-    return chosen, report

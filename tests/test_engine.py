@@ -26,7 +26,7 @@ def gpt(request):
 
 def requests_for(gpt, count: int, seed: int = 0) -> list[SampleRequest]:
     """Samples with every conditioning the prior takes, mixed settings, and guidance where it can."""
-    codes, labels, frames = inputs_for(gpt, batch=count, seed=seed)
+    _codes, labels, frames = inputs_for(gpt, batch=count, seed=seed)
     optional = gpt.config.conditions_optional
     found = []
     for i in range(count):

@@ -45,7 +45,7 @@ def test_every_window_s_context_is_the_end_of_what_came_before():
     same codes again as teacher forcing over the window that ends at it gives the same argmax (greedy)."""
     vq, config = OPTIONAL["class-frames-sparse"]
     gpt = random_gpt(vq, config, seed=1)
-    t, h, w = gpt.latent_shape
+    t, _h, _w = gpt.latent_shape
     codes = sample(gpt, 1, class_labels=[2], time_steps=t + 3, window_stride=1, top_k=1, seed=3)
     for end in range(t, t + 3):
         window = codes[:, end - t + 1:end + 1]

@@ -1,11 +1,12 @@
 """Training data: the moving-digits generator and a loader for folders of real videos."""
 
+from .encoded import EncodedVideos
 from .moving_digits import CLASS_NAMES, MovingDigits, MovingDigitsSpec, moving_digit
 from .video_folder import EmptyDatasetError, VideoFolder
 
 __all__ = [
-    "CLASS_NAMES", "EmptyDatasetError", "MovingDigits", "MovingDigitsSpec", "VideoFolder", "moving_digit",
-    "open_dataset",
+    "CLASS_NAMES", "EmptyDatasetError", "EncodedVideos", "MovingDigits", "MovingDigitsSpec", "VideoFolder",
+    "moving_digit", "open_dataset",
 ]
 
 
