@@ -122,7 +122,8 @@ class DecodeEngine:
         self.live: dict[int, _Live] = {}
         self._next = 0
         self._plan: _Plan | None = None
-        self.steps = 0
+        self.steps = 0  # steps taken, and samples advanced in them (the mean batch is their ratio)
+        self.samples_stepped = 0
 
     @property
     def seq_len(self) -> int:
@@ -247,6 +248,7 @@ class DecodeEngine:
         if plan.guided is not None:
             self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner.to(codes.device)))
         self.steps += 1
+        self.samples_stepped += len(plan.live)
         finished = []
         for live, code in zip(plan.live, codes.tolist()):
             live.codes.append(code)

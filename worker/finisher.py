@@ -1,6 +1,7 @@
-"""Finished jobs of a continuously batching worker, turned into stored mp4s on a thread of their own: the
-VQ-VAE decodes their codes, ffmpeg encodes the videos, storage takes them, the record says succeeded.
-The engine keeps stepping meanwhile; how long a step stalls while a job is decoded is in the benchmarks.
+"""Finished jobs of a continuously batching worker, turned into stored mp4s: the VQ-VAE decodes their
+codes on the engine's thread (`decode`, between two steps: torch's CPU thread pool belongs to the thread
+that uses it, and a second one slowed the steps 4x), then ffmpeg encodes the videos, storage takes them and
+the record says succeeded on a thread of their own while the engine steps on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from models import VideoGPT
 
 from . import metrics
 from .lane import LaneJob
-from .outputs import OutputWriter, finish_canceled
+from .outputs import OutputWriter, finish_canceled, video_frames
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 16
@@ -34,7 +35,14 @@ class Finisher:
         self._lock = threading.Lock()
 
     def submit(self, model: str, gpt: VideoGPT, lane_job: LaneJob, shared_metrics: dict[str, float]) -> None:
-        future = self._pool.submit(self._finish, model, gpt, lane_job, shared_metrics)
+        """Decode the job's codes here and now, then encode and store them in the background."""
+        try:
+            videos, decode_s = decode(model, gpt, lane_job)
+        except Exception as exc:  # the job must end terminal, whatever broke
+            self._fail(model, lane_job, exc)
+            return
+        future = self._pool.submit(self._finish, model, lane_job, videos, {**shared_metrics,
+                                                                           "decode_seconds": round(decode_s, 4)})
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
@@ -52,29 +60,40 @@ class Finisher:
         """Finish what was handed over, then stop."""
         self._pool.shutdown(wait=True)
 
-    def _finish(self, model: str, gpt: VideoGPT, lane_job: LaneJob, shared_metrics: dict[str, float]) -> None:
+    def _finish(self, model: str, lane_job: LaneJob, videos: list, shared_metrics: dict[str, float]) -> None:
         job = lane_job.job
         try:
             if self.store.cancel_requested(job.id):
                 finish_canceled(self.store, job)
                 return
-            codes = torch.stack([lane_job.codes[i] for i in range(job.n)]).to(gpt.fc_in.weight.device)
-            t0 = time.time()
-            with torch.no_grad():
-                videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
-                                    for i in range(0, job.n, DECODE_CHUNK)])
-            decode_s = time.time() - t0
-            metrics.DECODE.labels(model).observe(decode_s)
             writer = self.writers[model]
-            writer.succeed(job, writer.encode(job, videos), {**shared_metrics, "decode_seconds": round(decode_s, 4)})
+            writer.succeed(job, writer.encode(job, videos), shared_metrics)
         except redis.exceptions.RedisError:
             log.exception("Redis failed while finishing job %s; it is retried once its lease ends", job.id,
                           extra={"job_id": job.id})
-        except Exception as exc:  # the job must end terminal, whatever broke
-            log.exception("finishing job %s failed", job.id, extra={"job_id": job.id})
-            try:
-                self.store.end(job.id, "failed", "internal", f"{type(exc).__name__}: {exc}")
-            except redis.exceptions.RedisError:
-                pass
-        finally:
-            self.done(model, job.id)
+        except Exception as exc:
+            self._fail(model, lane_job, exc)
+            return
+        self.done(model, job.id)
+
+    def _fail(self, model: str, lane_job: LaneJob, exc: Exception) -> None:
+        job = lane_job.job
+        log.error("finishing job %s failed: %s", job.id, exc, exc_info=exc, extra={"job_id": job.id})
+        try:
+            self.store.end(job.id, "failed", "internal", f"{type(exc).__name__}: {exc}")
+        except redis.exceptions.RedisError:
+            pass
+        self.done(model, job.id)
+
+
+@torch.no_grad()
+def decode(model: str, gpt: VideoGPT, lane_job: LaneJob) -> tuple[list, float]:
+    """The job's videos as uint8 frames, and the seconds the VQ-VAE took."""
+    job = lane_job.job
+    codes = torch.stack([lane_job.codes[i] for i in range(job.n)]).to(gpt.fc_in.weight.device)
+    started = time.time()
+    videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
+                        for i in range(0, job.n, DECODE_CHUNK)])
+    seconds = time.time() - started
+    metrics.DECODE.labels(model).observe(seconds)
+    return video_frames(videos), seconds

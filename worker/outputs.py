@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import redis
 import torch
 
@@ -30,10 +31,17 @@ def output_scale(resolution: int, configured: int) -> int:
     return configured if configured > 0 else max(1, 256 // resolution)
 
 
-def _timed_write_mp4(video: torch.Tensor, path: Path, fps: float, scale: int) -> tuple[Path, dict, float]:
+def _timed_write_mp4(frames: np.ndarray, path: Path, fps: float, scale: int) -> tuple[Path, dict, float]:
     t0 = time.time()
-    info = write_mp4(to_uint8_frames(video), path, fps=fps, scale=scale)
+    info = write_mp4(frames, path, fps=fps, scale=scale)
     return path, info, time.time() - t0
+
+
+def video_frames(videos: torch.Tensor) -> list[np.ndarray]:
+    """Decoded videos (n, 3, T, H, W) as uint8 frames (T, H, W, 3), each: on the thread that runs torch.
+    (torch's CPU thread pool belongs to the thread that uses it: a second thread running torch ops starts a
+    second pool, and the two, spinning, slowed the decoding step 4x; the encoding threads get numpy only.)"""
+    return [to_uint8_frames(video) for video in videos]
 
 
 class OutputWriter:
@@ -55,10 +63,10 @@ class OutputWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def encode(self, job: ClaimedJob, videos: torch.Tensor) -> list[Future]:
-        """Start encoding a job's videos (n, 3, T, H, W); one future per video."""
-        return [self._pool.submit(_timed_write_mp4, video, Path(self._tmp.name) / f"{job.id}-{i}.mp4",
-                                  float(job.request.fps), self.scale) for i, video in enumerate(videos)]
+    def encode(self, job: ClaimedJob, videos: list[np.ndarray]) -> list[Future]:
+        """Start encoding a job's videos (uint8 frames, see video_frames); one future per video."""
+        return [self._pool.submit(_timed_write_mp4, frames, Path(self._tmp.name) / f"{job.id}-{i}.mp4",
+                                  float(job.request.fps), self.scale) for i, frames in enumerate(videos)]
 
     def succeed(self, job: ClaimedJob, encodes: list[Future], shared_metrics: dict[str, float]) -> None:
         """Store the encoded videos and mark the job succeeded with its outputs and timings."""
