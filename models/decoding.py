@@ -36,6 +36,11 @@ CALIBRATION_ROWS = 32  # invariant_rows checks row counts up to this
 # A step reads the cache up to its furthest row's position rounded up to the first of these that divides N
 # and that the attention kernels give the same bits for (reads_agree); else all of it.
 READ_CHUNKS = (16, 32, 64, 128)
+READ_GROUPS = 4  # a step's rows attend in at most this many groups, each reading as far as its furthest row
+# Groups merge when that reads fewer extra entries than a group's call costs: about this many values of
+# keys and values (heads x (d_k + d_v) per entry; measured on this CPU: 0.05 us per entry of 4 x 72 values
+# against ~16 us for a group's four calls in a layer).
+GROUP_COST_VALUES = 100_000
 NORMS = ("pre_attn_norm", "pre_enc_norm", "pre_fc_norm")
 
 
@@ -326,30 +331,34 @@ class DecodeContext:
     self-attention through its KV cache. A step reads `length` cached positions (a multiple of the read
     chunk); a prefill computes positions 0..L-1 of its rows at once and writes them to the cache."""
 
-    def __init__(self, decoder: RowDecoder, rows: slice, length: int, prefill: bool = False,
-                 active: int | None = None):
-        """active: of a step's rows [0, n), the first `active` hold samples (the rest only make whole tiles
-        for the matmuls: they skip attention)."""
-        self.decoder, self.rows, self.length, self.prefill = decoder, rows, length, prefill
+    def __init__(self, decoder: RowDecoder, rows: slice, reads: list[tuple[int, int, int]] | int,
+                 prefill: bool = False, active: int | None = None):
+        """reads: (first row, end row, entries read) per group of the active rows (an int: one length for all;
+        prefill: the prefix length). active: of a step's rows [0, n), the first `active` hold samples (the
+        rest only make whole tiles for the matmuls: they skip attention)."""
+        self.decoder, self.rows, self.prefill = decoder, rows, prefill
         self.views = decoder.views(rows)
         self.reads_frames = self.views.gate is not None
         if not prefill:
             self.count, self.active = rows.stop, rows.stop if active is None else active
             self.live = decoder.views(slice(0, self.active))
-            self._prepare_step(decoder, length)
+            self._prepare_step(decoder, [(0, self.active, reads)] if isinstance(reads, int) else reads)
 
-    def _prepare_step(self, decoder: RowDecoder, length: int) -> None:
-        """What every layer of this step shares: which keys each row may read, where its new key and value
-        go in each layer's cache (flat offsets), and the part of the caches it reads."""
+    def _prepare_step(self, decoder: RowDecoder, reads: list[tuple[int, int, int]]) -> None:
+        """What every layer of this step shares: where each row's new key and value go in each layer's cache
+        (flat offsets), and per group of rows, which entries they read and the scores' bias over them."""
         positions = self.live.positions
-        self.bias = decoder.read_bias.index_select(0, positions)[:, None, None, :length]
         self.key_offsets = (decoder.key_base[:self.active] + positions[:, None]).flatten()
         self.value_offsets = (decoder.value_base[:self.active] + positions[:, None]).flatten()
-        if decoder.sparse:  # which entries each row reads, gathered from its cache row
-            self.read_index = decoder.read_index.index_select(0, positions)[:, :length]
-        else:
-            self.keys_read = decoder.keys[:, :self.active, :, :, :length]
-            self.values_read = decoder.values[:, :self.active, :, :length]
+        self.groups = []
+        for first, end, length in reads:
+            at = positions[first:end]
+            bias = decoder.read_bias.index_select(0, at)[:, None, None, :length]
+            if decoder.sparse:  # which entries each row reads, gathered from its cache row
+                read = decoder.read_index.index_select(0, at)[:, :length]
+            else:
+                read = (decoder.keys[:, first:end, :, :, :length], decoder.values[:, first:end, :, :length])
+            self.groups.append((slice(first, end), bias, read))
 
     def normalize(self, norm: LayerNorm, x: torch.Tensor, index: int | None) -> torch.Tensor:
         return LayerNorm.normalize(x, *self.views.norms[norm.table_key])
@@ -364,15 +373,18 @@ class DecodeContext:
         active = self.active
         self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k[:active].reshape(-1))
         self.decoder.flat_values[index].index_copy_(0, self.value_offsets, v[:active].reshape(-1, v.shape[-1]))
-        if self.decoder.sparse:
-            keys_t, values = self.decoder.keys[index, :active], self.decoder.values[index, :active]
-            rows, heads, d_k, _ = keys_t.shape
-            length = self.read_index.shape[1]
-            keys_t = keys_t.gather(3, self.read_index[:, None, None, :].expand(rows, heads, d_k, length))
-            values = values.gather(2, self.read_index[:, None, :, None].expand(rows, heads, length, values.shape[-1]))
-        else:
-            keys_t, values = self.keys_read[index], self.values_read[index]
-        return pad_rows(attend_cache(q[:active], keys_t, values, self.bias), self.count)
+        heads = []
+        for rows, bias, read in self.groups:
+            if self.decoder.sparse:
+                keys_t, values = self.decoder.keys[index, rows], self.decoder.values[index, rows]
+                count, n_heads, d_k, _ = keys_t.shape
+                length, d_v = read.shape[1], values.shape[-1]
+                keys_t = keys_t.gather(3, read[:, None, None, :].expand(count, n_heads, d_k, length))
+                values = values.gather(2, read[:, None, :, None].expand(count, n_heads, length, d_v))
+            else:
+                keys_t, values = read[0][index], read[1][index]
+            heads.append(attend_cache(q[rows], keys_t, values, bias))
+        return pad_rows(heads[0] if len(heads) == 1 else torch.cat(heads), self.count)
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
         views = self.views if self.prefill else self.live
@@ -420,6 +432,7 @@ class RowDecoder:
         self.key_base = ((heads_of[..., None] * attn.d_k + torch.arange(attn.d_k, device=self.device))
                          * self.seq_len).flatten(1)
         self.value_base = heads_of * self.seq_len
+        self.merge_below = GROUP_COST_VALUES / (c.heads * (attn.d_k + attn.d_v))  # entries (see read_groups)
         self.sparse = c.attn_type == "sparse"
         if self.sparse:
             self._sparse_reads()
@@ -453,8 +466,34 @@ class RowDecoder:
     def read_length(self, positions: torch.Tensor) -> int:
         """How many cached entries a step of rows at these positions reads (a multiple of the read chunk)."""
         furthest = int((self.read_counts[positions] if self.sparse else positions + 1).max())
-        width = self.read_index.shape[1] if self.sparse else self.seq_len
-        return min(width, self.chunk * math.ceil(furthest / self.chunk))
+        return min(self.full_read, self.chunk * math.ceil(furthest / self.chunk))
+
+    def read_groups(self) -> list[tuple[int, int, int]]:
+        """The active rows in at most READ_GROUPS runs of places, each reading as far as its furthest row:
+        rows are kept in the order they came in, so positions fall along the places and a few runs read
+        little more than each row's own prefix (a run per read length would cost a call per run)."""
+        positions = self.positions[:self.active]
+        counts = self.read_counts[positions] if self.sparse else positions + 1
+        lengths = (torch.ceil(counts / self.chunk) * self.chunk).clamp_(max=self.full_read).tolist()
+        groups = []  # [first, end, length] runs of equal length, then merged where it costs least
+        for place, length in enumerate(lengths):
+            if groups and groups[-1][2] == length:
+                groups[-1][1] = place + 1
+            else:
+                groups.append([place, place + 1, int(length)])
+
+        def extra(a: list[int], b: list[int]) -> int:  # entries read beyond need if a and b read together
+            longest = max(a[2], b[2])
+            return (a[1] - a[0]) * (longest - a[2]) + (b[1] - b[0]) * (longest - b[2])
+
+        while len(groups) > 1:
+            costs = [extra(groups[i], groups[i + 1]) for i in range(len(groups) - 1)]
+            i = min(range(len(costs)), key=costs.__getitem__)
+            if len(groups) <= READ_GROUPS and costs[i] > self.merge_below:
+                break
+            a, b = groups[i], groups.pop(i + 1)
+            groups[i] = [a[0], b[1], max(a[2], b[2])]
+        return [tuple(g) for g in groups]
 
     def mean_read(self, rows: int = 1) -> float:
         """The entries a row reads per step, on average over a video (rows in step: the furthest sets it)."""
@@ -519,15 +558,15 @@ class RowDecoder:
         self._prefill_row(place, codes.to(self.device))
 
     def release(self, row_ids: list[int]) -> None:
-        """Free rows: the last active rows move into their places."""
+        """Free rows: the rows after each move up a place, so places keep the order rows came in (oldest
+        first: furthest along, see read_groups)."""
         for row_id in row_ids:
-            place, last = self.place(row_id), self.active - 1
-            if place != last:
-                self._move(last, place)
-            self.ids[place] = self.ids[last]
-            self.ids.pop()
-            self.positions[last] = 0  # a place past the active rows may still be computed (see step)
+            place = self.place(row_id)
+            for source in range(place + 1, self.active):
+                self._move(source, source - 1)
+            self.ids.pop(place)
             self.active -= 1
+            self.positions[self.active] = 0  # a place past the active rows may still be computed (see step)
 
     def _move(self, source: int, target: int) -> None:
         written = min(int(self.positions[source]) + 1, self.seq_len)  # a last step leaves positions at N - 1
@@ -551,7 +590,7 @@ class RowDecoder:
                 self._graph = self._capture()
             return self._graph()[:self.active]
         count = self.tile * math.ceil(self.active / self.tile)
-        return self._step(count, self.read_length(self.positions[:self.active]), self.active)[:self.active]
+        return self._step(count, self.read_groups(), self.active)[:self.active]
 
     @torch.no_grad()
     def step_full(self) -> torch.Tensor:
@@ -563,15 +602,15 @@ class RowDecoder:
         """The entries every step reads when shapes must not change (the CUDA graph)."""
         return self.read_index.shape[1] if self.sparse else self.seq_len
 
-    def _step(self, count: int, length: int, active: int | None = None) -> torch.Tensor:
-        """Rows [0, count) through the model reading `length` cached positions, the first `active` of them
-        attending (all: the fixed shapes of the CUDA graph)."""
+    def _step(self, count: int, reads: list[tuple[int, int, int]] | int, active: int | None = None) -> torch.Tensor:
+        """Rows [0, count) through the model, the first `active` of them attending (all: the fixed shapes of
+        the CUDA graph), reading as read_groups says (an int: that many entries, every row)."""
         rows = slice(0, count)
         positions = self.positions[rows]
         x = self.token_features[self.tokens[rows]] + self.position_features[positions]
         if self.tables.aligned is not None:
             x = x + self.tables.aligned[torch.arange(count, device=self.device), positions]
-        logits = self.model.trunk(x[:, None], DecodeContext(self, rows, length, active=active))[:, 0]
+        logits = self.model.trunk(x[:, None], DecodeContext(self, rows, reads, active=active))[:, 0]
         self.positions[rows] = (positions + 1).clamp_(max=self.seq_len - 1)
         return logits
 
