@@ -34,7 +34,8 @@ def check_precision(precision: object, allow_auto: bool = True) -> str:
 
 class Int8Linear:
     """y = x @ (W_int8 * scale)^T + b: weights stored as int8 with one scale per output channel, the
-    product in bfloat16 (torch's weight-only int8 kernel on CPU; dequantized per call elsewhere)."""
+    product in bfloat16 (torch's weight-only int8 kernel on CPU, for inputs a multiple of 16 wide, the only
+    ones it takes without a segmentation fault; dequantized per call otherwise)."""
 
     def __init__(self, *linears: torch.nn.Linear):
         weight = torch.cat([lin.weight for lin in linears]).detach().float()  # (out, in)
@@ -52,7 +53,7 @@ class Int8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        if flat.device.type == "cpu":
+        if flat.device.type == "cpu" and self.in_features % 16 == 0:  # the kernel crashes on other widths
             y = torch._weight_int8pack_mm(flat, self.weight, self.scales)
         else:
             y = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
