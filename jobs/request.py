@@ -24,7 +24,9 @@ class JobRequest:
     top_k: int | None = None
     top_p: float | None = None
     guidance: float = 1.0
-    num_frames: int | None = None  # None: the model's own length; longer videos slide a window over time
+    # Frames of each video (the gateway always sets it; None, in older records: the model's own length);
+    # longer than the model's own length, a window slides over time.
+    num_frames: int | None = None
     class_label: int | None = None
     class_name: str | None = None
     # What was uploaded (content_type, bytes, frames_used); the frames themselves travel beside the record.

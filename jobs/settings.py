@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -93,6 +93,15 @@ class ServiceSettings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="runs of a job (first + retries after lost workers)")
     reap_interval_s: float = Field(5.0, gt=0, description="how often abandoned and stranded jobs are looked for")
     job_timeout_s: float = Field(600.0, gt=0, description="longest a job may run; past it, failed (timeout)")
+    max_frames: int | None = Field(None, ge=1, description="longest video a request may ask for, in frames (default: "
+                                   "8x each model's native length; never below it; a model with one latent time "
+                                   "step makes its native length only)")
+    window_stride: int | None = Field(None, ge=1, description="latent time steps each window after the first adds to "
+                                      "a longer video (default: half the model's latent time steps)")
+    precision: Literal["float32", "bfloat16", "int8", "auto"] = Field(
+        "auto", description="decoding precision of the priors: float32, bfloat16, int8 or auto (the fastest on this "
+                            "machine among those meeting the fidelity goal, measured at load; float32 when none is "
+                            "faster)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
     metrics_port: int = Field(9100, ge=0, le=65535, description="worker: port of its /metrics (0: none)")
 

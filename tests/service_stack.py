@@ -191,6 +191,9 @@ def make_stack(tmp: Path, bundles: list[Path], **settings: str) -> Stack:
         "VGS_BUNDLES": "[" + ",".join(f'"{b}"' for b in bundles) + "]", "VGS_THREADS": "1", "VGS_METRICS_PORT": "0",
         "VGS_BATCH_WAIT_S": "0.5", "VGS_HEARTBEAT_S": "1", "PYTHONUNBUFFERED": "1",
         "VGS_URL_SIGNING_KEY": "test-signing-key",
+        # Decoding in float32, not auto: what auto picks may differ between worker starts (a measurement), and
+        # tests compare videos across workers.
+        "VGS_PRECISION": "float32",
     })
     port = free_port()
     env["VGS_PUBLIC_URL"] = f"http://127.0.0.1:{port}"

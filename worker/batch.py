@@ -93,23 +93,26 @@ class BatchWatch:
 
 
 def run_batch(gpt: VideoGPT, jobs: list[ClaimedJob], store: JobStore, writer: OutputWriter,
-              timeout_s: float = float("inf")) -> None:
+              timeout_s: float = float("inf"), window_stride: int | None = None) -> None:
     """Sample, decode, encode and store every job's videos; each job's record ends terminal.
 
     A job canceled while the batch runs is marked canceled at once (its rows are discarded); the batch
     stops early only when every job in it is canceled, or when it has sampled for longer than timeout_s
-    (its jobs fail with code `timeout`).
+    (its jobs fail with code `timeout`). window_stride: latent time steps each later window of a long
+    video adds (None: the sampler's default). Progress counts every window's codes.
     """
     lengths = {job.request.num_frames for job in jobs}
     if len(lengths) > 1:  # one sample() call draws grids of one length: a batch per length
         for length in sorted(lengths, key=lambda f: f or 0):
-            run_batch(gpt, [job for job in jobs if job.request.num_frames == length], store, writer, timeout_s)
+            run_batch(gpt, [job for job in jobs if job.request.num_frames == length], store, writer, timeout_s,
+                      window_stride)
         return
     watch = BatchWatch(store, jobs, timeout_s)
     inputs = batch_inputs(gpt, jobs)
     num_frames = jobs[0].request.num_frames
     if num_frames is not None:
         inputs["time_steps"] = num_frames // gpt.vqvae.config.downsample[0]
+    inputs["window_stride"] = window_stride
     metrics.SLOTS_IN_USE.labels(writer.model).set(sum(1 if g == 1 else 2 for g in inputs["guidance"]))
     try:
         codes = sample(gpt, sum(job.n for job in jobs), **inputs, progress=watch.progress,

@@ -27,6 +27,7 @@ from .batch import output_writer
 from .claimed import load_claimed
 from .finisher import Finisher
 from .lane import LaneJob, ModelLane
+from .loading import window_stride
 from .outputs import finish_canceled
 
 
@@ -55,8 +56,8 @@ class ContinuousServer:
     def __init__(self, runtime: Host, slots: int | None = None):
         self.runtime, self.store = runtime, runtime.jobs
         settings = runtime.settings
-        self.lanes = {name: ModelLane(name, gpt, slots or engine_slots(gpt, settings.engine_slots,
-                                                                      settings.batch_size))
+        self.lanes = {name: ModelLane(name, gpt, slots or engine_slots(gpt, settings.engine_slots, settings.batch_size),
+                                      window_stride(gpt, settings.window_stride))
                       for name, gpt in runtime.models.items()}
         writers = {name: output_writer(self.store, runtime.backend.storage, gpt, settings.upscale)
                    for name, gpt in runtime.models.items()}

@@ -46,9 +46,10 @@ class LaneJob:
 
 
 class ModelLane:
-    def __init__(self, name: str, gpt: VideoGPT, slots: int):
-        self.name, self.gpt = name, gpt
-        self.engine = DecodeEngine(gpt, slots)
+    def __init__(self, name: str, gpt: VideoGPT, slots: int, stride: int | None = None):
+        """stride: latent time steps each later window of a long video adds (None: the engine's default)."""
+        self.name, self.gpt, self.stride = name, gpt, stride
+        self.engine = DecodeEngine(gpt, slots, stride=stride)
         self.waiting: deque[LaneJob] = deque()  # jobs with samples not yet in the engine, oldest first
         self.jobs: dict[str, LaneJob] = {}  # every job of the lane not yet handed on
 
@@ -134,5 +135,5 @@ class ModelLane:
         held = list(self.jobs.values())
         self.jobs.clear()
         self.waiting.clear()
-        self.engine = DecodeEngine(self.gpt, self.engine.slots)
+        self.engine = DecodeEngine(self.gpt, self.engine.slots, stride=self.stride)
         return held

@@ -28,7 +28,7 @@ from . import metrics
 from .batch import output_writer, run_batch
 from .claimed import ClaimedJob, load_claimed
 from .continuous import ContinuousServer
-from .loading import load_models, model_info
+from .loading import load_models, model_info, window_stride
 from .presence import Presence
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ class WorkerRuntime:
         return self.presence.worker_id
 
     def load(self, bundles: list[Path]) -> None:
-        self.models.update(load_models(bundles, self.device))
+        self.models.update(load_models(bundles, self.device, self.settings.precision))
+        for gpt in self.models.values():  # a stride a model cannot take is refused now, not at its first long job
+            window_stride(gpt, self.settings.window_stride)
         self.presence.models = list(self.models)
         if self.settings.batching == "continuous":  # the engines' caches are allocated once, now
             self.server = ContinuousServer(self)
@@ -69,7 +71,7 @@ class WorkerRuntime:
     def announce(self) -> None:
         """Publish the models, and start beating (heartbeat, leases, reaper, webhooks)."""
         for gpt in self.models.values():
-            self.backend.catalog.publish_model(model_info(gpt))
+            self.backend.catalog.publish_model(model_info(gpt, self.settings))
         self.presence.start()
         self.presence.state = "idle"
 
@@ -169,7 +171,8 @@ class WorkerRuntime:
     def _run_fitting(self, gpt: VideoGPT, jobs: list[ClaimedJob], writer: Any) -> None:
         """Run the batch; out of GPU memory, run each half on its own, down to single jobs."""
         try:
-            run_batch(gpt, jobs, self.jobs, writer, self.settings.job_timeout_s)
+            run_batch(gpt, jobs, self.jobs, writer, self.settings.job_timeout_s,
+                      window_stride(gpt, self.settings.window_stride))
         except torch.cuda.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
