@@ -61,8 +61,9 @@ def _generate(url: str, request: dict[str, Any], output: Path, timeout_s: float,
             path.write_bytes(got.content)
             paths.append(path)
         metrics = job.get("metrics") or {}
-        print(f"wrote {', '.join(map(str, paths))} (sampling {metrics.get('sampling_seconds')} s, "
-              f"{metrics.get('tokens_per_second')} tokens/s)")
+        frames = job["outputs"][0].get("frames") if job["outputs"] else None
+        print(f"wrote {', '.join(map(str, paths))} ({frames} frames each; sampling {metrics.get('sampling_seconds')} "
+              f"s, {metrics.get('tokens_per_second')} tokens/s)")
         return paths
 
 

@@ -122,14 +122,16 @@ def validate_request(req: GenerateRequest, models: dict[str, dict],
         raise invalid("num_samples", f"num_samples {req.num_samples} is over this server's limit of "
                                      f"{settings.max_samples}")
     label, name = request_class(req, model)
+    num_frames = request_length(req, model)
     summary, frames = request_frames(req, model, settings)
     webhook = request_webhook(req, settings)
     request = JobRequest(
         model=model["name"], mode=req.mode, num_samples=req.num_samples,
         seed=req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little") & MAX_SEED,
         fps=req.fps or model["fps"], temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
-        guidance=request_guidance(req, model), class_label=label, class_name=name, cond_frames=summary,
-        webhook=webhook, webhook_events=tuple(sorted(set(req.webhook_events))) if webhook else ())
+        guidance=request_guidance(req, model), num_frames=num_frames, class_label=label, class_name=name,
+        cond_frames=summary, webhook=webhook,
+        webhook_events=tuple(sorted(set(req.webhook_events))) if webhook else ())
     return request, frames
 
 
@@ -144,6 +146,27 @@ def request_class(req: GenerateRequest, model: dict) -> tuple[int | None, str | 
     label = class_index(req.class_label, model)
     names = model.get("class_names")
     return label, names[label] if names else None
+
+
+def video_lengths(model: dict) -> tuple[int, int, int]:
+    """(native, frames per latent time step, longest) frames of a model's videos, as its workers announce
+    them; a worker of a version without long videos announced the native length only."""
+    native = int(model["frames"])
+    per_step = int(model.get("frames_per_step") or native // max(1, int(model["latent_shape"][0])))
+    return native, per_step, int(model.get("max_frames") or native)
+
+
+def request_length(req: GenerateRequest, model: dict) -> int:
+    """Frames of each of the job's videos: the request's num_frames, else the model's native length."""
+    native, per_step, longest = video_lengths(model)
+    if req.num_frames is None:
+        return native
+    if req.num_frames < per_step or req.num_frames > longest or req.num_frames % per_step:
+        allowed = f"be {native}" if longest == per_step else \
+            f"be a multiple of {per_step} from {per_step} to {longest}"
+        raise invalid("num_frames", f"num_frames must {allowed} for model {model['name']!r} (native length "
+                                    f"{native}), not {clip(str(req.num_frames))}")
+    return req.num_frames
 
 
 def request_frames(req: GenerateRequest, model: dict, settings: ServiceSettings) -> tuple[dict | None, bytes | None]:

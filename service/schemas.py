@@ -40,6 +40,10 @@ class GenerateRequest(BaseModel):
         None, description="mode frames: a data URI (data:image/png;base64,...) of a PNG/JPEG image, a GIF or an "
                           "mp4; its first frames condition the model, resized and cropped to its resolution")
     num_samples: int = Field(1, ge=1, description="videos to generate (at most the server's max_samples)")
+    num_frames: int | None = Field(
+        None, description="frames of each video (default: the model's native length, `frames` in /v1/models): a "
+                          "multiple of the model's frames_per_step up to its max_frames; past the native length a "
+                          "window slides over time")
     temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
     top_k: int | None = Field(None, ge=1, le=1_000_000, description="keep the k most likely codes")
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling")
@@ -113,7 +117,14 @@ class ModelInfo(BaseModel):
     modes: list[Mode]
     class_names: list[str] | None = None
     n_cond_frames: int
-    frames: int
+    frames: int = Field(description="native length: the frames of the videos the model was trained on")
+    frames_per_step: int | None = Field(None, description="frames per latent time step: num_frames is a multiple "
+                                                          "of it")
+    max_frames: int | None = Field(None, description="the longest num_frames a request may ask for (longer than "
+                                                     "`frames`: a window slides over time)")
+    window_stride_frames: int | None = Field(None, description="frames each window after the first adds to a "
+                                                               "longer video (none: the model makes only its "
+                                                               "native length)")
     resolution: int
     fps: float
     latent_shape: list[int]
@@ -124,6 +135,8 @@ class ModelInfo(BaseModel):
     unconditional: str = Field("dropped", description="how requests without a class are sampled: 'dropped' "
                                                       "(the prior's class-dropped path) or 'classes' (a class "
                                                       "drawn uniformly, then sampled)")
+    precision: str | None = Field(None, description="what it is decoded in (float32, bfloat16 or int8), as the "
+                                                    "worker that announced it last chose")
     worker_up: bool
     workers: int
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from ..deps import GatewayDep, Who
-from ..requests import default_for, default_models
+from ..requests import default_for, default_models, video_lengths
 from ..schemas import MODES, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
@@ -21,6 +21,7 @@ def list_models(who: Who, gw: GatewayDep) -> dict[str, Any]:
     for info in known.values():
         # Fields a worker of an older version did not announce keep their defaults.
         shown = {k: info[k] for k in ModelInfo.model_fields if k in info and k not in ("worker_up", "workers")}
+        _, shown["frames_per_step"], shown["max_frames"] = video_lengths(info)  # what requests are checked against
         models.append({**shown, "worker_up": info["workers_up"] > 0, "workers": info["workers_up"]})
     defaults = {mode: default_for(mode, known, gw.settings.default_model) for mode in MODES}
     return {"models": models, "default_model": (default_models(gw.settings.default_model) or [None])[0],
