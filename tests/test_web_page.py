@@ -118,6 +118,42 @@ def test_guidance_follows_the_mode_and_reaches_the_job(page, stack):
     assert httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()["request"]["guidance"] == 4
 
 
+def test_frames_field_follows_the_model_and_makes_a_longer_video(page, stack):
+    page.select_option("#model", "tiny")
+    frames = page.locator("#num_frames")
+    assert frames.is_visible()
+    # tiny: 4 frames natively, 2 per latent step, up to 8x as long (VGS_MAX_FRAMES' default).
+    assert frames.evaluate("e => [e.value, e.min, e.max, e.step]") == ["4", "2", "32", "2"]
+    assert "up to 32" in page.inner_text("#num_frames-help")
+    page.check("#mode-class")
+    page.fill("#num_frames", "16")
+    page.click("#submit")
+    page.wait_for_selector("#current[data-status='succeeded']", timeout=60000)
+    assert wait_for_video(page) == pytest.approx(16 / 4.0, abs=0.3)  # 16 frames at 4 fps
+    assert "16 frames" in page.locator("#videos figcaption").first.inner_text()
+    job_id = page.evaluate("JSON.parse(localStorage.getItem('vgs.recentJobs') || '[]')[0]")
+    job = httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()
+    assert job["request"]["num_frames"] == 16 and job["outputs"][0]["frames"] == 16
+    page.select_option("#model", "ghost")  # another model: the field takes its lengths
+    assert frames.evaluate("e => [e.value, e.max]") == ["4", "4"]
+    assert "this model's length" in page.inner_text("#num_frames-help")
+
+
+def test_a_bad_length_shows_its_error_next_to_the_frames_field(page, stack):
+    client = stack.redis.client()
+    jobs_before = len(list(client.scan_iter("vgs:job:*")))
+    page.select_option("#model", "tiny")
+    page.check("#mode-unconditional")
+    page.fill("#num_frames", "7")
+    page.click("#submit")
+    error = page.locator("#num_frames-error")
+    error.wait_for(state="visible")
+    assert "num_frames must be a multiple of 2 from 2 to 32 for model 'tiny'" in error.inner_text()
+    assert page.get_attribute("#num_frames", "aria-invalid") == "true"
+    assert page.inner_text("#form-error") == ""
+    assert len(list(client.scan_iter("vgs:job:*"))) == jobs_before
+
+
 def test_cancel_a_job(page):
     page.select_option("#model", "ghost")  # no worker serves it: the job waits in the queue
     page.click("#submit")

@@ -28,8 +28,8 @@ async function api(path, options = {}) {
 }
 
 // Errors appear next to the field they concern, or under the form.
-const FIELD_ERRORS = ["api_key", "model", "mode", "class_label", "cond_frames", "num_samples", "temperature",
-                      "top_k", "top_p", "guidance", "seed"];
+const FIELD_ERRORS = ["api_key", "model", "mode", "class_label", "cond_frames", "num_frames", "num_samples",
+                      "temperature", "top_k", "top_p", "guidance", "seed"];
 function clearErrors() {
   for (const name of FIELD_ERRORS) {
     const box = $(`${name === "api_key" ? "api-key" : name}-error`);
@@ -82,6 +82,7 @@ function onModelChange() {
   if (!model) return;
   $("model-info").textContent = `${model.frames} frames of ${model.resolution}x${model.resolution} at ` +
     `${model.fps} fps; ${model.workers} worker${model.workers === 1 ? "" : "s"} up`;
+  setLengths(model);
   const previous = currentMode();
   $("modes").replaceChildren(...model.modes.map((mode, i) => {
     const label = document.createElement("label");
@@ -98,6 +99,16 @@ function onModelChange() {
   preview.width = preview.height = model.resolution;
   onModeChange();
   drawPreview();
+}
+
+// The Frames field takes what the model can make: whole latent time steps up to its longest video.
+function setLengths(model) {
+  const step = model.frames_per_step || model.frames;
+  const longest = model.max_frames || model.frames;
+  Object.assign($("num_frames"), { min: step, max: longest, step, value: model.frames });
+  $("num_frames-help").textContent = longest > model.frames
+    ? `${model.frames} natively; up to ${longest}, in steps of ${step} (a window slides over time)`
+    : `${model.frames}: this model's length`;
 }
 
 function onModeChange() {
@@ -156,8 +167,9 @@ async function buildRequest() {
     if (!file) { showError("cond_frames", "Choose an image or a video whose first frames condition the model."); return null; }
     body.cond_frames = await readAsDataUri(file);
   }
-  for (const [name, parse] of [["num_samples", parseInt], ["temperature", parseFloat], ["top_k", parseInt],
-                               ["top_p", parseFloat], ["guidance", parseFloat], ["seed", parseInt]]) {
+  for (const [name, parse] of [["num_frames", Number], ["num_samples", parseInt], ["temperature", parseFloat],
+                               ["top_k", parseInt], ["top_p", parseFloat], ["guidance", parseFloat],
+                               ["seed", parseInt]]) {
     if ($(`${name}-field`)?.hidden) continue;
     const raw = $(name).value.trim();
     if (raw !== "") body[name] = Number.isNaN(parse(raw)) ? raw : parse(raw);
@@ -255,7 +267,8 @@ function render(job) {
     Object.assign(link, { href: out.url, download: `${job.id}_${i}.mp4`, textContent: `Download video ${i + 1}` });
     const m = job.metrics || {};
     caption.append(link, document.createElement("br"),
-      `${total !== null ? total.toFixed(1) + " s in all, " : ""}${m.sampling_seconds ?? "?"} s sampling, ` +
+      `${out.frames} frames; ${total !== null ? total.toFixed(1) + " s in all, " : ""}` +
+      `${m.sampling_seconds ?? "?"} s sampling, ` +
       `${m.tokens_per_second ?? "?"} tokens/s, batch of ${m.batch_jobs ?? 1}`);
     figure.append(video, caption);
     return figure;
