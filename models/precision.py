@@ -3,8 +3,9 @@ KV cache), int8 (weight-only, per output channel, bfloat16 activations and cache
 
 A step of one token per sample is bound by reading the weights and the cache, so narrower ones pay where
 the hardware computes them natively; where it does not they cost more (choose by measurement, not by
-name: `choose_precision` times a short decoding run of each at load). The VQ-VAE and the sampling
-arithmetic (softmax, top-k/top-p, the inverse-CDF draw) stay float32, so a seed keeps its meaning.
+name: `choose_precision` times decoding runs of each at load, for one row and for a full engine). The
+VQ-VAE and the sampling arithmetic (softmax, top-k/top-p, the inverse-CDF draw) stay float32, so a seed
+keeps its meaning.
 Fidelity against float32 (models/fidelity.py): mean KL(float32 || reduced) of teacher-forced next-code
 distributions (goal <= 0.01 nats per code) and top-1 agreement; auto never picks a precision that misses
 the goal on the model, as measured on the bundle's own codes (recorded by `videogpt-serve fidelity`) or,
