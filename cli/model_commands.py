@@ -74,10 +74,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device or _default_device()
-    gpt = load_gpt(args.bundle, device=device)
-    if args.dtype != "float32":
-        gpt = gpt.to(getattr(torch, args.dtype))
+    gpt = load_gpt(args.bundle, device=device, precision=args.precision)
     info, c = gpt.info, gpt.config
+    time_steps = _time_steps(args.num_frames, gpt)
     labels = None
     if args.label is not None:
         labels = [_class_label(args.label, info.class_names)] * args.n
@@ -98,10 +97,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     guidance = args.guidance if args.guidance is not None else default_guidance(mode, info.guidance)
     codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance,
-                   class_guidance=args.class_guidance, progress=progress)
+                   class_guidance=args.class_guidance, progress=progress, time_steps=time_steps)
     sampled = time.perf_counter()
     with torch.no_grad():
-        videos = gpt.vqvae.decode(codes).float()
+        videos = gpt.vqvae.decode_long(codes).float()
     clips = np.stack([to_uint8_frames(v) for v in videos])
     fps = args.fps or info.fps
     out = Path(args.output)
@@ -114,8 +113,54 @@ def cmd_sample(args: argparse.Namespace) -> int:
         write_mp4(tile(clips), out, fps, scale=args.scale)
     steps = codes[0].numel()
     elapsed = sampled - start
-    print(f"wrote {', '.join(map(str, paths))}: {args.n} x {steps} tokens in {elapsed:.1f} s "
-          f"({args.n * steps / elapsed:.0f} tokens/s, {elapsed / steps * 1000:.2f} ms per step) on {device}")
+    print(f"wrote {', '.join(map(str, paths))}: {args.n} x {clips.shape[1]} frames, {steps} tokens each, in "
+          f"{elapsed:.1f} s ({args.n * steps / elapsed:.0f} tokens/s, {elapsed / steps * 1000:.2f} ms per step) on "
+          f"{device} in {gpt.decode_precision}")
+    return 0
+
+
+def _time_steps(num_frames: int | None, gpt) -> int | None:
+    """The latent time steps of --num-frames (None: the model's own length); ValueError naming what is allowed."""
+    if num_frames is None:
+        return None
+    native, per_step = gpt.vqvae.config.sequence_length, gpt.vqvae.config.downsample[0]
+    if gpt.latent_shape[0] == 1 and num_frames != native:
+        raise ValueError(f"--num-frames {num_frames}: this model has one latent time step, so it makes videos of "
+                         f"{native} frames only")
+    if num_frames < 1 or num_frames % per_step:
+        raise ValueError(f"--num-frames must be a positive multiple of {per_step} (the frames of one latent time "
+                         f"step; the model's own length is {native}), not {num_frames}")
+    return num_frames // per_step
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    import torch
+
+    from models import load_gpt, read_bundle_config
+    from models.fidelity import fidelity, sampled_codes
+    from models.precision import FIDELITY_KL
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gpt = load_gpt(args.bundle, device=args.device or _default_device())
+    # Codes the float32 model samples itself, as auto measures at load when a bundle has no record.
+    codes, labels, frames = sampled_codes(gpt, args.n)
+    measured = {}
+    for precision in dict.fromkeys(args.precisions):
+        figures = measured[precision] = fidelity(gpt, precision, codes, labels, frames)
+        met = figures["kl_nats_per_code"] <= FIDELITY_KL
+        print(f"{precision}: KL(float32 || {precision}) {figures['kl_nats_per_code']:.3g} nats/code, top-1 "
+              f"agreement {figures['top1_agreement']:.4f} on {codes.shape[0]} x {codes[0].numel()} codes: "
+              f"{'meets' if met else 'misses'} the goal of {FIDELITY_KL} "
+              f"(auto {'may take' if met else 'never takes'} it)")
+    if args.no_record:
+        return 0
+    path = Path(args.bundle) / "config.json"
+    config = json.loads(path.read_text())
+    config["precision_fidelity"] = {**(config.get("precision_fidelity") or {}), **measured}
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    read_bundle_config(args.bundle)  # what was written reads back
+    print(f"recorded in {path} (precision_fidelity, what VGS_PRECISION=auto consults)")
     return 0
 
 
@@ -180,6 +225,7 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
 
     from models import BundleInfo, GPTConfig, VideoGPT, load_vqvae, save_bundle
     from models.bundle import check_guidance, check_unconditional
+    from models.data import EncodedVideos
     from models.training import train
 
     settings = _train_settings(args)
@@ -201,19 +247,58 @@ def cmd_train_gpt(args: argparse.Namespace) -> int:
     check_guidance(args.default_guidance, config, "--default-guidance")  # before training, not after
     check_unconditional(args.unconditional, config, "--unconditional")
     model = VideoGPT(config, vqvae)
+    if args.init:
+        _init_from(model, args.init)
+    if args.encoded:  # each video encoded once, not at every step
+        train_set, val_set = (EncodedVideos(videos, vqvae, n_cond_frames=config.n_cond_frames, device=settings.device,
+                                            log=lambda line: print(line, file=sys.stderr))
+                              for videos in (train_set, val_set))
 
     def loss_fn(batch: dict) -> dict:
-        return {"loss": model.training_loss(batch["video"], batch["label"] if args.class_cond else None)}
+        labels = batch["label"] if args.class_cond else None
+        if args.encoded:
+            return {"loss": model.training_loss(None, labels, codes=batch["codes"], cond_frames=batch.get("frames"))}
+        return {"loss": model.training_loss(batch["video"], labels)}
 
     metrics = train(model, loss_fn, train_set, val_set, settings, _checkpoint_path(args))
+    source = {"trained_on": args.data, "steps": settings.steps, "vqvae": str(args.vqvae), "validation": metrics}
+    if args.init:
+        source["initialised_from"] = str(args.init)
     info = BundleInfo(name=args.name or Path(args.out).name, kind="gpt", fps=args.fps,
-                      class_names=list(class_names) if args.class_cond else None,
-                      source={"trained_on": args.data, "steps": settings.steps, "vqvae": str(args.vqvae),
-                              "validation": metrics}, guidance=args.default_guidance,
-                      unconditional=args.unconditional)
+                      class_names=list(class_names) if args.class_cond else None, source=source,
+                      guidance=args.default_guidance, unconditional=args.unconditional)
     save_bundle(model, args.out, info, storage_dtype=getattr(torch, args.save_dtype))
     print(f"wrote GPT bundle {args.out}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
+
+
+# Settings of a prior that only training reads: a bundle trained with others has the same architecture.
+TRAINING_ONLY = ("dropout", "attn_dropout", "condition_dropout")
+
+
+def _init_from(model, bundle: str) -> None:
+    """Copy the weights of the prior in `bundle` into model (the VQ-VAE stays model's); ValueError unless the
+    two priors have the same architecture."""
+    from models import load_gpt, read_bundle_config
+    from models.bundle import VQVAE_PREFIX, load_weights, own_state
+
+    _, vq_config, gpt_config = read_bundle_config(bundle)
+    if gpt_config is None:
+        raise ValueError(f"--init {bundle}: the bundle holds only a VQ-VAE; --init takes a GPT bundle")
+    ours, theirs = model.config.to_dict(), gpt_config.to_dict()
+    differing = [k for k in ours if k not in TRAINING_ONLY and ours[k] != theirs.get(k)]
+    if gpt_config.conditions_optional != model.config.conditions_optional:
+        differing.append("condition_dropout")  # > 0 or not: the prior has the no-condition embeddings or not
+    if vq_config.latent_shape != model.vqvae.config.latent_shape or vq_config.n_codes != model.vqvae.config.n_codes:
+        differing.append("latent shape and codes of the VQ-VAE")
+    if differing:
+        name = differing[0]
+        shown = f"{name} {theirs.get(name)!r} there, {ours.get(name)!r} here" if name in ours else name
+        raise ValueError(f"--init {bundle}: its prior has another architecture than these options build ({shown}); "
+                         f"give train-gpt the bundle's settings (videogpt-serve info {bundle} shows them)")
+    start = load_gpt(bundle, with_class_guide=False)
+    load_weights(model, own_state(start, VQVAE_PREFIX), f"--init {bundle}", skip_prefix=VQVAE_PREFIX)
+    print(f"starting from the weights of {bundle} (a fresh optimizer)", file=sys.stderr)
 
 
 def cmd_set_decoder(args: argparse.Namespace) -> int:
@@ -393,9 +478,32 @@ def _parser_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, help="frames per second (default: the bundle's)")
     p.add_argument("--scale", type=int, default=4, help="integer nearest-neighbour upscaling (default 4)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--num-frames", type=int, metavar="N",
+                   help="frames of each video (default: the model's own length); longer: a window slides over "
+                        "time; a multiple of the frames of one latent time step")
+    # models.precision.CHOICES, spelled out: the parser must not import torch (the gateway uses it too).
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "int8", "auto"],
+                   help="decoding precision: float32 (exact), bfloat16, int8 (weight-only) or auto (the fastest "
+                        "here that meets the fidelity goal; measured at load) (default float32)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_sample)
+
+
+def _parser_fidelity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fidelity", help="measure how reduced decoding precisions compare with float32 on a prior",
+                       description="Teacher-forced next-code distributions of codes the float32 prior samples "
+                                   "itself, in each precision against float32: mean KL (nats per code; goal <= "
+                                   "0.01) and top-1 agreement. Recorded in the bundle's config.json "
+                                   "(precision_fidelity), which VGS_PRECISION=auto consults instead of measuring "
+                                   "at load.")
+    p.add_argument("bundle", help="GPT bundle directory")
+    p.add_argument("--n", type=int, default=4, help="videos sampled to measure on (default 4)")
+    p.add_argument("--precisions", nargs="+", choices=["bfloat16", "int8"], default=["bfloat16", "int8"],
+                   help="precisions to measure (default: bfloat16 int8)")
+    p.add_argument("--no-record", action="store_true", help="print the figures only; leave the bundle as it is")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_fidelity)
 
 
 def _parser_train_vqvae(sub: argparse._SubParsersAction) -> None:
@@ -478,6 +586,12 @@ def _parser_train_gpt(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--global-frames", action="store_true",
                    help="also give every layer norm a summary of the frame encoding (its mean and maximum over "
                         "space), as class conditioning gives the class: what the frame shows reaches every code")
+    p.add_argument("--encoded", action="store_true",
+                   help="encode every training and validation video once before training (codes and first frames "
+                        "kept in memory) instead of at every step: faster, the same data")
+    p.add_argument("--init", metavar="BUNDLE",
+                   help="start from the weights of this GPT bundle's prior (the same architecture: give the same "
+                        "options), with a fresh optimizer")
     p.add_argument("--hidden-dim", type=int, default=144)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--layers", type=int, default=4)
@@ -528,8 +642,9 @@ def _parser_info(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_info)
 
 
-PARSERS = (_parser_convert, _parser_sample, _parser_train_vqvae, _parser_set_decoder, _parser_set_class_guide,
-           _parser_train_recognizer, _parser_train_gpt, _parser_eval, _parser_train_classifier, _parser_info)
+PARSERS = (_parser_convert, _parser_sample, _parser_fidelity, _parser_train_vqvae, _parser_set_decoder,
+           _parser_set_class_guide, _parser_train_recognizer, _parser_train_gpt, _parser_eval,
+           _parser_train_classifier, _parser_info)
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
