@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _class_names(value: str | None) -> list[str] | None:
@@ -363,15 +364,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         save_classifier(classifier, classifier_path)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # Digit stability reads each frame with a frame recognizer: the one a frames bundle's class guide holds.
+    recognizer = next((gpt.class_guide.recognizer for gpt in models.values() if gpt.class_guide is not None), None)
+    if recognizer is None:
+        print("no bundle has a frame recognizer (a class guide): digit stability is not measured", file=sys.stderr)
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if args.long:
+        return _eval_long(args, models, classifier, recognizer, spec, guidance, sources, out, log)
     report = evaluate(models, vqvae, classifier, spec, n=args.n, batch=args.batch, seed=args.seed,
-                      sheet_path=out / "contact_sheet.png", log=lambda line: print(line, file=sys.stderr),
-                      guidance=guidance)
+                      sheet_path=out / "contact_sheet.png", log=log, guidance=guidance, recognizer=recognizer)
     report["bundles"] = sources
     report["bars"] = check_bars(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for bar in report["bars"]:
         print(f"{'ok  ' if bar['met'] else 'MISS'} {bar['metric']:40s} {bar['value']:.3f} (bar {bar['bar']})")
     print(f"wrote {out / 'report.json'} and {out / 'contact_sheet.png'}")
+    return 0
+
+
+def _eval_long(args: argparse.Namespace, models: dict, classifier: Any, recognizer: Any, spec: Any,
+               guidance: dict[str, float], sources: dict[str, str], out: Path, log: Any) -> int:
+    """eval --long: the long-video report (models/long_eval.py) of the class and frames modes."""
+    from models.long_eval import evaluate_long
+
+    if recognizer is None:
+        raise SystemExit("eval --long needs a frames bundle with a class guide (its frame recognizer)")
+    report = evaluate_long(models, classifier, recognizer, spec, lengths=tuple(args.long), n=args.n,
+                           batch=args.batch, seed=args.seed, guidance=guidance, stride=args.window_stride,
+                           sheet_path=out / "long_contact_sheet.png", log=log)
+    report["bundles"] = sources
+    (out / "long_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out / 'long_report.json'} and {out / 'long_contact_sheet.png'}")
     return 0
 
 
@@ -619,6 +642,11 @@ def _parser_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", help="cpu or cuda, where the videos are generated (default: cuda when available)")
+    p.add_argument("--long", type=int, nargs="+", metavar="FRAMES",
+                   help="instead: the long-video report at these lengths (e.g. 64 128; class and frames modes): "
+                        "per 16-frame window agreement and motion, seams, colour, digit stability, cost")
+    p.add_argument("--window-stride", type=int, help="--long: latent time steps each later window adds "
+                                                     "(default: half the model's)")
     p.set_defaults(func=cmd_eval)
 
 

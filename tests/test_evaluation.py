@@ -1,6 +1,7 @@
 """The quality measures measure what they say; `eval` writes a report and a contact sheet."""
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -9,6 +10,8 @@ from media import read_frames
 from models.data import MovingDigitsSpec, moving_digit
 from models.data.frames import frames_to_tensor
 from models.evaluation import check_bars, frechet_distance, motion_stats, psnr
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_psnr_of_known_errors():
@@ -68,6 +71,8 @@ def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
     assert set(report) >= {"real", "reconstruction", "class", "frames", "unconditional", "bars"}
     assert 0 <= report["class"]["classifier_agreement"] <= 1
     assert "first_frame_psnr_db" in report["frames"]
+    assert 0 <= report["class"]["colour_purity"] <= 1 and report["real"]["colour_purity"] > 0.97
+    assert "digit_stability" not in report["class"]  # no bundle here has a frame recognizer to read frames with
     assert report["video_frames"] == 16
     assert (tmp_path / "b" / "classifier.safetensors").exists()
     sheet = (tmp_path / "eval" / "contact_sheet.png").read_bytes()
@@ -91,3 +96,57 @@ def test_eval_of_a_prior_without_frames_mode(tmp_path, capsys):
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert set(report) >= {"unconditional", "class"} and "frames" not in report
     assert {bar["metric"].split(".")[0] for bar in report["bars"]} == {"reconstruction", "class", "unconditional"}
+
+
+def _real_videos(n: int = 8, length: int = 16) -> torch.Tensor:
+    spec = MovingDigitsSpec(resolution=32, scale=2, frames=length)
+    return torch.stack([frames_to_tensor(moving_digit(0, "test", i, spec)[0]) for i in range(n)])
+
+
+def test_colour_purity_is_one_for_real_digits_and_falls_for_a_second_colour():
+    from models.steadiness import colour_purity
+
+    videos = _real_videos()
+    assert float(colour_purity(videos).min()) > 0.97
+    mixed = videos.clone()
+    mixed[:, :, :, 16:] = mixed[:, :, :, 16:].flip(1)  # the lower half's channels reversed: another hue
+    assert float(colour_purity(mixed).mean()) < 0.85
+
+
+def test_digit_stability_of_real_digits_and_of_one_that_turns_into_another():
+    from models.bundle import RECOGNIZER_FILE
+    from models.classifier import load_classifier
+    from models.steadiness import digit_stability, frame_digits
+
+    recognizer = load_classifier(REPO / "weights" / "moving-digits-frames" / "class-guide" / RECOGNIZER_FILE,
+                                 "frame recognizer")
+    videos = _real_videos(20)
+    assert float(digit_stability(recognizer, videos).mean()) > 0.95
+    digits = frame_digits(recognizer, videos)
+    majority = torch.mode(digits, dim=1).values
+    a, b = next((i, j) for i in range(20) for j in range(20) if majority[i] != majority[j])
+    turning = torch.cat([videos[a:a + 1, :, :10], videos[b:b + 1, :, 10:]], dim=2)  # 10 frames of one, 6 of another
+    assert float(digit_stability(recognizer, turning)) <= 10 / 16 + 1 / 16
+
+
+def test_seam_ratio_sees_a_jump_where_a_window_begins():
+    from models.long_eval import seam_ratio
+
+    videos = _real_videos(4, length=32)
+    assert 0.7 < seam_ratio(videos, 16, 8) < 1.3
+    jumped = videos.clone()
+    jumped[:, :, 16:] = jumped[:, :, 16:].roll(6, dims=-1)  # everything from frame 16 on shifted 6 px
+    assert seam_ratio(jumped, 16, 8) > 1.5
+
+
+def test_eval_long_reports_windows_seams_and_steadiness_of_the_shipped_models(tmp_path):
+    assert main(["eval", str(REPO / "weights" / "moving-digits"), str(REPO / "weights" / "moving-digits-frames"),
+                 "--classifier", str(REPO / "weights" / "moving-digits-classifier.safetensors"), "--device", "cpu",
+                 "--long", "32", "--n", "2", "--batch", "2", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "long_report.json").read_text())
+    for mode in ("class", "frames"):
+        figures = report[mode]["32_frames"]
+        assert len(figures["classifier_agreement"]) == len(figures["motion_px_per_frame"]) == 2  # 16-frame windows
+        assert figures["seam_ratio"] > 0 and 0 <= figures["digit_stability"] <= 1
+        assert 0 <= figures["colour_purity"] <= 1
+    assert (tmp_path / "long_contact_sheet.png").read_bytes().startswith(b"\x89PNG")
