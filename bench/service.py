@@ -262,7 +262,8 @@ def bench_load(args: argparse.Namespace) -> dict:
             metrics_port = free_port()
             url, _, procs = start_stack(Path(tmp), [args.bundle], worker=True, VGS_BATCHING=mode,
                                         VGS_RATE_LIMIT_PER_MINUTE="0", VGS_MAX_CONCURRENT_JOBS="0",
-                                        VGS_MAX_QUEUE_DEPTH="100000", VGS_METRICS_PORT=str(metrics_port))
+                                        VGS_MAX_QUEUE_DEPTH="100000", VGS_METRICS_PORT=str(metrics_port),
+                                        VGS_PRECISION=args.precision)
             try:
                 run_jobs(url, 8, {**LOAD_BODY, "class_label": 1})  # warm-up
                 alone = [_job_seconds(run_jobs(url, 1, {**LOAD_BODY, "class_label": 3})[1][0]) for _ in range(5)]
@@ -284,8 +285,9 @@ def bench_load(args: argparse.Namespace) -> dict:
               for s, c in zip(modes["static"]["levels"], modes["continuous"]["levels"])]
     alone = modes["continuous"]["alone_job_s"] / modes["static"]["alone_job_s"]
     return {"bench": "load", "bundle": args.bundle, "body": LOAD_BODY, "reference_capacity": "static",
-            "modes": modes, "ratios": ratios, "alone_continuous_over_static": round(alone, 3),
-            "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg()}
+            "precision": args.precision, "modes": modes, "ratios": ratios,
+            "alone_continuous_over_static": round(alone, 3), "cpu_count": os.cpu_count(),
+            "load_average_at_end": os.getloadavg()}
 
 
 def main() -> None:
@@ -302,6 +304,8 @@ def main() -> None:
     ld = sub.add_parser("load")
     ld.add_argument("--bundle", default=str(REPO / "weights" / "moving-digits"))
     ld.add_argument("--jobs", type=int, default=200, help="jobs per load level (at least 200 for the report)")
+    ld.add_argument("--precision", default="float32",
+                    help="VGS_PRECISION of both workers (fixed: auto may time differently in the two stacks)")
     ld.add_argument("--loads", type=float, nargs="+", default=[0.3, 0.6, 0.9],
                     help="offered load as fractions of the static capacity")
     args = parser.parse_args()

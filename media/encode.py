@@ -32,10 +32,11 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     return frames.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 
-def write_mp4(frames: np.ndarray, path: str | Path, fps: float, scale: int = 1) -> dict:
+def write_mp4(frames: np.ndarray, path: str | Path, fps: float, scale: int = 1, threads: int = 0) -> dict:
     """Write (T, H, W, 3) uint8 frames as H.264/yuv420p mp4 (faststart); returns its frame size and count.
 
-    yuv420p needs even sides: an odd side gets one black row or column.
+    yuv420p needs even sides: an odd side gets one black row or column. threads: ffmpeg's encoding threads
+    (0: its own choice, one per core; a worker encoding beside its decoding engine takes 1).
     """
     frames = upscale(np.ascontiguousarray(frames, dtype=np.uint8), scale)
     t, h, w, _ = frames.shape
@@ -45,7 +46,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: float, scale: int = 1) 
         h, w = h + pad_h, w + pad_w
     writer = imageio_ffmpeg.write_frames(
         str(path), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1, quality=None,
-        output_params=["-crf", "16", "-preset", "veryfast", "-movflags", "+faststart"])
+        output_params=["-crf", "16", "-preset", "veryfast", "-movflags", "+faststart", "-threads", str(threads)])
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

@@ -18,7 +18,7 @@ from models import SamplingCancelled, VideoGPT, sample, sample_seed
 
 from . import metrics
 from .claimed import ClaimedJob
-from .outputs import OutputWriter, finish_canceled, output_scale
+from .outputs import OutputWriter, finish_canceled, output_scale, video_frames
 
 DECODE_CHUNK = 16
 PROGRESS_EVERY_S = 0.2
@@ -133,7 +133,7 @@ def run_batch(gpt: VideoGPT, jobs: list[ClaimedJob], store: JobStore, writer: Ou
     encodes, first = {}, 0
     for job in jobs:
         if job.id in watch.live:
-            encodes[job.id] = writer.encode(job, videos[first:first + job.n])
+            encodes[job.id] = writer.encode(job, video_frames(videos[first:first + job.n]))
         first += job.n
     for job in jobs:
         if job.id in encodes:

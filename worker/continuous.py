@@ -62,7 +62,9 @@ class ContinuousServer:
         writers = {name: output_writer(self.store, runtime.backend.storage, gpt, settings.upscale)
                    for name, gpt in runtime.models.items()}
         self.finisher = Finisher(self.store, writers, self._done)
-        self._rates = {name: (time.monotonic(), 0) for name in self.lanes}
+        self._rates = {name: (time.monotonic(), lane.engine.steps) for name, lane in self.lanes.items()}
+        on_cpu = all(lane.engine.device.type == "cpu" for lane in self.lanes.values())
+        self._threads = torch.get_num_threads() if on_cpu else 0
 
     def close(self) -> None:
         self.finisher.close()
@@ -84,12 +86,25 @@ class ContinuousServer:
             if now - last["progress"] >= PROGRESS_S:
                 last["progress"] = now
                 self._report_progress()
+                self._update_gauges()
             if keepalive is not None and now - last["keepalive"] >= KEEPALIVE_S:
                 last["keepalive"] = now
                 keepalive()
+            self._share_cores()
             if not self._step_lanes() and (stopping or not self._take_queued()):
                 break  # nothing runs, nothing waits in the queues: back to RQ, which blocks on them
         self._update_gauges()
+
+    def _share_cores(self) -> None:
+        """On CPU, while videos encode the engine steps on one thread fewer. Its threads wait for each other
+        at every operation, so a core taken by ffmpeg stalls them all: with two threads on two cores beside
+        an encoder the shipped model's steps took 3x as long, while one thread alone is only ~15% slower than
+        two (and the engine, never idle under load, would otherwise starve the encoders behind it)."""
+        if self._threads < 2:
+            return
+        wanted = self._threads - 1 if self.finisher.pending else self._threads
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
 
     def _step_lanes(self) -> bool:
         """Admit waiting samples and step every busy lane once; whether any lane holds jobs."""
@@ -103,9 +118,7 @@ class ContinuousServer:
                 continue
             for lane_job in complete:
                 self._hand_over(lane, lane_job)
-            self._count_step(lane)
             busy = busy or lane.busy
-        self._update_gauges()
         return busy
 
     def _admit(self, lane: ModelLane) -> None:
@@ -194,7 +207,7 @@ class ContinuousServer:
         tokens = int(lane_job.codes[0].numel())  # every window's codes of one sample
         sampling_s = max(lane_job.done_at - lane_job.first_slot_at, 1e-9)
         wait_s = lane_job.first_slot_at - job.claimed_at
-        mean_samples = lane_job.samples_seen / max(lane_job.steps, 1)
+        mean_samples = lane_job.mean_samples
         metrics.SAMPLING.labels(lane.name).observe(sampling_s)
         metrics.SLOT_WAIT.labels(lane.name).observe(wait_s)
         metrics.TOKENS.labels(lane.name).inc(n * tokens)
@@ -219,20 +232,15 @@ class ContinuousServer:
         except redis.exceptions.RedisError:
             pass
 
-    def _count_step(self, lane: ModelLane) -> None:
-        started, steps = self._rates[lane.name]
-        steps += 1 if lane.engine.live or lane.busy else 0
-        elapsed = time.monotonic() - started
-        if elapsed >= RATE_WINDOW_S:
-            metrics.STEPS_PER_SECOND.labels(lane.name).set(steps / elapsed)
-            self._rates[lane.name] = (time.monotonic(), 0)
-        else:
-            self._rates[lane.name] = (started, steps)
-
     def _update_gauges(self) -> None:
-        busy = False
+        """Slots in use, steps per second (over the last RATE_WINDOW_S or more), busy."""
+        busy, now = False, time.monotonic()
         for lane in self.lanes.values():
             metrics.SLOTS_IN_USE.labels(lane.name).set(lane.engine.rows_in_use)
+            since, steps = self._rates[lane.name]
+            if now - since >= RATE_WINDOW_S:
+                metrics.STEPS_PER_SECOND.labels(lane.name).set((lane.engine.steps - steps) / (now - since))
+                self._rates[lane.name] = (now, lane.engine.steps)
             busy = busy or lane.busy
         metrics.BUSY.set(1 if busy or self.finisher.pending else 0)
         self.runtime.presence.state = "busy" if busy else "idle"

@@ -30,8 +30,8 @@ class LaneJob:
     codes: dict[int, torch.Tensor] = field(default_factory=dict)
     first_slot_at: float | None = None
     done_at: float | None = None
-    steps: int = 0  # engine steps while any of its samples ran, and how many samples ran beside them
-    samples_seen: int = 0
+    started: tuple[int, int] = (0, 0)  # the engine's steps and samples stepped when its first sample went in
+    mean_samples: float = 0.0  # samples the engine stepped per step while the job ran
 
     @property
     def complete(self) -> bool:
@@ -87,6 +87,7 @@ class ModelLane:
             lane_job.next_sample += 1
             if lane_job.first_slot_at is None:
                 lane_job.first_slot_at = time.time()
+                lane_job.started = (self.engine.steps, self.engine.samples_stepped)
             if lane_job.next_sample == lane_job.job.n:
                 self.waiting.popleft()
 
@@ -94,10 +95,6 @@ class ModelLane:
         """One engine step; the jobs whose every sample is done now (taken out of the lane)."""
         if not self.engine.live:
             return []
-        running = {job_id for job_id, _ in (live.request.tag for live in self.engine.live.values())}
-        for job_id in running:
-            self.jobs[job_id].steps += 1
-            self.jobs[job_id].samples_seen += len(self.engine.live)
         complete = []
         for finished in self.engine.step():
             job_id, index = finished.tag
@@ -106,6 +103,9 @@ class ModelLane:
             del lane_job.handles[finished.handle]
             if lane_job.complete:
                 lane_job.done_at = time.time()
+                steps, samples = self.engine.steps - lane_job.started[0], \
+                    self.engine.samples_stepped - lane_job.started[1]
+                lane_job.mean_samples = samples / max(steps, 1)
                 complete.append(self.jobs.pop(job_id))
         return complete
 

@@ -1,4 +1,5 @@
-"""Finished videos to stored mp4s and terminal job records: encode (ffmpeg, in parallel), store, succeed."""
+"""Finished videos to stored mp4s and terminal job records: encode (ffmpeg, in the encoding processes of
+worker/encoder.py), store, succeed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +17,13 @@ import torch
 
 from jobs.storage import Storage
 from jobs.store import JobStore, now_iso
-from media import MP4_CONTENT_TYPE, write_mp4
+from media import MP4_CONTENT_TYPE
 from models.data.frames import to_uint8_frames
 
-from . import metrics
+from . import encoder, metrics
 from .claimed import ClaimedJob
 
 log = logging.getLogger(__name__)
-ENCODE_THREADS = 4
 
 
 def output_scale(resolution: int, configured: int) -> int:
@@ -31,30 +31,22 @@ def output_scale(resolution: int, configured: int) -> int:
     return configured if configured > 0 else max(1, 256 // resolution)
 
 
-def _timed_write_mp4(frames: np.ndarray, path: Path, fps: float, scale: int) -> tuple[Path, dict, float]:
-    t0 = time.time()
-    info = write_mp4(frames, path, fps=fps, scale=scale)
-    return path, info, time.time() - t0
-
-
 def video_frames(videos: torch.Tensor) -> list[np.ndarray]:
     """Decoded videos (n, 3, T, H, W) as uint8 frames (T, H, W, 3), each: on the thread that runs torch.
     (torch's CPU thread pool belongs to the thread that uses it: a second thread running torch ops starts a
-    second pool, and the two, spinning, slowed the decoding step 4x; the encoding threads get numpy only.)"""
+    second pool, and the two, spinning, slowed the decoding step 4x; the encoders get numpy only.)"""
     return [to_uint8_frames(video) for video in videos]
 
 
 class OutputWriter:
-    """Encodes videos in a pool of threads (ffmpeg runs in its own processes, so encodes run at once) into a
-    scratch folder, then stores them and marks their job succeeded."""
+    """Encodes videos into a scratch folder (the encoding processes run several at once), then stores them
+    and marks their job succeeded."""
 
     def __init__(self, store: JobStore, storage: Storage, model: str, scale: int):
         self.store, self.storage, self.model, self.scale = store, storage, model, scale
         self._tmp = tempfile.TemporaryDirectory(prefix="vgs-")
-        self._pool = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="encode")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
         self._tmp.cleanup()
 
     def __enter__(self) -> OutputWriter:
@@ -65,8 +57,8 @@ class OutputWriter:
 
     def encode(self, job: ClaimedJob, videos: list[np.ndarray]) -> list[Future]:
         """Start encoding a job's videos (uint8 frames, see video_frames); one future per video."""
-        return [self._pool.submit(_timed_write_mp4, frames, Path(self._tmp.name) / f"{job.id}-{i}.mp4",
-                                  float(job.request.fps), self.scale) for i, frames in enumerate(videos)]
+        return [encoder.encode(frames, Path(self._tmp.name) / f"{job.id}-{i}.mp4", float(job.request.fps), self.scale)
+                for i, frames in enumerate(videos)]
 
     def succeed(self, job: ClaimedJob, encodes: list[Future], shared_metrics: dict[str, float]) -> None:
         """Store the encoded videos and mark the job succeeded with its outputs and timings."""

@@ -10,6 +10,7 @@ the batch size and the wait window, and runs them as one batch.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from jobs.storage import S3Storage
 from jobs.store import TERMINAL, now_iso
 from models import VideoGPT
 
-from . import metrics
+from . import encoder, metrics
 from .batch import output_writer, run_batch
 from .claimed import ClaimedJob, load_claimed
 from .continuous import ContinuousServer
@@ -72,12 +73,14 @@ class WorkerRuntime:
         """Publish the models, and start beating (heartbeat, leases, reaper, webhooks)."""
         for gpt in self.models.values():
             self.backend.catalog.publish_model(model_info(gpt, self.settings))
+        encoder.warm_up(Path(tempfile.gettempdir()))  # the encoding processes start now, not with a first job
         self.presence.start()
         self.presence.state = "idle"
 
     def stop(self) -> None:
         if self.server is not None:
             self.server.close()  # what was handed to the finisher is stored first
+        encoder.shut_down()
         self.presence.stop()
 
     def gather(self, leader: str, model: str) -> list[str]:
