@@ -9,8 +9,8 @@ filled by the last one), so a step computes rows [0, n) and reads the cache up t
 position (rounded up to a chunk).
 
 Exactness: a row's logits do not depend on which other rows share its step or where they are. Two things
-would make them depend: matmul kernels that round a partial tile of rows differently, which the decoder
-measures at start and avoids by computing whole tiles of rows (`row_tile`); and an
+would make them depend: matmul kernels that take other code for another number of rows, which the
+decoder avoids by multiplying rows in tiles of a size it measures at start (`row_tile`); and an
 attention softmax whose sum is grouped by the length read, which `attend_cache` avoids by taking the
 softmax over the whole cache's length (the scores past what was read are -inf). On CUDA the step is
 captured once as a CUDA graph over every row and the whole cache, so its shapes never change at all.
@@ -19,7 +19,9 @@ captured once as a CUDA graph over every row and the whole cache, so its shapes 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -29,10 +31,16 @@ from torch import nn
 from .gpt import Conditioning, VideoGPT
 from .layers import LayerNorm, MultiHeadAttention
 from .layout import causal_mask
-from .precision import DTYPES, Int8Linear, check_precision
+from .precision import DTYPES, Int8Linear, by_tiles, check_precision
 
+log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
-CALIBRATION_ROWS = 32  # invariant_rows checks row counts up to this
+CALIBRATION_ROWS = 64  # row_tile checks row counts below this against this many
+PLAIN_ROWS = (1, 2, 4)  # the row multiples row_tile tries with one product over all rows
+TILES = (1, 2, 4, 8, 16, 32)  # then the tiles of tiled products
+TIMED_ROWS = (1, 16)  # row_tile times a step for one row and for a busy engine (8 guided samples)
+TILE_SLACK = 1.1
+K_CHUNK = 768  # decoding steps multiply inputs longer than this in chunks (DecodeLinear)
 # A step reads the cache up to its furthest row's position rounded up to the first of these that divides N
 # and that the attention kernels give the same bits for (reads_agree); else all of it.
 READ_CHUNKS = (16, 32, 64, 128)
@@ -44,34 +52,41 @@ GROUP_COST_VALUES = 100_000
 NORMS = ("pre_attn_norm", "pre_enc_norm", "pre_fc_norm")
 
 
-ROWWISE_BYTES = 1 << 20  # float32 linears with every weight this small multiply row by row (see DecodeLinear)
-
-
 class DecodeLinear:
     """y = x @ W^T + b with W^T stored contiguous: one row streams that layout faster than nn.Linear's
     (out, in) on CPU, and decoding a token at a time is bound by reading weights.
 
-    rowwise: each row multiplied on its own (one batched matrix-vector product), which gives a row the same
-    bits whatever rows share the call, at no cost while the weights stay in cache (small priors); larger
-    ones take one matmul over whole tiles of rows instead (see row_tile).
+    Decoding steps (x of shape (R, 1, in), R a multiple of row_tile's tile) multiply in one of two ways,
+    chosen by row_tile so that a row's bits do not depend on R: `tile` 0, one matmul over all rows (the
+    weights read once), inputs longer than K_CHUNK summed in equal chunks (MKL splits a long input across
+    threads for fewer than 17 rows); `tile` > 0, one matmul per tile of that many rows (by_tiles).
+    Prefill (one sample) is one matmul.
     The decoding copy holds these as plain callables, not modules: a step calls dozens of them, and
     nn.Module's call machinery costs more than a small matmul.
     """
 
-    def __init__(self, *linears: nn.Linear, dtype: torch.dtype | None = None, rowwise: bool = False):
+    def __init__(self, *linears: nn.Linear, dtype: torch.dtype | None = None):
         with torch.no_grad():
             self.weight_t = torch.cat([lin.weight for lin in linears]).t().contiguous().to(dtype)
             biases = [lin.bias for lin in linears]
             self.bias = torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None
-        self.rowwise = rowwise
+        self.tile = 0
+        width = self.in_features
+        parts = next(p for p in range(1, width + 1) if width % p == 0 and width // p <= K_CHUNK)
+        self.chunks = self.weight_t.chunk(parts) if parts > 1 else None
 
     @property
     def in_features(self) -> int:
         return self.weight_t.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.rowwise and x.dim() == 3 and x.shape[1] == 1:  # decoding steps; prefill is one sample
-            y = torch.bmm(x, self.weight_t.expand(x.shape[0], *self.weight_t.shape))
+        if x.dim() == 3 and x.shape[1] == 1 and self.tile:
+            y = by_tiles(lambda rows: torch.matmul(rows, self.weight_t), x, self.tile)
+        elif x.dim() == 3 and x.shape[1] == 1 and self.chunks is not None:
+            width = self.chunks[0].shape[0]
+            y = torch.matmul(x[..., :width], self.chunks[0])
+            for i, chunk in enumerate(self.chunks[1:], 1):
+                y.add_(torch.matmul(x[..., i * width:(i + 1) * width], chunk))
         else:
             y = torch.matmul(x, self.weight_t)
         return y if self.bias is None else y.add_(self.bias)
@@ -144,29 +159,80 @@ def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
         part.to(dtype)
     model.decode_linears = [*linears, logits]
     model.decode_precision = precision
-    rowwise = precision == "float32" and model.fc_in.weight.device.type == "cpu" and \
-        all(m.weight_t.numel() * m.weight_t.element_size() <= ROWWISE_BYTES for m in model.decode_linears)
-    for m in model.decode_linears:
-        m.rowwise = rowwise
     return model
 
 
-_ROW_TILES: dict[tuple, int] = {}  # what row_tile and reads_agree measured, per shapes and thread count
+_ROW_TILES: dict[tuple, object] = {}  # what row_tile and reads_agree measured, per shapes and thread count
 
 
 def row_tile(model: VideoGPT) -> int:
     """The row count a step's computed rows are a multiple of, so that each row's result is the same bits
-    however many rows there are. Kernels may take other code (and rounding) for another number of rows:
-    MKL's float32 matmuls treat a partial last tile of 4 rows apart; a reduction over a short axis may
-    vectorize across rows. Measured once per model shape on this machine: the model's layers run on random
-    rows (ProbeContext) for every multiple of the tile up to CALIBRATION_ROWS rows, against all of them."""
+    however many rows there are. Kernels take other code (and summing order) for other row counts: MKL's
+    float32 products of one row, or of fewer than 17 rows with a long input (DecodeLinear chunks those);
+    oneDNN's bfloat16 ones at row counts scattered up to 60; a reduction over a short axis may vectorize
+    across rows. Measured once per model shape and precision on this machine, on the model's layers over
+    random rows (ProbeContext): the smallest multiple of rows for which one matmul over all of them (the
+    weights read once) gives every row the same bits; else the products per tile of rows (by_tiles) of the
+    fastest exact tile for one row and for a busy engine (TIMED_ROWS). Set on the model's linears."""
     c = model.config
-    key = ("rows", c, model.latent_shape, model.fc_in.weight.dtype, model.fc_in.weight.device.type,
+    key = ("rows", c, model.latent_shape, model.decode_precision, model.fc_in.weight.device.type,
            torch.get_num_threads())
     if key not in _ROW_TILES:
-        tiles = [tile for tile in (1, 2, 4, 8, 16) if _whole_tiles_agree(model, tile)]
-        _ROW_TILES[key] = tiles[0] if tiles else CALIBRATION_ROWS
-    return _ROW_TILES[key]
+        plain = next((rows for rows in PLAIN_ROWS if _whole_tiles_agree(model, rows, tiled=False)), None)
+        preferred = [] if plain else _tiles_by_speed(model)
+        tiled = None if plain else next((tile for tile in preferred if _whole_tiles_agree(model, tile)), None)
+        if not plain and tiled is None:
+            log.warning("no row tile gives exact rows for this prior on this machine: a sample's codes may "
+                        "depend on its companions in the last bits")
+        _ROW_TILES[key] = (plain, False) if plain else (tiled or preferred[0], True)
+        log.info("decoding %s: rows computed in multiples of %d, %s", model.decode_precision,
+                 _ROW_TILES[key][0], f"tiled products (tiles by speed: {preferred})" if preferred else
+                 "one product")
+    tile, tiled = _ROW_TILES[key]
+    _set_tile(model, tile if tiled else 0)
+    return tile
+
+
+def _set_tile(model: VideoGPT, tile: int) -> None:
+    """tile > 0: the decoding linears multiply in tiles of that many rows; 0: one product of all rows."""
+    for linear in model.decode_linears:
+        linear.tile = tile
+
+
+def _tiles_by_speed(model: VideoGPT) -> list[int]:
+    """TILES, fastest first: the step's layers timed at TIMED_ROWS (each relative to the fastest tile there,
+    summed; medians of three rounds for the tiles within 2x of the fastest after one). Tiles within
+    TILE_SLACK of the fastest come smallest first, so that the choice stays the same from start to start."""
+    gen = torch.Generator().manual_seed(0)
+    most = max(max(TIMED_ROWS), max(TILES))
+    probe = ProbeContext(model, most, gen)
+    x = torch.randn(most, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+    times: dict[tuple[int, int], list[float]] = {(tile, rows): [] for tile in TILES for rows in TIMED_ROWS}
+
+    def scores(tiles: list[int]) -> dict[int, float]:
+        median = {key: sorted(found)[len(found) // 2] for key, found in times.items() if key[0] in tiles}
+        best = {rows: min(median[tile, rows] for tile in tiles) for rows in TIMED_ROWS}
+        return {tile: sum(median[tile, rows] / best[rows] for rows in TIMED_ROWS) for tile in tiles}
+
+    timed = list(TILES)
+    with torch.no_grad():
+        for round_ in range(3):
+            for tile in timed:
+                _set_tile(model, tile)
+                for rows in TIMED_ROWS:
+                    count = tile * math.ceil(rows / tile)
+                    if round_ == 0:
+                        model.trunk(x[:count], probe.cut(count))  # warm-up
+                    started = time.perf_counter()
+                    model.trunk(x[:count], probe.cut(count))
+                    times[tile, rows].append(time.perf_counter() - started)
+            if round_ == 0:
+                first = scores(timed)
+                timed = [tile for tile in TILES if first[tile] <= 2 * min(first.values())]
+    score = {**first, **scores(timed)}
+    fastest = min(score.values())
+    return sorted(TILES, key=lambda tile: (score[tile] > fastest * TILE_SLACK, score[tile] if
+                                           score[tile] > fastest * TILE_SLACK else tile))
 
 
 class ProbeContext:
@@ -207,16 +273,20 @@ class ProbeContext:
         return branch * self.gate
 
 
-def _whole_tiles_agree(model: VideoGPT, tile: int) -> bool:
-    """Whether every multiple of `tile` rows up to CALIBRATION_ROWS gives each row the bits it gets among
-    CALIBRATION_ROWS rows, through the whole layer stack."""
+def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True) -> bool:
+    """Whether multiples of `tile` rows (the first dozen, then every fourth, below CALIBRATION_ROWS) give
+    each row the bits it gets among CALIBRATION_ROWS rows, through the whole layer stack, the linears
+    multiplying in tiles of `tile` rows (tiled) or in one product."""
     gen = torch.Generator().manual_seed(0)
     probe = ProbeContext(model, CALIBRATION_ROWS, gen)
     x = torch.randn(CALIBRATION_ROWS, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+    counts = list(range(tile, CALIBRATION_ROWS, tile))
+    _set_tile(model, tile if tiled else 0)
     with torch.no_grad():
         reference = model.trunk(x, probe)
+        counts = counts[:12] + counts[12::4]
         return all(torch.equal(model.trunk(x[:rows], probe.cut(rows)), reference[:rows])
-                   for rows in range(tile, CALIBRATION_ROWS, tile))
+                   for rows in counts + counts[::-1])  # twice: kernels may differ with what ran before
 
 
 def reads_agree(heads: int, d_k: int, d_v: int, seq_len: int, chunk: int, tile: int, dtype: torch.dtype,

@@ -14,6 +14,8 @@ without a record, at load on codes the model samples itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -33,6 +35,15 @@ def check_precision(precision: object, allow_auto: bool = True) -> str:
     return precision  # type: ignore[return-value]
 
 
+def by_tiles(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int) -> torch.Tensor:
+    """product(x) computed on tiles of `tile` rows (x's first dimension, a multiple of tile), one call each:
+    a row's bits then depend only on the tile it is in, not on how many rows there are (kernels choose
+    their code, and the order they sum in, by the row count). Each tile reads the weights again."""
+    if x.shape[0] == tile:
+        return product(x)
+    return torch.cat([product(rows) for rows in x.split(tile)])
+
+
 class Int8Linear:
     """y = x @ (W_int8 * scale)^T + b: weights stored as int8 with one scale per output channel, the
     product in bfloat16 (torch's weight-only int8 kernel on CPU, for inputs a multiple of 16 wide, the only
@@ -46,7 +57,7 @@ class Int8Linear:
         self.weight = (weight / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
         self.scales = scales.to(torch.bfloat16)
         self.bias = None if bias is None else bias.to(torch.bfloat16)
-        self.rowwise = False
+        self.tile = 0  # as DecodeLinear's: decoding steps multiply tiles of this many rows, one call each
 
     @property
     def in_features(self) -> int:
@@ -54,9 +65,14 @@ class Int8Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        if flat.device.type == "cpu" and self.in_features % 16 == 0:  # the kernel crashes on other widths
-            y = torch._weight_int8pack_mm(flat, self.weight, self.scales)
+        if self.tile and x.dim() == 3 and x.shape[1] == 1:
+            y = by_tiles(self._product, flat, self.tile)
         else:
-            y = F.linear(flat, self.weight.to(flat.dtype)) * self.scales
+            y = self._product(flat)
         y = y.view(*x.shape[:-1], -1)
         return y if self.bias is None else y.add_(self.bias)
+
+    def _product(self, flat: torch.Tensor) -> torch.Tensor:
+        if flat.device.type == "cpu" and self.in_features % 16 == 0:  # the kernel crashes on other widths
+            return torch._weight_int8pack_mm(flat, self.weight, self.scales)
+        return F.linear(flat, self.weight.to(flat.dtype)) * self.scales
