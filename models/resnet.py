@@ -78,6 +78,10 @@ class FrameEncoder(nn.Module):
         self.group4 = BlockGroup(w2, out_dim, blocks[3], stride=group_strides[2])
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.stem(frames)
+        # Under bfloat16 autocast, torch's CPU 3D convolution of a single three-channel frame returns NaN on
+        # some CPUs (oneDNN on an AVX-512 BF16 Xeon; two frames or more channels are fine): the stem keeps
+        # float32, and the layers after it may take autocast's bfloat16.
+        with torch.autocast(frames.device.type, enabled=False):
+            x = self.stem(frames.float())
         x = self.group4(self.group3(self.group2(self.group1(x))))
         return x.movedim(1, -1)

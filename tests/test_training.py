@@ -212,3 +212,19 @@ def test_a_decoder_finetune_keeps_the_codes_and_replaces_the_priors_decoder(tmp_
     assert main(["set-decoder", str(tmp_path / "gpt"), "--vqvae", str(tmp_path / "other")]) == 2
     assert "encodes videos differently" in capsys.readouterr().err
     assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in load_gpt(tmp_path / "gpt").vqvae.state_dict().items())
+
+
+def test_the_frame_encoder_under_bf16_autocast_tracks_float32_for_one_frame():
+    """A single three-channel frame, what frames priors encode: torch's CPU bf16 conv3d returned NaN for it
+    on an AVX-512 BF16 Xeon (a frames prior trained with --precision auto lost everything from step 1)."""
+    from models.resnet import FrameEncoder
+
+    torch.manual_seed(0)
+    encoder = FrameEncoder(widths=(16, 32, 64), blocks=(1, 1, 1, 1), out_dim=96).eval()
+    frames = torch.rand(8, 3, 1, 32, 32) - 0.5
+    with torch.no_grad():
+        plain = encoder(frames)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reduced = encoder(frames).float()
+    assert torch.isfinite(reduced).all()
+    assert float((reduced - plain).norm() / plain.norm()) < 0.05
