@@ -319,6 +319,43 @@ def attend_cache(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bi
     return torch.matmul(scores.add_(bias).softmax(dim=-1), values)
 
 
+def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """attend_cache over cached blocks as the sparse cache holds them: keys (R, n, H, d, block) (transposed
+    within a block) and values (R, n, H, block, d_v), of which the first L entries count (bias (R, 1, 1,
+    L)). Scores and weighted values are taken block by block and summed over blocks, so the blocks are
+    never copied into one sequence (that copy cost 5x the attention)."""
+    rows, n, heads, _, block = keys.shape
+    length = bias.shape[-1]
+    scores = torch.matmul((q * (1.0 / math.sqrt(q.shape[-1])))[:, None], keys)  # (R, n, H, 1, block)
+    scores = scores.permute(0, 2, 3, 1, 4).reshape(rows, heads, 1, n * block)[..., :length]
+    weights = F.pad(scores.add_(bias).softmax(dim=-1), (0, n * block - length))
+    weights = weights.view(rows, heads, 1, n, block).permute(0, 3, 1, 2, 4)
+    return torch.matmul(weights, values).sum(dim=1)
+
+
+def blocks_agree(heads: int, d_k: int, d_v: int, block: int, width: int, chunk: int, tile: int,
+                 dtype: torch.dtype, device: torch.device) -> bool:
+    """reads_agree for attend_blocks: reading `width` entries' blocks or only those of a multiple of
+    `chunk` gives each row the same bits."""
+    key = ("blocks", heads, d_k, d_v, block, width, chunk, tile, dtype, device.type, torch.get_num_threads())
+    if key not in _ROW_TILES:
+        gen = torch.Generator().manual_seed(0)
+        n = math.ceil(width / block)
+        q = torch.randn(tile, heads, 1, d_k, generator=gen).to(device, dtype)
+        keys = torch.randn(tile, n, heads, d_k, block, generator=gen).to(device, dtype)
+        values = torch.randn(tile, n, heads, block, d_v, generator=gen).to(device, dtype)
+        agree = True
+        for length in range(chunk, width, chunk):
+            readable = torch.arange(width, device=device) < length - torch.arange(tile, device=device)[:, None]
+            bias = torch.zeros(readable.shape, dtype=dtype, device=device).masked_fill_(
+                ~readable, float("-inf"))[:, None, None, :]
+            blocks = math.ceil(length / block)
+            short = attend_blocks(q, keys[:, :blocks], values[:, :blocks], bias[..., :length])
+            agree = agree and torch.equal(short, attend_blocks(q, keys, values, bias))
+        _ROW_TILES[key] = agree
+    return bool(_ROW_TILES[key])
+
+
 def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     """x with zero rows appended up to `rows` (the rows a step computes beyond the active ones)."""
     return x if x.shape[0] == rows else F.pad(x, (0, 0) * (x.dim() - 1) + (0, rows - x.shape[0]))
@@ -418,14 +455,17 @@ class DecodeContext:
         """What every layer of this step shares: where each row's new key and value go in each layer's cache
         (flat offsets), and per group of rows, which entries they read and the scores' bias over them."""
         positions = self.live.positions
-        self.key_offsets = (decoder.key_base[:self.active] + positions[:, None]).flatten()
-        self.value_offsets = (decoder.value_base[:self.active] + positions[:, None]).flatten()
+        key_at, value_at = decoder.entry_offsets(positions)
+        self.key_offsets = (decoder.key_base[:self.active] + key_at[:, None]).flatten()
+        self.value_offsets = (decoder.value_base[:self.active] + value_at[:, None]).flatten()
         self.groups = []
         for first, end, length in reads:
             at = positions[first:end]
             bias = decoder.read_bias.index_select(0, at)[:, None, None, :length]
-            if decoder.sparse:  # which entries each row reads, gathered from its cache row
-                read = decoder.read_index.index_select(0, at)[:, :length]
+            if decoder.sparse:  # the blocks each row reads, as rows of the flattened block cache
+                blocks = decoder.read_index.index_select(0, at)[:, :math.ceil(length / decoder.block)]
+                places = torch.arange(first, end, device=blocks.device)[:, None]
+                read = (places * decoder.n_blocks + blocks).flatten()
             else:
                 read = (decoder.keys[:, first:end, :, :, :length], decoder.values[:, first:end, :, :length])
             self.groups.append((slice(first, end), bias, read))
@@ -437,8 +477,7 @@ class DecodeContext:
                        dropout: float = 0.0) -> torch.Tensor:
         if self.prefill:
             length = q.shape[2]
-            self.decoder.keys[index, self.rows, :, :, :length] = k.transpose(-1, -2)
-            self.decoder.values[index, self.rows, :, :length] = v
+            self.decoder.write_prefix(index, self.rows, k, v)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.decoder.mask[:length, :length])
         active = self.active
         self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k[:active].reshape(-1))
@@ -446,14 +485,10 @@ class DecodeContext:
         heads = []
         for rows, bias, read in self.groups:
             if self.decoder.sparse:
-                keys_t, values = self.decoder.keys[index, rows], self.decoder.values[index, rows]
-                count, n_heads, d_k, _ = keys_t.shape
-                length, d_v = read.shape[1], values.shape[-1]
-                keys_t = keys_t.gather(3, read[:, None, None, :].expand(count, n_heads, d_k, length))
-                values = values.gather(2, read[:, None, :, None].expand(count, n_heads, length, d_v))
+                heads.append(attend_blocks(q[rows], *self.decoder.read_blocks(index, rows.stop - rows.start, read),
+                                           bias))
             else:
-                keys_t, values = read[0][index], read[1][index]
-            heads.append(attend_cache(q[rows], keys_t, values, bias))
+                heads.append(attend_cache(q[rows], read[0][index], read[1][index], bias))
         return pad_rows(heads[0] if len(heads) == 1 else torch.cat(heads), self.count)
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
@@ -483,27 +518,42 @@ class RowDecoder:
         self.capacity, self.seq_len = rows, math.prod(self.model.latent_shape)
         rows = self.tile * math.ceil(rows / self.tile)  # room for the last tile, beyond the rows admitted
         attn = self.model.attn_stack.attn_nets[0].attn
-        self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and reads_agree(
-            c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device)), self.seq_len)
-        per_layer = (c.layers, rows, c.heads)
-        self.keys = torch.zeros(*per_layer, attn.d_k, self.seq_len, device=self.device, dtype=self.dtype)
-        self.values = torch.zeros(*per_layer, self.seq_len, attn.d_v, device=self.device, dtype=self.dtype)
+        def agree(chunk: int) -> bool:
+            if c.attn_type == "sparse":
+                return blocks_agree(c.heads, attn.d_k, attn.d_v, c.sparse_block_size, self.seq_len, chunk,
+                                    self.tile, self.dtype, self.device)
+            return reads_agree(c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device)
+
+        self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and agree(chunk)), self.seq_len)
+        self.sparse = c.attn_type == "sparse"
+        # Full attention: keys (layers, rows, heads, d_k, N) transposed, values (layers, rows, heads, N, d_v),
+        # so a step reads a prefix. Sparse: the same block by block (layers, rows, blocks, heads, d_k, block)
+        # and (layers, rows, blocks, heads, block, d_v), so a step reads whole blocks (index_select of
+        # contiguous rows: a gather of single entries cost 8x as much).
+        self.block = c.sparse_block_size if self.sparse else self.seq_len
+        self.n_blocks = self.seq_len // self.block
+        per_layer = (c.layers, rows, c.heads) if not self.sparse else (c.layers, rows, self.n_blocks, c.heads)
+        self.keys = torch.zeros(*per_layer, attn.d_k, self.block, device=self.device, dtype=self.dtype)
+        self.values = torch.zeros(*per_layer, self.block, attn.d_v, device=self.device, dtype=self.dtype)
         self.flat_keys = [layer.view(-1) for layer in self.keys]  # where a step writes its new entries
         self.flat_values = [layer.view(-1, attn.d_v) for layer in self.values]
+        self.key_blocks = [layer.view(rows * self.n_blocks, -1) for layer in self.keys]  # what sparse reads
+        self.value_blocks = [layer.view(rows * self.n_blocks, -1) for layer in self.values]
         self._views: dict[tuple[int, int], RowViews] = {}
         self.mask = causal_mask(self.model.latent_shape, c.attn_type, c.sparse_block_size,
                                 c.sparse_local_blocks).to(self.device)
         # What a step adds to its scores (0 where a position may read, -inf elsewhere; sparse: over what it
         # gathers), and where in the flattened caches each place's entries of position 0 are (a step adds
-        # its rows' positions).
+        # entry_offsets of its rows' positions).
         self.read_bias = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.device).masked_fill_(
             ~self.mask, float("-inf"))
-        heads_of = torch.arange(rows, device=self.device)[:, None] * c.heads + torch.arange(c.heads, device=self.device)
+        places = torch.arange(rows, device=self.device)[:, None] * self.n_blocks * c.heads
+        heads_of = places + torch.arange(c.heads, device=self.device)
         self.key_base = ((heads_of[..., None] * attn.d_k + torch.arange(attn.d_k, device=self.device))
-                         * self.seq_len).flatten(1)
-        self.value_base = heads_of * self.seq_len
+                         * self.block).flatten(1)
+        self.value_base = heads_of * self.block
+        self._block_strides = (c.heads * attn.d_k * self.block, c.heads * self.block)
         self.merge_below = GROUP_COST_VALUES / (c.heads * (attn.d_k + attn.d_v))  # entries (see read_groups)
-        self.sparse = c.attn_type == "sparse"
         if self.sparse:
             self._sparse_reads()
         self.tables = RowTables(self.model, rows, self.device, self.dtype)
@@ -521,17 +571,48 @@ class RowDecoder:
 
     def _sparse_reads(self) -> None:
         """Sparse attention reads a few blocks (the local window and the strided ones), not the prefix: each
-        position's readable positions in order (`read_index`, padded to a multiple of the read chunk), how
-        many (`read_counts`), and the scores' bias over them (0, then -inf for the padding)."""
+        position's blocks in order (`read_index`, padded to a multiple of the read chunk), ending with its
+        own block. Their entries begin with the position's readable ones in order (the earlier blocks whole,
+        its own up to itself): `read_counts` of them, then the rest of its block and the padding, which
+        the scores' bias (0, then -inf) leaves out."""
         reads = [row.nonzero().flatten() for row in self.mask.cpu()]
         self.read_counts = torch.tensor([len(r) for r in reads], device=self.device)
         width = self.chunk * math.ceil(int(self.read_counts.max()) / self.chunk)
-        index = torch.zeros(self.seq_len, width, dtype=torch.long)
+        index = torch.zeros(self.seq_len, math.ceil(width / self.block), dtype=torch.long)
         bias = torch.full((self.seq_len, width), float("-inf"), dtype=self.dtype)
         for position, read in enumerate(reads):
-            index[position, :len(read)] = read
+            blocks = torch.unique_consecutive(read // self.block)
+            index[position, :len(blocks)] = blocks
             bias[position, :len(read)] = 0
         self.read_index, self.read_bias = index.to(self.device), bias.to(self.device)
+
+    def entry_offsets(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the entries of these positions are in a place's flattened keys and values (added to
+        key_base and value_base)."""
+        if not self.sparse:
+            return positions, positions
+        block, within = positions // self.block, positions % self.block
+        return block * self._block_strides[0] + within, block * self._block_strides[1] + within
+
+    def write_prefix(self, index: int, rows: slice, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Layer index's cache of rows holds k and v (rows, heads, L, d) at positions 0..L-1."""
+        length = k.shape[2]
+        if not self.sparse:
+            self.keys[index, rows, :, :, :length] = k.transpose(-1, -2)
+            self.values[index, rows, :, :length] = v
+            return
+        blocks = math.ceil(length / self.block)
+        pad = blocks * self.block - length  # the rest of the last block: written again before it is read
+        k, v = (F.pad(t, (0, 0, 0, pad)).unflatten(2, (blocks, self.block)).transpose(1, 2) for t in (k, v))
+        self.keys[index, rows, :blocks] = k.transpose(-1, -2)
+        self.values[index, rows, :blocks] = v
+
+    def read_blocks(self, index: int, count: int, flat_blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse: layer index's keys (count, blocks, heads, d_k, block) and values (count, blocks, heads,
+        block, d_v) of the blocks at flat_blocks (count x blocks rows of the block cache)."""
+        shape = self.keys.shape[3:]
+        keys = self.key_blocks[index].index_select(0, flat_blocks).view(count, -1, *shape)
+        return keys, self.value_blocks[index].index_select(0, flat_blocks).view(count, -1, *self.values.shape[3:])
 
     def read_length(self, positions: torch.Tensor) -> int:
         """How many cached entries a step of rows at these positions reads (a multiple of the read chunk)."""
@@ -640,8 +721,13 @@ class RowDecoder:
 
     def _move(self, source: int, target: int) -> None:
         written = min(int(self.positions[source]) + 1, self.seq_len)  # a last step leaves positions at N - 1
-        self.keys[:, target, ..., :written] = self.keys[:, source, ..., :written]
-        self.values[:, target, :, :written] = self.values[:, source, :, :written]
+        if self.sparse:
+            blocks = math.ceil(written / self.block)
+            self.keys[:, target, :blocks] = self.keys[:, source, :blocks]
+            self.values[:, target, :blocks] = self.values[:, source, :blocks]
+        else:
+            self.keys[:, target, ..., :written] = self.keys[:, source, ..., :written]
+            self.values[:, target, :, :written] = self.values[:, source, :, :written]
         self.tables.move(source, target)
         self.positions[target], self.tokens[target] = self.positions[source], self.tokens[source]
 
@@ -670,7 +756,7 @@ class RowDecoder:
     @property
     def full_read(self) -> int:
         """The entries every step reads when shapes must not change (the CUDA graph)."""
-        return self.read_index.shape[1] if self.sparse else self.seq_len
+        return self.read_bias.shape[1] if self.sparse else self.seq_len
 
     def _step(self, count: int, reads: list[tuple[int, int, int]] | int, active: int | None = None) -> torch.Tensor:
         """Rows [0, count) through the model, the first `active` of them attending (all: the fixed shapes of
