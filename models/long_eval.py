@@ -62,7 +62,8 @@ def seam_ratio(video: torch.Tensor, first: int, stride: int) -> float:
 
 @torch.no_grad()
 def generate_long(gpt: VideoGPT, frames: int, n: int, batch: int, seed: int, guidance: float,
-                  stride: int | None = None, **cond: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+                  stride: int | None = None, later_frames: str = "generated",
+                  **cond: torch.Tensor | None) -> tuple[torch.Tensor, float]:
     """n videos of `frames` frames, and the seconds their sampling took."""
     per_step = gpt.vqvae.config.downsample[0]
     videos, seconds = [], 0.0
@@ -71,7 +72,7 @@ def generate_long(gpt: VideoGPT, frames: int, n: int, batch: int, seed: int, gui
         part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
         t0 = time.perf_counter()
         codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
-                       time_steps=frames // per_step, window_stride=stride, **part)
+                       time_steps=frames // per_step, window_stride=stride, later_frames=later_frames, **part)
         seconds += time.perf_counter() - t0
         videos.append(gpt.vqvae.decode_long(codes).clamp(-0.5, 0.5).cpu())
     return torch.cat(videos), seconds
@@ -81,8 +82,9 @@ def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, reco
                   spec: MovingDigitsSpec, lengths: tuple[int, ...] = (64, 128), n: int = 100, batch: int = 25,
                   seed: int = 0,
                   guidance: dict[str, float] | None = None, stride: int | None = None,
-                  sheet_path: str | Path | None = None, log=print) -> dict:
-    """The long-video report for the class and frames modes of `models` (mode -> prior)."""
+                  sheet_path: str | Path | None = None, log=print, later_frames: str = "generated") -> dict:
+    """The long-video report for the class and frames modes of `models` (mode -> prior); later_frames:
+    what conditions frames videos' later windows (DecodeEngine's)."""
     guidance = guidance or {}
     test = MovingDigits("test", length=n, seed=seed + 7, spec=spec)
     real = torch.stack([test[i]["video"] for i in range(n)])
@@ -101,8 +103,11 @@ def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, reco
         _, native_s = generate_long(gpt, vq.sequence_length, min(n, batch), batch, seed, guidance.get(mode, 1.0),
                                     **{k: v[:batch] for k, v in cond.items()})
         section = {"stride_latent_steps": step_stride, "stride_frames": step_stride * vq.downsample[0]}
+        if mode == "frames":
+            section["later_frames"] = later_frames
         for frames in lengths:
-            videos, seconds = generate_long(gpt, frames, n, batch, seed, guidance.get(mode, 1.0), step_stride, **cond)
+            videos, seconds = generate_long(gpt, frames, n, batch, seed, guidance.get(mode, 1.0), step_stride,
+                                            later_frames, **cond)
             figures = window_figures(classifier, videos, wanted, glyph, spec.frames)
             extra = (frames - vq.sequence_length) / spec.frames
             per_batch = seconds * min(n, batch) / n

@@ -134,7 +134,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
            top_p: object = None, seed: object = None, guidance: object = None, class_guidance: object = None,
            progress: Callable[[int, int], None] | None = None,
            should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None,
-           time_steps: int | None = None, window_stride: int | None = None) -> torch.Tensor:
+           time_steps: int | None = None, window_stride: int | None = None,
+           later_frames: str = "generated") -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
 
     temperature, top_k, top_p, guidance and seed are one value for all samples or a sequence of n (one per
@@ -154,7 +155,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     On CUDA the decode step is captured once as a CUDA graph and replayed (cuda_graph=False turns it off).
     time_steps (None: the model's t) asks for longer (or shorter) grids (n, time_steps, h, w): a window slides
     over time, each later one adding window_stride latent time steps (default t // 2) to the last t - stride
-    as context; `gpt.vqvae.decode_long` turns them into video.
+    as context; `gpt.vqvae.decode_long` turns them into video. later_frames: what conditions a frames
+    sample's later windows, "generated" (the first frames of their own context) or "original".
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n must be an integer >= 1, got {n!r}")
@@ -170,7 +172,8 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
         labels = drawn if labels is None else torch.where(labels == -1, drawn, labels)
     check_class_guidance(gpt, class_guidance)
     cond = gpt.condition(labels, cond_frames, n, present)  # validates the batch, encodes the frames once
-    engine = DecodeEngine(gpt, sum(1 if g == 1 else 2 for g in scales), cuda_graph=cuda_graph, stride=window_stride)
+    engine = DecodeEngine(gpt, sum(1 if g == 1 else 2 for g in scales), cuda_graph=cuda_graph, stride=window_stride,
+                          later_frames=later_frames)
     for i, request in enumerate(_requests(n, labels, cond_frames, present, controls, scales, class_guidance)):
         engine.add(dataclasses.replace(request, time_steps=time_steps), cond.row(i))
     steps = time_steps or gpt.latent_shape[0]

@@ -68,6 +68,10 @@ def test_frames_samples_condition_later_windows_on_their_own_frames_or_the_origi
         results[later] = finished[0].codes
     assert torch.equal(results["generated"][:t], results["original"][:t])
     assert not torch.equal(results["generated"], results["original"])
+    through_sample = sample(gpt, 1, cond_frames=frames[:1], seed=[11], time_steps=3 * t, later_frames="original")
+    assert torch.equal(through_sample.flatten(), results["original"].flatten())
+    with pytest.raises(InputError, match="later_frames must be one of generated, original"):
+        sample(gpt, 1, cond_frames=frames[:1], time_steps=3 * t, later_frames="last")
 
 
 def test_progress_counts_every_window_and_bad_lengths_are_refused():
