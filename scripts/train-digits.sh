@@ -6,8 +6,9 @@
 #                                        recognizer (which digit a single frame shows)
 #   2. the class prior (+ unconditional) | the frames prior (slower per step: it takes fewer steps), then
 #                                          a fine-tune of the VQ-VAE's decoder with the codes held fixed
-#   3. both prior bundles take the fine-tuned decoder (their codes are unchanged, so the priors still fit);
-#      the frames prior takes the class prior and the recognizer as its class guide
+#   3. both prior bundles take the fine-tuned decoder (their codes are unchanged, so the priors still fit)
+#   4. both priors train on from their weights, side by side, on other videos encoded once; then the frames
+#      prior takes the class prior and the recognizer as its class guide
 # State goes to build/train-digits (each training resumes from its checkpoint: rerun to continue), logs to
 # build/train-digits/*.log, bundles to weights/.
 set -euo pipefail
@@ -64,5 +65,22 @@ side_by_side \
 
 $BIN/videogpt-serve set-decoder weights/moving-digits weights/moving-digits-frames --vqvae $WORK/vqvae-decoder \
   --save-dtype float16
+
+# 4. both priors go on from their weights (--init: a fresh optimizer and schedule) on 20000 other videos
+#    (seed 1), each encoded once (--encoded): the first run's priors were still learning
+FINETUNE=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 1 --precision auto
+          --encoded)
+side_by_side \
+  "class-finetune|$BIN/videogpt-serve train-gpt ${FINETUNE[*]} --vqvae weights/moving-digits \
+     --init weights/moving-digits --class-cond --condition-dropout 0.3 --default-guidance 4 \
+     --unconditional classes --steps 3000 --lr 3e-4 ${PRIOR[*]} --checkpoint $WORK/class-finetune.train.pt \
+     --name moving-digits --out $WORK/moving-digits" \
+  "frames-finetune|$BIN/videogpt-serve train-gpt ${FINETUNE[*]} --vqvae weights/moving-digits-frames \
+     --init weights/moving-digits-frames --n-cond-frames 1 --aligned-frames given --global-frames \
+     --condition-dropout 0.2 --default-guidance 2.5 --steps 1500 --lr 4e-4 ${PRIOR[*]} \
+     --checkpoint $WORK/frames-finetune.train.pt --name moving-digits-frames --out $WORK/moving-digits-frames"
+for bundle in moving-digits moving-digits-frames; do
+  rm -rf "weights/$bundle" && cp -r "$WORK/$bundle" "weights/$bundle"
+done
 $BIN/videogpt-serve set-class-guide weights/moving-digits-frames --prior weights/moving-digits \
   --recognizer $WORK/recognizer.safetensors --scale 4 --save-dtype float16
