@@ -58,8 +58,8 @@ class DecodeLinear:
 
     Decoding steps (x of shape (R, 1, in), R a multiple of row_tile's tile) multiply in one of two ways,
     chosen by row_tile so that a row's bits do not depend on R: `tile` 0, one matmul over all rows (the
-    weights read once), inputs longer than K_CHUNK summed in equal chunks (MKL splits a long input across
-    threads for fewer than 17 rows); `tile` > 0, one matmul per tile of that many rows (by_tiles).
+    weights read once), on CPU inputs longer than K_CHUNK summed in equal chunks (MKL splits a long input
+    across threads for fewer than 17 rows); `tile` > 0, one matmul per tile of that many rows (by_tiles).
     Prefill (one sample) is one matmul.
     The decoding copy holds these as plain callables, not modules: a step calls dozens of them, and
     nn.Module's call machinery costs more than a small matmul.
@@ -73,16 +73,18 @@ class DecodeLinear:
         self.tile = 0
         width = self.in_features
         parts = next(p for p in range(1, width + 1) if width % p == 0 and width // p <= K_CHUNK)
-        self.chunks = self.weight_t.chunk(parts) if parts > 1 else None
+        on_cpu = self.weight_t.device.type == "cpu"  # the CUDA graph's one product of fixed shape needs none
+        self.chunks = self.weight_t.chunk(parts) if parts > 1 and on_cpu else None
 
     @property
     def in_features(self) -> int:
         return self.weight_t.shape[0]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3 and x.shape[1] == 1 and self.tile:
+        step = x.dim() == 3 and x.shape[1] == 1  # a decoding step's rows, not a prefill
+        if step and self.tile:
             y = by_tiles(lambda rows: torch.matmul(rows, self.weight_t), x, self.tile)
-        elif x.dim() == 3 and x.shape[1] == 1 and self.chunks is not None:
+        elif step and self.chunks is not None:
             width = self.chunks[0].shape[0]
             y = torch.matmul(x[..., :width], self.chunks[0])
             for i, chunk in enumerate(self.chunks[1:], 1):
@@ -290,22 +292,34 @@ def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True) -> bool:
 
 
 def reads_agree(heads: int, d_k: int, d_v: int, seq_len: int, chunk: int, tile: int, dtype: torch.dtype,
-                device: torch.device) -> bool:
+                device: torch.device, block: int | None = None) -> bool:
     """Whether reading the cache up to a multiple of `chunk` gives each row the bits reading all of it does
-    (the attention matmuls' kernels may change with the length read). If not, steps read all of it."""
-    key = ("reads", heads, d_k, d_v, seq_len, chunk, tile, dtype, device.type, torch.get_num_threads())
+    (the attention matmuls' kernels may change with the length read). If not, steps read all of it.
+    block: the cache held block by block, as sparse priors hold it (attend_blocks over the blocks read);
+    None: the transposed prefix layout (attend_cache)."""
+    key = ("reads", heads, d_k, d_v, seq_len, chunk, tile, block, dtype, device.type, torch.get_num_threads())
     if key not in _ROW_TILES:
         gen = torch.Generator().manual_seed(0)
         q = torch.randn(tile, heads, 1, d_k, generator=gen).to(device, dtype)
-        keys_t = torch.randn(tile, heads, d_k, seq_len, generator=gen).to(device, dtype)
-        values = torch.randn(tile, heads, seq_len, d_v, generator=gen).to(device, dtype)
+        if block is None:
+            keys = torch.randn(tile, heads, d_k, seq_len, generator=gen).to(device, dtype)
+            values = torch.randn(tile, heads, seq_len, d_v, generator=gen).to(device, dtype)
+        else:
+            keys = torch.randn(tile, seq_len // block, heads, d_k, block, generator=gen).to(device, dtype)
+            values = torch.randn(tile, seq_len // block, heads, block, d_v, generator=gen).to(device, dtype)
+
+        def attend(length: int, bias: torch.Tensor) -> torch.Tensor:
+            if block is None:
+                return attend_cache(q, keys[..., :length], values[:, :, :length], bias[..., :length])
+            blocks = math.ceil(length / block)
+            return attend_blocks(q, keys[:, :blocks], values[:, :blocks], bias[..., :length])
+
         agree = True
         for length in range(chunk, seq_len, chunk):  # rows that may read up to `length`, read that far or all
             readable = torch.arange(seq_len, device=device) < length - torch.arange(tile, device=device)[:, None]
             bias = torch.zeros(readable.shape, dtype=dtype, device=device).masked_fill_(
                 ~readable, float("-inf"))[:, None, None, :]
-            short = attend_cache(q, keys_t[..., :length], values[:, :, :length], bias[..., :length])
-            agree = agree and torch.equal(short, attend_cache(q, keys_t, values, bias))
+            agree = agree and torch.equal(attend(length, bias), attend(seq_len, bias))
         _ROW_TILES[key] = agree
     return bool(_ROW_TILES[key])
 
@@ -323,7 +337,7 @@ def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bia
     """attend_cache over cached blocks as the sparse cache holds them: keys (R, n, H, d, block) (transposed
     within a block) and values (R, n, H, block, d_v), of which the first L entries count (bias (R, 1, 1,
     L)). Scores and weighted values are taken block by block and summed over blocks, so the blocks are
-    never copied into one sequence (that copy cost 5x the attention)."""
+    never copied into one sequence (that copy cost 5x the attention); reads_agree checks the read lengths."""
     rows, n, heads, _, block = keys.shape
     length = bias.shape[-1]
     scores = torch.matmul((q * (1.0 / math.sqrt(q.shape[-1])))[:, None], keys)  # (R, n, H, 1, block)
@@ -331,29 +345,6 @@ def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bia
     weights = F.pad(scores.add_(bias).softmax(dim=-1), (0, n * block - length))
     weights = weights.view(rows, heads, 1, n, block).permute(0, 3, 1, 2, 4)
     return torch.matmul(weights, values).sum(dim=1)
-
-
-def blocks_agree(heads: int, d_k: int, d_v: int, block: int, width: int, chunk: int, tile: int,
-                 dtype: torch.dtype, device: torch.device) -> bool:
-    """reads_agree for attend_blocks: reading `width` entries' blocks or only those of a multiple of
-    `chunk` gives each row the same bits."""
-    key = ("blocks", heads, d_k, d_v, block, width, chunk, tile, dtype, device.type, torch.get_num_threads())
-    if key not in _ROW_TILES:
-        gen = torch.Generator().manual_seed(0)
-        n = math.ceil(width / block)
-        q = torch.randn(tile, heads, 1, d_k, generator=gen).to(device, dtype)
-        keys = torch.randn(tile, n, heads, d_k, block, generator=gen).to(device, dtype)
-        values = torch.randn(tile, n, heads, block, d_v, generator=gen).to(device, dtype)
-        agree = True
-        for length in range(chunk, width, chunk):
-            readable = torch.arange(width, device=device) < length - torch.arange(tile, device=device)[:, None]
-            bias = torch.zeros(readable.shape, dtype=dtype, device=device).masked_fill_(
-                ~readable, float("-inf"))[:, None, None, :]
-            blocks = math.ceil(length / block)
-            short = attend_blocks(q, keys[:, :blocks], values[:, :blocks], bias[..., :length])
-            agree = agree and torch.equal(short, attend_blocks(q, keys, values, bias))
-        _ROW_TILES[key] = agree
-    return bool(_ROW_TILES[key])
 
 
 def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -518,19 +509,15 @@ class RowDecoder:
         self.capacity, self.seq_len = rows, math.prod(self.model.latent_shape)
         rows = self.tile * math.ceil(rows / self.tile)  # room for the last tile, beyond the rows admitted
         attn = self.model.attn_stack.attn_nets[0].attn
-        def agree(chunk: int) -> bool:
-            if c.attn_type == "sparse":
-                return blocks_agree(c.heads, attn.d_k, attn.d_v, c.sparse_block_size, self.seq_len, chunk,
-                                    self.tile, self.dtype, self.device)
-            return reads_agree(c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device)
-
-        self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and agree(chunk)), self.seq_len)
         self.sparse = c.attn_type == "sparse"
         # Full attention: keys (layers, rows, heads, d_k, N) transposed, values (layers, rows, heads, N, d_v),
         # so a step reads a prefix. Sparse: the same block by block (layers, rows, blocks, heads, d_k, block)
         # and (layers, rows, blocks, heads, block, d_v), so a step reads whole blocks (index_select of
         # contiguous rows: a gather of single entries cost 8x as much).
         self.block = c.sparse_block_size if self.sparse else self.seq_len
+        self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and reads_agree(
+            c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device,
+            self.block if self.sparse else None)), self.seq_len)
         self.n_blocks = self.seq_len // self.block
         per_layer = (c.layers, rows, c.heads) if not self.sparse else (c.layers, rows, self.n_blocks, c.heads)
         self.keys = torch.zeros(*per_layer, attn.d_k, self.block, device=self.device, dtype=self.dtype)

@@ -68,8 +68,7 @@ $BIN/videogpt-serve set-decoder weights/moving-digits weights/moving-digits-fram
 
 # 4. both priors go on from their weights (--init: a fresh optimizer and schedule) on 20000 other videos
 #    (seed 1), each encoded once (--encoded): the first run's priors were still learning
-FINETUNE=(--data moving-digits --train-size 20000 --batch-size 16 --save-dtype float16 --seed 1 --precision auto
-          --encoded)
+FINETUNE=("${DATA[@]}" --seed 1 --encoded)  # the later --seed wins: other videos than stage 2's
 side_by_side \
   "class-finetune|$BIN/videogpt-serve train-gpt ${FINETUNE[*]} --vqvae weights/moving-digits \
      --init weights/moving-digits --class-cond --condition-dropout 0.3 --default-guidance 4 \
