@@ -95,7 +95,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             print(f"\r{done}/{total} steps", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
     mode = "frames" if frames is not None else "class" if labels is not None else "unconditional"
-    guidance = args.guidance if args.guidance is not None else default_guidance(mode, info.guidance)
+    guidance = args.guidance if args.guidance is not None else default_guidance(mode, info.guidance, info.unconditional)
     codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance,
                    class_guidance=args.class_guidance, progress=progress, time_steps=time_steps)
@@ -345,13 +345,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
             continue
-        gpt = load_gpt(path, device=device)
+        gpt = load_gpt(path, device=device, precision=args.precision)
         # A prior trained with condition dropout serves several modes; the first bundle given for a mode
         # serves it, as the first model does for requests that name none.
         for mode in gpt_config.modes:
             if mode not in models:
                 models[mode], sources[mode] = gpt, str(path)
-                guidance[mode] = default_guidance(mode, gpt.info.guidance)
+                guidance[mode] = default_guidance(mode, gpt.info.guidance, gpt.info.unconditional)
     vqvae = load_vqvae(bundles[0], device=device)
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
@@ -373,7 +373,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval_long(args, models, classifier, recognizer, spec, guidance, sources, out, log)
     report = evaluate(models, vqvae, classifier, spec, n=args.n, batch=args.batch, seed=args.seed,
                       sheet_path=out / "contact_sheet.png", log=log, guidance=guidance, recognizer=recognizer)
-    report["bundles"] = sources
+    report["bundles"], report["precision"] = sources, args.precision
     report["bars"] = check_bars(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for bar in report["bars"]:
@@ -642,6 +642,9 @@ def _parser_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier-steps", type=int, default=800)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device", help="cpu or cuda, where the videos are generated (default: cuda when available)")
+    p.add_argument("--precision", choices=["float32", "bfloat16", "int8"], default="float32",
+                   help="what the priors decode in (default float32): compare a report with float32's to see "
+                        "what a reduced precision costs in quality")
     p.add_argument("--long", type=int, nargs="+", metavar="FRAMES",
                    help="instead: the long-video report at these lengths (e.g. 64 128; class and frames modes): "
                         "per 16-frame window agreement and motion, seams, colour, digit stability, cost")

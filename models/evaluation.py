@@ -130,7 +130,7 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
              log: Log = print, guidance: dict[str, float] | None = None,
              recognizer: torch.nn.Module | None = None) -> dict:
     """The quality report. `models` maps a mode (unconditional, class, frames) to the prior that serves it;
-    `guidance` maps class and frames to the guidance scale to sample them with (default 1: none);
+    `guidance` maps a mode to the guidance scale to sample them with (default 1: none);
     `recognizer`, a frame classifier, reads each frame's digit for the digit stability (none: not measured)."""
     guidance = guidance or {}
     test = MovingDigits("test", length=n, seed=seed + 7, spec=spec)
@@ -164,7 +164,7 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
                                   cond_frames=real[:, :, : gpt.config.n_cond_frames])
         else:
             wanted = None
-            generated = _generate(gpt, n, batch, seed)
+            generated = _generate(gpt, n, batch, seed, guidance=guidance.get(mode, 1.0))
         probs, feats = _classify(classifier, generated)
         predicted = probs.argmax(dim=1)
         displacement, one_digit = motion_stats(generated, glyph)

@@ -15,7 +15,15 @@ def is_guidance_scale(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_GUIDANCE
 
 
-def default_guidance(mode: str, model_guidance: float) -> float:
+def guided_unconditional(unconditional: str) -> bool:
+    """Whether unconditional requests can be guided: a prior that draws them a class ("classes") steers
+    towards that class as a class request does; through the class-dropped path there is nothing to steer to."""
+    return unconditional == "classes"
+
+
+def default_guidance(mode: str, model_guidance: float, unconditional: str = "dropped") -> float:
     """The guidance scale of a request that names none: the model's, except without a condition to steer
-    towards (mode unconditional), where guidance is off (1)."""
-    return 1.0 if mode == "unconditional" else float(model_guidance)
+    towards (mode unconditional on the class-dropped path), where guidance is off (1)."""
+    if mode == "unconditional" and not guided_unconditional(unconditional):
+        return 1.0
+    return float(model_guidance)

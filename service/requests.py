@@ -18,7 +18,7 @@ from jobs.request import JobRequest
 from jobs.settings import ServiceSettings
 from jobs.webhooks import WebhookRefused, check_webhook_url
 from media import DecodeError, DecodeLimits, pad_frames, read_frames
-from models.limits import MAX_SEED, default_guidance
+from models.limits import MAX_SEED, default_guidance, guided_unconditional
 
 from .errors import ApiError, clip, invalid
 from .schemas import GenerateRequest
@@ -193,9 +193,10 @@ def request_webhook(req: GenerateRequest, settings: ServiceSettings) -> str | No
 def request_guidance(req: GenerateRequest, model: dict) -> float:
     """The guidance scale the job samples with: the request's, else the model's default (1 = none)."""
     if req.guidance is None:
-        return default_guidance(req.mode, model.get("guidance", 1.0))
-    if req.mode == "unconditional":
-        raise invalid("guidance", "guidance steers towards a class or frames: leave it out in mode 'unconditional'")
+        return default_guidance(req.mode, model.get("guidance", 1.0), model.get("unconditional", "dropped"))
+    if req.mode == "unconditional" and not guided_unconditional(model.get("unconditional", "dropped")):
+        raise invalid("guidance", "guidance steers towards a class or frames, and this model samples unconditional "
+                                  "requests without one: leave it out in mode 'unconditional'")
     if req.guidance != 1 and not model.get("guidance_supported"):
         raise invalid("guidance", f"model {model['name']!r} was not trained with condition dropout, so it cannot "
                                   "be guided: leave guidance out or set it to 1")

@@ -128,7 +128,8 @@ class ModelInfo(BaseModel):
     resolution: int
     fps: float
     latent_shape: list[int]
-    guidance: float = Field(1.0, description="guidance scale of class and frames requests that name none")
+    guidance: float = Field(1.0, description="guidance scale of requests that name none (unconditional ones "
+                                             "too where unconditional is 'classes')")
     guidance_supported: bool = Field(False, description="whether requests may set guidance (condition dropout)")
     class_guidance: float | None = Field(None, description="frames requests also follow a class prior toward the "
                                                            "class recognised in the given frame, this strongly")

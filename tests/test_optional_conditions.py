@@ -145,6 +145,10 @@ def test_a_classes_bundle_draws_a_class_for_requests_without_one(tmp_path):
     mixed = sample(drawing, 3, seed=11, class_labels=[1, -1, -1])
     assert torch.equal(mixed, sample(dropped, 3, seed=11, class_labels=[1, *drawn[1:].tolist()]))
     assert not torch.equal(sample(dropped, 3, seed=11), sample(drawing, 3, seed=11))
+    # Guided, it steers towards the drawn class as a class request does (the served default for such a prior).
+    guided = sample(drawing, 3, seed=11, guidance=3.0)
+    assert torch.equal(guided, sample(dropped, 3, seed=11, class_labels=drawn, guidance=3.0))
+    assert not torch.equal(guided, sample(drawing, 3, seed=11))
     counts = torch.bincount(SamplingControls.build(400, seed=0).classes(4), minlength=4)
     assert counts.min() > 70  # about uniform: 100 each
 

@@ -9,6 +9,8 @@ from service.schemas import GenerateRequest
 MODELS = {
     "digits": {"name": "digits", "modes": ["unconditional", "class"], "workers_up": 1, "guidance": 3.0,
                "guidance_supported": True},
+    "drawing": {"name": "drawing", "modes": ["unconditional", "class"], "workers_up": 1, "guidance": 3.0,
+                "guidance_supported": True, "unconditional": "classes"},
     "digits-frames": {"name": "digits-frames", "modes": ["frames"], "workers_up": 1, "guidance": 1.0,
                       "guidance_supported": False},
     "asleep": {"name": "asleep", "modes": ["unconditional", "class", "frames"], "workers_up": 0},
@@ -55,6 +57,9 @@ def test_guidance_defaults_to_the_models_and_is_refused_where_it_cannot_apply():
     assert guidance("digits", mode="class", class_label=1) == 3.0
     assert guidance("digits", mode="class", class_label=1, guidance=1.5) == 1.5
     assert guidance("digits", mode="unconditional") == 1.0
+    # A prior that draws unconditional requests a class steers towards it as class requests do.
+    assert guidance("drawing", mode="unconditional") == 3.0
+    assert guidance("drawing", mode="unconditional", guidance=1) == 1.0
     assert guidance("digits-frames", mode="frames", cond_frames="x") == 1.0
     assert guidance("digits-frames", mode="frames", cond_frames="x", guidance=1) == 1.0
     with pytest.raises(ApiError, match="'digits-frames' was not trained with condition dropout"):

@@ -17,6 +17,12 @@ from cli.processes import port_is_free, start_redis, stop_processes
 from jobs.store import JobStore
 
 
+def _as_at_a_terminal() -> None:
+    # A shell's background job (`pytest &`, nohup) passes SIGINT on ignored, and Python then never turns
+    # it into KeyboardInterrupt: at a terminal Ctrl-C is heard, so `up` starts with the default handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Up:
     """`videogpt-serve up` in a session of its own (as at a terminal), its output in a file."""
 
@@ -29,7 +35,7 @@ class Up:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "up", "--port", str(self.port), "--redis-port", str(self.redis_port),
              "--data-dir", str(self.data), *options], cwd=REPO, env=env, stdout=open(self.log, "w"),
-            stderr=subprocess.STDOUT, start_new_session=True)
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_as_at_a_terminal)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def output(self) -> str:

@@ -115,9 +115,11 @@ function onModeChange() {
   const mode = currentMode();
   $("class-field").hidden = mode !== "class";
   $("frames-field").hidden = mode !== "frames";
-  // Guidance steers towards the class or frames, with models trained to also work without them.
+  // Guidance steers towards the class or frames, with models trained to also work without them; an
+  // unconditional request has a class to steer to only where the model draws one ("classes").
   const model = currentModel();
-  $("guidance-field").hidden = mode === "unconditional" || !model?.guidance_supported;
+  const steerable = mode !== "unconditional" || model?.unconditional === "classes";
+  $("guidance-field").hidden = !steerable || !model?.guidance_supported;
   $("guidance").placeholder = String(model?.guidance ?? 1);
 }
 
