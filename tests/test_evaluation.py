@@ -81,6 +81,12 @@ def test_eval_command_writes_report_and_sheet(tmp_path, capsys):
     assert "reconstruction.psnr_db" in out and ("MISS" in out or "ok" in out)
     image = read_frames(tmp_path / "eval" / "contact_sheet.png", 1)[0]  # ffmpeg decodes it
     assert image.shape[1] >= 512 and image.shape[2] == 3 and image.max() > 0
+    assert report["precision"] == "float32"
+    # The same report with the priors decoding in int8: what a reduced precision costs is read side by side.
+    assert main(["eval", str(tmp_path / "b" / "class"), "--out", str(tmp_path / "int8"), "--n", "3", "--batch", "3",
+                 "--precision", "int8"]) == 0
+    reduced = json.loads((tmp_path / "int8" / "report.json").read_text())
+    assert reduced["precision"] == "int8" and 0 <= reduced["class"]["classifier_agreement"] <= 1
 
 
 def test_eval_of_a_prior_without_frames_mode(tmp_path, capsys):
