@@ -155,23 +155,24 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
     rows = [_sheet_row(real), _sheet_row(recon)]
     log(f"reconstruction: PSNR {report['reconstruction']['psnr_db']:.2f} dB")
     for mode, gpt in models.items():
+        scale = guidance.get(mode, 1.0)
         if mode == "class":
             wanted = torch.arange(n) % gpt.config.class_cond_dim
-            generated = _generate(gpt, n, batch, seed, guidance=guidance.get(mode, 1.0), class_labels=wanted)
+            generated = _generate(gpt, n, batch, seed, guidance=scale, class_labels=wanted)
         elif mode == "frames":
             wanted = labels
-            generated = _generate(gpt, n, batch, seed, guidance=guidance.get(mode, 1.0),
+            generated = _generate(gpt, n, batch, seed, guidance=scale,
                                   cond_frames=real[:, :, : gpt.config.n_cond_frames])
         else:
             wanted = None
-            generated = _generate(gpt, n, batch, seed, guidance=guidance.get(mode, 1.0))
+            generated = _generate(gpt, n, batch, seed, guidance=scale)
         probs, feats = _classify(classifier, generated)
         predicted = probs.argmax(dim=1)
         displacement, one_digit = motion_stats(generated, glyph)
         counts = torch.bincount(predicted, minlength=probs.shape[1]).double()
         share = counts / counts.sum()
         entry = {
-            "guidance": guidance.get(mode, 1.0),
+            "guidance": scale,
             "frechet_distance": frechet_distance(real_feats, feats),
             "mean_confidence": float(probs.amax(dim=1).mean()),
             "class_entropy_nats": float(-(share[share > 0] * share[share > 0].log()).sum()),

@@ -192,9 +192,10 @@ def request_webhook(req: GenerateRequest, settings: ServiceSettings) -> str | No
 
 def request_guidance(req: GenerateRequest, model: dict) -> float:
     """The guidance scale the job samples with: the request's, else the model's default (1 = none)."""
+    unconditional = model.get("unconditional", "dropped")
     if req.guidance is None:
-        return default_guidance(req.mode, model.get("guidance", 1.0), model.get("unconditional", "dropped"))
-    if req.mode == "unconditional" and not guided_unconditional(model.get("unconditional", "dropped")):
+        return default_guidance(req.mode, model.get("guidance", 1.0), unconditional)
+    if req.mode == "unconditional" and not guided_unconditional(unconditional):
         raise invalid("guidance", "guidance steers towards a class or frames, and this model samples unconditional "
                                   "requests without one: leave it out in mode 'unconditional'")
     if req.guidance != 1 and not model.get("guidance_supported"):
