@@ -391,7 +391,8 @@ def _eval_long(args: argparse.Namespace, models: dict, classifier: Any, recogniz
         raise SystemExit("eval --long needs a frames bundle with a class guide (its frame recognizer)")
     report = evaluate_long(models, classifier, recognizer, spec, lengths=tuple(args.long), n=args.n,
                            batch=args.batch, seed=args.seed, guidance=guidance, stride=args.window_stride,
-                           sheet_path=out / "long_contact_sheet.png", log=log, later_frames=args.later_frames)
+                           sheet_path=out / "long_contact_sheet.png", log=log, later_frames=args.later_frames,
+                           later_context=args.later_context)
     report["bundles"] = sources
     (out / "long_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'long_report.json'} and {out / 'long_contact_sheet.png'}")
@@ -653,6 +654,9 @@ def _parser_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--later-frames", choices=["generated", "original"], default="generated",
                    help="--long: what conditions a frames video's later windows (default: the first frames of "
                         "their own context)")
+    p.add_argument("--later-context", choices=["reencoded", "codes"], default="reencoded",
+                   help="--long: a later window's context re-encoded from its frames (default) or the codes as "
+                        "drawn")
     p.set_defaults(func=cmd_eval)
 
 

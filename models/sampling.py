@@ -135,7 +135,7 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
            progress: Callable[[int, int], None] | None = None,
            should_stop: Callable[[], bool] | None = None, cuda_graph: bool | None = None,
            time_steps: int | None = None, window_stride: int | None = None,
-           later_frames: str = "generated") -> torch.Tensor:
+           later_frames: str = "generated", later_context: str = "reencoded") -> torch.Tensor:
     """Sample n code grids (n, t, h, w); `gpt.vqvae.decode` turns them into video.
 
     temperature, top_k, top_p, guidance and seed are one value for all samples or a sequence of n (one per
@@ -156,7 +156,9 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     time_steps (None: the model's t) asks for longer (or shorter) grids (n, time_steps, h, w): a window slides
     over time, each later one adding window_stride latent time steps (default t // 2) to the last t - stride
     as context; `gpt.vqvae.decode_long` turns them into video. later_frames: what conditions a frames
-    sample's later windows, "generated" (the first frames of their own context) or "original".
+    sample's later windows, "generated" (the first frames of their own context) or "original";
+    later_context: that context "reencoded" from its frames as a clip of its own (the default: what the
+    prior saw at a window's start in training) or the "codes" as drawn (see models/engine.py).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n must be an integer >= 1, got {n!r}")
@@ -173,7 +175,7 @@ def sample(gpt: VideoGPT, n: int, *, class_labels: object = None, cond_frames: t
     check_class_guidance(gpt, class_guidance)
     cond = gpt.condition(labels, cond_frames, n, present)  # validates the batch, encodes the frames once
     engine = DecodeEngine(gpt, sum(1 if g == 1 else 2 for g in scales), cuda_graph=cuda_graph, stride=window_stride,
-                          later_frames=later_frames)
+                          later_frames=later_frames, later_context=later_context)
     for i, request in enumerate(_requests(n, labels, cond_frames, present, controls, scales, class_guidance)):
         engine.add(dataclasses.replace(request, time_steps=time_steps), cond.row(i))
     steps = time_steps or gpt.latent_shape[0]

@@ -1,5 +1,5 @@
 """Videos longer than a model's trained length: a window slides over latent time, each later window
-prefilled with the last t - stride time steps of the one before."""
+prefilled with the last t - stride time steps of the one before (re-encoded from their frames, or as drawn)."""
 
 from __future__ import annotations
 
@@ -40,18 +40,45 @@ def test_the_first_window_is_the_native_sample_and_later_ones_continue_it(gpt):
     assert 0 <= int(long.min()) and int(long.max()) < gpt.n_codes
 
 
-def test_every_window_s_context_is_the_end_of_what_came_before():
-    """With a stride of one latent step, each new step is drawn after t - 1 steps of context: sampling the
-    same codes again as teacher forcing over the window that ends at it gives the same argmax (greedy)."""
+@pytest.mark.parametrize("later_context", ["codes", "reencoded"])
+def test_every_window_s_context_is_the_end_of_what_came_before(later_context):
+    """With a stride of one latent step, each new step is drawn after t - 1 steps of context: the codes as
+    drawn, or those the VQ-VAE gives the window's last frames encoded as a clip of their own. Sampling the
+    same codes again as teacher forcing over that window gives the same argmax (greedy)."""
     vq, config = OPTIONAL["class-frames-sparse"]
     gpt = random_gpt(vq, config, seed=1)
     t, _h, _w = gpt.latent_shape
-    codes = sample(gpt, 1, class_labels=[2], time_steps=t + 3, window_stride=1, top_k=1, seed=3)
+    codes = sample(gpt, 1, class_labels=[2], time_steps=t + 3, window_stride=1, top_k=1, seed=3,
+                   later_context=later_context)
+    window = codes[:, :t]
     for end in range(t, t + 3):
-        window = codes[:, end - t + 1:end + 1]
         with torch.no_grad():
+            if later_context == "codes":
+                context = window[:, 1:]
+            else:
+                frames = gpt.vqvae.decode(window)[:, :, gpt.vqvae.config.downsample[0]:].clamp(-0.5, 0.5)
+                context = gpt.vqvae.codebook.quantize(gpt.vqvae.encode_continuous(frames))[:, :t - 1]
+            window = torch.cat([context, codes[:, end:end + 1]], dim=1)
             logits = gpt.logits(window, class_labels=torch.tensor([2]))
         assert torch.equal(logits[:, -1].argmax(-1), window[:, -1])
+    if later_context == "reencoded":
+        assert not torch.equal(sample(gpt, 1, class_labels=[2], time_steps=t + 3, window_stride=1, top_k=1, seed=3,
+                                      later_context="codes"), codes), "re-encoding changes what the windows see"
+
+
+def test_a_reencoded_context_starts_as_the_vqvae_starts_a_clip():
+    """What re-encoding is for: a zero-padded VQ-VAE codes a clip's first time step unlike the same frames
+    inside a longer video (the shipped one: most codes differ); the re-encoded context holds the former."""
+    from models.bundle import load_vqvae
+    from models.data import MovingDigits, MovingDigitsSpec
+
+    vq = load_vqvae("weights/moving-digits")
+    videos = MovingDigits("test", length=8, seed=5, spec=MovingDigitsSpec.for_video(32, 32))
+    video = torch.stack([videos[i]["video"] for i in range(8)])
+    with torch.no_grad():
+        inside = vq.codebook.quantize(vq.encode_continuous(video))[:, 4:8]  # frames 8..15 within 32
+        alone = vq.codebook.quantize(vq.encode_continuous(video[:, :, 8:16]))
+    assert (inside[:, 0] == alone[:, 0]).float().mean() < 0.5, "a clip's first step is coded as a start"
 
 
 def test_frames_samples_condition_later_windows_on_their_own_frames_or_the_original():
