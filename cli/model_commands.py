@@ -96,7 +96,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     mode = "frames" if frames is not None else "class" if labels is not None else "unconditional"
     guidance = args.guidance if args.guidance is not None else default_guidance(mode, info.guidance, info.unconditional)
-    codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=args.temperature,
+    temperature = args.temperature if args.temperature is not None else info.temperature
+    codes = sample(gpt, args.n, class_labels=labels, cond_frames=frames, temperature=temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, guidance=guidance,
                    class_guidance=args.class_guidance, progress=progress, time_steps=time_steps)
     sampled = time.perf_counter()
@@ -137,7 +138,8 @@ def _time_steps(num_frames: int | None, gpt) -> int | None:
 def cmd_fidelity(args: argparse.Namespace) -> int:
     import torch
 
-    from models import load_gpt, read_bundle_config
+    from models import load_gpt
+    from models.bundle import update_config
     from models.fidelity import fidelity, sampled_codes
     from models.precision import FIDELITY_KL
 
@@ -156,12 +158,21 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
               f"(auto {'may take' if met else 'never takes'} it)")
     if args.no_record:
         return 0
-    path = Path(args.bundle) / "config.json"
-    config = json.loads(path.read_text())
-    config["precision_fidelity"] = {**(config.get("precision_fidelity") or {}), **measured}
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    read_bundle_config(args.bundle)  # what was written reads back
-    print(f"recorded in {path} (precision_fidelity, what VGS_PRECISION=auto consults)")
+    update_config(args.bundle, {"precision_fidelity": {**(gpt.info.precision_fidelity or {}), **measured}})
+    print(f"recorded in {Path(args.bundle) / 'config.json'} (precision_fidelity, what VGS_PRECISION=auto consults)")
+    return 0
+
+
+def cmd_set_defaults(args: argparse.Namespace) -> int:
+    from models.bundle import update_config
+
+    changes = {key: value for key, value in (("guidance", args.guidance), ("temperature", args.temperature))
+               if value is not None}
+    if not changes:
+        raise SystemExit("set-defaults: give --guidance and/or --temperature")
+    info = update_config(args.bundle, changes)
+    print(f"{args.bundle}: requests that name none sample at guidance {info.guidance:g}, "
+          f"temperature {info.temperature:g}")
     return 0
 
 
@@ -340,7 +351,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = args.device or _default_device()
     bundles = _bundle_dirs(args.bundles)
-    models, sources, guidance = {}, {}, {}
+    models, sources, guidance, temperature = {}, {}, {}, {}
     for path in bundles:
         _, _, gpt_config = read_bundle_config(path)
         if gpt_config is None:
@@ -352,6 +363,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             if mode not in models:
                 models[mode], sources[mode] = gpt, str(path)
                 guidance[mode] = default_guidance(mode, gpt.info.guidance, gpt.info.unconditional)
+                temperature[mode] = gpt.info.temperature
     vqvae = load_vqvae(bundles[0], device=device)
     c = vqvae.config
     spec = MovingDigitsSpec.for_video(c.sequence_length, c.resolution)
@@ -370,9 +382,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("no bundle has a frame recognizer (a class guide): digit stability is not measured", file=sys.stderr)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     if args.long:
-        return _eval_long(args, models, classifier, recognizer, spec, guidance, sources, out, log)
+        return _eval_long(args, models, classifier, recognizer, spec, guidance, temperature, sources, out, log)
     report = evaluate(models, vqvae, classifier, spec, n=args.n, batch=args.batch, seed=args.seed,
-                      sheet_path=out / "contact_sheet.png", log=log, guidance=guidance, recognizer=recognizer)
+                      sheet_path=out / "contact_sheet.png", log=log, guidance=guidance, recognizer=recognizer,
+                      temperature=temperature)
     report["bundles"], report["precision"] = sources, args.precision
     report["bars"] = check_bars(report)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -383,7 +396,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval_long(args: argparse.Namespace, models: dict, classifier: Any, recognizer: Any, spec: Any,
-               guidance: dict[str, float], sources: dict[str, str], out: Path, log: Any) -> int:
+               guidance: dict[str, float], temperature: dict[str, float], sources: dict[str, str], out: Path,
+               log: Any) -> int:
     """eval --long: the long-video report (models/long_eval.py) of the class and frames modes."""
     from models.long_eval import evaluate_long
 
@@ -392,7 +406,7 @@ def _eval_long(args: argparse.Namespace, models: dict, classifier: Any, recogniz
     report = evaluate_long(models, classifier, recognizer, spec, lengths=tuple(args.long), n=args.n,
                            batch=args.batch, seed=args.seed, guidance=guidance, stride=args.window_stride,
                            sheet_path=out / "long_contact_sheet.png", log=log, later_frames=args.later_frames,
-                           later_context=args.later_context)
+                           later_context=args.later_context, temperature=temperature)
     report["bundles"] = sources
     (out / "long_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out / 'long_report.json'} and {out / 'long_contact_sheet.png'}")
@@ -489,7 +503,7 @@ def _parser_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", help="class index or name (class-conditional models)")
     p.add_argument("--frames", help="image, GIF or video whose first frames condition the model")
     p.add_argument("--seed", type=int, help="seed: the same seed and settings give the same videos")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the bundle's)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--guidance", type=float,
@@ -561,6 +575,16 @@ def _parser_set_decoder(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vqvae", required=True, help="the VQ-VAE bundle with the fine-tuned decoder")
     p.add_argument("--save-dtype", choices=["float32", "float16"], default="float32")
     p.set_defaults(func=cmd_set_decoder)
+
+
+def _parser_set_defaults(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("set-defaults", help="set the guidance scale and temperature of requests that name none",
+                       description="Rewrite a prior bundle's sampling defaults in place (config.json): what "
+                                   "requests, `sample` and `eval` use when they name no guidance or temperature.")
+    p.add_argument("bundle", help="GPT bundle directory")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: off; needs condition dropout)")
+    p.add_argument("--temperature", type=float, help="sampling temperature, in (0, 10]")
+    p.set_defaults(func=cmd_set_defaults)
 
 
 def _parser_set_class_guide(sub: argparse._SubParsersAction) -> None:
@@ -681,7 +705,7 @@ def _parser_info(sub: argparse._SubParsersAction) -> None:
 
 
 PARSERS = (_parser_convert, _parser_sample, _parser_fidelity, _parser_train_vqvae, _parser_set_decoder,
-           _parser_set_class_guide, _parser_train_recognizer, _parser_train_gpt, _parser_eval,
+           _parser_set_defaults, _parser_set_class_guide, _parser_train_recognizer, _parser_train_gpt, _parser_eval,
            _parser_train_classifier, _parser_info)
 
 

@@ -44,9 +44,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .client import data_uri, generate
 
-    request: dict = {"mode": args.mode, "num_samples": args.n, "temperature": args.temperature}
-    for key, value in (("model", args.model), ("top_k", args.top_k), ("top_p", args.top_p), ("seed", args.seed),
-                       ("fps", args.fps), ("guidance", args.guidance), ("num_frames", args.num_frames)):
+    request: dict = {"mode": args.mode, "num_samples": args.n}
+    for key, value in (("model", args.model), ("temperature", args.temperature), ("top_k", args.top_k),
+                       ("top_p", args.top_p), ("seed", args.seed), ("fps", args.fps), ("guidance", args.guidance),
+                       ("num_frames", args.num_frames)):
         if value is not None:
             request[key] = value
     if args.label is not None:
@@ -116,7 +117,7 @@ def _parser_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--num-frames", type=int, metavar="N",
                    help="frames of each video (default: the model's own length; up to its max_frames, see /v1/models)")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the model's)")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
     p.add_argument("--guidance", type=float,

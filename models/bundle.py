@@ -27,7 +27,7 @@ from .errors import CheckpointError, ConfigError
 from .fidelity import choose_precision
 from .files import write_safetensors
 from .gpt import GPTConfig, VideoGPT
-from .limits import MAX_GUIDANCE, is_guidance_scale
+from .limits import MAX_GUIDANCE, MAX_TEMPERATURE, is_guidance_scale, is_temperature
 from .precision import PRECISIONS, check_precision
 from .sampling import ClassGuide
 from .vqvae import VQVAE, VQVAEConfig
@@ -57,6 +57,8 @@ class BundleInfo:
     source: dict[str, Any] = field(default_factory=dict)
     # The classifier-free guidance scale of requests that name none (1: off; needs condition dropout).
     guidance: float = 1.0
+    # The sampling temperature of requests that name none (1: the prior's own distribution).
+    temperature: float = 1.0
     # How a class-conditional prior samples requests without a class: "dropped", through its class-dropped
     # path (condition dropout), or "classes": draw a class uniformly, then sample it (at the request's
     # guidance), p(x) = sum_c p(c) p(x | c) for balanced classes.
@@ -139,12 +141,29 @@ def read_bundle_config(bundle_dir: str | Path) -> tuple[BundleInfo, VQVAEConfig,
     source = raw.get("source") or {}
     guidance = raw.get("guidance", 1.0)
     check_guidance(guidance, gpt_config, str(path))
+    temperature = raw.get("temperature", 1.0)
+    check_temperature(temperature, str(path))
     unconditional = raw.get("unconditional", "dropped")
     check_unconditional(unconditional, gpt_config, str(path))
     fidelity = check_precision_fidelity(raw.get("precision_fidelity"), str(path))
     info = BundleInfo(name=name, kind=kind, fps=float(fps), class_names=class_names, source=source,
-                      guidance=float(guidance), unconditional=unconditional, precision_fidelity=fidelity)
+                      guidance=float(guidance), temperature=float(temperature), unconditional=unconditional,
+                      precision_fidelity=fidelity)
     return info, vq_config, gpt_config
+
+
+def update_config(bundle_dir: str | Path, changes: dict[str, Any]) -> BundleInfo:
+    """Set fields of a bundle's config.json in place (its sampling defaults, its fidelity record); refused
+    with the reading's error, and the file left as it was, unless the result is a valid bundle config."""
+    path = Path(bundle_dir) / CONFIG_FILE
+    read_bundle_config(bundle_dir)
+    before = path.read_text()
+    path.write_text(json.dumps({**json.loads(before), **changes}, indent=2) + "\n")
+    try:
+        return read_bundle_config(bundle_dir)[0]
+    except ConfigError:
+        path.write_text(before)
+        raise
 
 
 def check_precision_fidelity(value: Any, where: str) -> dict[str, dict[str, float]] | None:
@@ -174,6 +193,11 @@ def check_guidance(guidance: Any, gpt_config: GPTConfig | None, where: str) -> N
         raise ConfigError(f"{where}: guidance must be a number in [0, {MAX_GUIDANCE}], got {guidance!r}")
     if guidance != 1 and not (gpt_config and gpt_config.conditions_optional):
         raise ConfigError(f"{where}: guidance {guidance} needs a prior trained with condition dropout")
+
+
+def check_temperature(temperature: Any, where: str) -> None:
+    if not is_temperature(temperature):
+        raise ConfigError(f"{where}: temperature must be a number in (0, {MAX_TEMPERATURE:g}], got {temperature!r}")
 
 
 def check_tensors(expected: dict[str, torch.Tensor], got: dict[str, Any], where: str) -> None:
@@ -274,6 +298,7 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         vq, gpt_config = model.vqvae, model.config
         check_class_names(info.class_names, gpt_config.class_cond_dim, "class_names")
         check_guidance(info.guidance, gpt_config, "guidance")
+        check_temperature(info.temperature, "temperature")
         check_unconditional(info.unconditional, gpt_config, "unconditional")
         write_safetensors(_contiguous(own_state(model, VQVAE_PREFIX), storage_dtype), out / GPT_FILE)
     else:
@@ -295,11 +320,13 @@ def save_bundle(model: VQVAE | VideoGPT, out_dir: str | Path, info: BundleInfo,
         "n_tokens": math.prod(vq.latent_shape),
         "source": info.source,
         "guidance": info.guidance,
+        "temperature": info.temperature,
         "unconditional": info.unconditional,
         "precision_fidelity": info.precision_fidelity,
     }
     if gpt_config is None:
-        del config["gpt"], config["guidance"], config["unconditional"], config["precision_fidelity"]
+        for key in ("gpt", "guidance", "temperature", "unconditional", "precision_fidelity"):
+            del config[key]
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return out
 

@@ -100,14 +100,14 @@ def _classify(classifier: VideoClassifier, video: torch.Tensor) -> tuple[torch.T
 
 
 @torch.no_grad()
-def _generate(gpt: VideoGPT, n: int, batch: int, seed: int, guidance: float = 1.0,
+def _generate(gpt: VideoGPT, n: int, batch: int, seed: int, guidance: float = 1.0, temperature: float = 1.0,
               **cond: torch.Tensor | list | None) -> torch.Tensor:
     videos = []
     for start in range(0, n, batch):
         size = min(batch, n - start)
         part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
         codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
-                       **part)
+                       temperature=temperature, **part)
         videos.append(gpt.vqvae.decode(codes).clamp(-0.5, 0.5).cpu())
     return torch.cat(videos)
 
@@ -128,11 +128,12 @@ def _sheet_row(videos: torch.Tensor, count: int = 8, frames: tuple[int, ...] = (
 def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassifier, spec: MovingDigitsSpec,
              n: int = 200, batch: int = 50, seed: int = 0, sheet_path: str | Path | None = None,
              log: Log = print, guidance: dict[str, float] | None = None,
-             recognizer: torch.nn.Module | None = None) -> dict:
+             recognizer: torch.nn.Module | None = None, temperature: dict[str, float] | None = None) -> dict:
     """The quality report. `models` maps a mode (unconditional, class, frames) to the prior that serves it;
-    `guidance` maps a mode to the guidance scale to sample them with (default 1: none);
+    `guidance` and `temperature` map a mode to the guidance scale and temperature to sample them with
+    (default 1: none, the prior's own distribution);
     `recognizer`, a frame classifier, reads each frame's digit for the digit stability (none: not measured)."""
-    guidance = guidance or {}
+    guidance, temperature = guidance or {}, temperature or {}
     test = MovingDigits("test", length=n, seed=seed + 7, spec=spec)
     real = torch.stack([test[i]["video"] for i in range(n)])
     labels = torch.stack([test[i]["label"] for i in range(n)])
@@ -155,17 +156,17 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
     rows = [_sheet_row(real), _sheet_row(recon)]
     log(f"reconstruction: PSNR {report['reconstruction']['psnr_db']:.2f} dB")
     for mode, gpt in models.items():
-        scale = guidance.get(mode, 1.0)
+        scale, mode_temperature = guidance.get(mode, 1.0), temperature.get(mode, 1.0)
+        draws = {"guidance": scale, "temperature": mode_temperature}
         if mode == "class":
             wanted = torch.arange(n) % gpt.config.class_cond_dim
-            generated = _generate(gpt, n, batch, seed, guidance=scale, class_labels=wanted)
+            generated = _generate(gpt, n, batch, seed, **draws, class_labels=wanted)
         elif mode == "frames":
             wanted = labels
-            generated = _generate(gpt, n, batch, seed, guidance=scale,
-                                  cond_frames=real[:, :, : gpt.config.n_cond_frames])
+            generated = _generate(gpt, n, batch, seed, **draws, cond_frames=real[:, :, : gpt.config.n_cond_frames])
         else:
             wanted = None
-            generated = _generate(gpt, n, batch, seed, guidance=scale)
+            generated = _generate(gpt, n, batch, seed, **draws)
         probs, feats = _classify(classifier, generated)
         predicted = probs.argmax(dim=1)
         displacement, one_digit = motion_stats(generated, glyph)
@@ -173,6 +174,7 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
         share = counts / counts.sum()
         entry = {
             "guidance": scale,
+            "temperature": mode_temperature,
             "frechet_distance": frechet_distance(real_feats, feats),
             "mean_confidence": float(probs.amax(dim=1).mean()),
             "class_entropy_nats": float(-(share[share > 0] * share[share > 0].log()).sum()),

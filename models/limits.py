@@ -1,4 +1,5 @@
-"""The models' rules that the gateway checks requests against, without torch: seeds and guidance scales.
+"""The models' rules that the gateway checks requests against, without torch: seeds, guidance scales and
+sampling temperatures.
 
 The gateway imports this module alone (`models/__init__.py` loads the torch modules only when asked for
 them), so a request is refused by the same numbers the sampler would refuse it by.
@@ -8,11 +9,17 @@ from __future__ import annotations
 
 MAX_SEED = 2**63 - 1  # seeds seed torch.Generator, which takes 64-bit signed integers
 MAX_GUIDANCE = 20.0
+MAX_TEMPERATURE = 10.0
 
 
 def is_guidance_scale(value: object) -> bool:
     """Whether value is a number in [0, MAX_GUIDANCE]: a guidance or class-guide scale."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_GUIDANCE
+
+
+def is_temperature(value: object) -> bool:
+    """Whether value is a number in (0, MAX_TEMPERATURE]: a sampling temperature."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= MAX_TEMPERATURE
 
 
 def guided_unconditional(unconditional: str) -> bool:

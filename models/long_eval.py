@@ -63,7 +63,7 @@ def seam_ratio(video: torch.Tensor, first: int, stride: int) -> float:
 @torch.no_grad()
 def generate_long(gpt: VideoGPT, frames: int, n: int, batch: int, seed: int, guidance: float,
                   stride: int | None = None, later_frames: str = "generated", later_context: str = "reencoded",
-                  **cond: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+                  temperature: float = 1.0, **cond: torch.Tensor | None) -> tuple[torch.Tensor, float]:
     """n videos of `frames` frames, and the seconds their sampling took."""
     per_step = gpt.vqvae.config.downsample[0]
     videos, seconds = [], 0.0
@@ -73,7 +73,7 @@ def generate_long(gpt: VideoGPT, frames: int, n: int, batch: int, seed: int, gui
         t0 = time.perf_counter()
         codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
                        time_steps=frames // per_step, window_stride=stride, later_frames=later_frames,
-                       later_context=later_context, **part)
+                       later_context=later_context, temperature=temperature, **part)
         seconds += time.perf_counter() - t0
         videos.append(gpt.vqvae.decode_long(codes).clamp(-0.5, 0.5).cpu())
     return torch.cat(videos), seconds
@@ -84,10 +84,11 @@ def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, reco
                   seed: int = 0,
                   guidance: dict[str, float] | None = None, stride: int | None = None,
                   sheet_path: str | Path | None = None, log=print, later_frames: str = "generated",
-                  later_context: str = "reencoded") -> dict:
-    """The long-video report for the class and frames modes of `models` (mode -> prior); later_frames:
-    what conditions frames videos' later windows, later_context: what their context is (DecodeEngine's)."""
-    guidance = guidance or {}
+                  later_context: str = "reencoded", temperature: dict[str, float] | None = None) -> dict:
+    """The long-video report for the class and frames modes of `models` (mode -> prior), sampled at each mode's
+    guidance and temperature; later_frames: what conditions frames videos' later windows, later_context:
+    what their context is (DecodeEngine's)."""
+    guidance, temperature = guidance or {}, temperature or {}
     test = MovingDigits("test", length=n, seed=seed + 7, spec=spec)
     real = torch.stack([test[i]["video"] for i in range(n)])
     labels = torch.stack([test[i]["label"] for i in range(n)])
@@ -102,15 +103,16 @@ def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, reco
         cond = ({"class_labels": torch.arange(n) % gpt.config.class_cond_dim} if mode == "class" else
                 {"cond_frames": real[:, :, :gpt.config.n_cond_frames]})
         wanted = cond["class_labels"] if mode == "class" else labels
-        _, native_s = generate_long(gpt, vq.sequence_length, min(n, batch), batch, seed, guidance.get(mode, 1.0),
-                                    **{k: v[:batch] for k, v in cond.items()})
+        scale, mode_temperature = guidance.get(mode, 1.0), temperature.get(mode, 1.0)
+        _, native_s = generate_long(gpt, vq.sequence_length, min(n, batch), batch, seed, scale,
+                                    temperature=mode_temperature, **{k: v[:batch] for k, v in cond.items()})
         section = {"stride_latent_steps": step_stride, "stride_frames": step_stride * vq.downsample[0],
-                   "later_context": later_context}
+                   "later_context": later_context, "guidance": scale, "temperature": mode_temperature}
         if mode == "frames":
             section["later_frames"] = later_frames
         for frames in lengths:
-            videos, seconds = generate_long(gpt, frames, n, batch, seed, guidance.get(mode, 1.0), step_stride,
-                                            later_frames, later_context, **cond)
+            videos, seconds = generate_long(gpt, frames, n, batch, seed, scale, step_stride, later_frames,
+                                            later_context, mode_temperature, **cond)
             figures = window_figures(classifier, videos, wanted, glyph, spec.frames)
             extra = (frames - vq.sequence_length) / spec.frames
             per_batch = seconds * min(n, batch) / n

@@ -128,7 +128,7 @@ def validate_request(req: GenerateRequest, models: dict[str, dict],
     request = JobRequest(
         model=model["name"], mode=req.mode, num_samples=req.num_samples,
         seed=req.seed if req.seed is not None else int.from_bytes(os.urandom(8), "little") & MAX_SEED,
-        fps=req.fps or model["fps"], temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+        fps=req.fps or model["fps"], temperature=request_temperature(req, model), top_k=req.top_k, top_p=req.top_p,
         guidance=request_guidance(req, model), num_frames=num_frames, class_label=label, class_name=name,
         cond_frames=summary, webhook=webhook,
         webhook_events=tuple(sorted(set(req.webhook_events))) if webhook else ())
@@ -188,6 +188,11 @@ def request_webhook(req: GenerateRequest, settings: ServiceSettings) -> str | No
     except WebhookRefused as exc:
         raise invalid("webhook", str(exc)) from None
     return req.webhook
+
+
+def request_temperature(req: GenerateRequest, model: dict) -> float:
+    """The temperature the job samples with: the request's, else the model's default (workers announce it)."""
+    return req.temperature if req.temperature is not None else float(model.get("temperature", 1.0))
 
 
 def request_guidance(req: GenerateRequest, model: dict) -> float:

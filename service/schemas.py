@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from models.limits import MAX_GUIDANCE, MAX_SEED
+from models.limits import MAX_GUIDANCE, MAX_SEED, MAX_TEMPERATURE
 
 from .errors import clip
 
@@ -44,7 +44,9 @@ class GenerateRequest(BaseModel):
         None, description="frames of each video (default: the model's native length, `frames` in /v1/models): a "
                           "multiple of the model's frames_per_step up to its max_frames; past the native length a "
                           "window slides over time")
-    temperature: float = Field(1.0, gt=0, le=10, allow_inf_nan=False)
+    temperature: float | None = Field(None, gt=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                                      description="sampling temperature: < 1 draws likelier codes (default: the "
+                                                  "model's, `temperature` in /v1/models)")
     top_k: int | None = Field(None, ge=1, le=1_000_000, description="keep the k most likely codes")
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling")
     guidance: float | None = Field(
@@ -131,6 +133,7 @@ class ModelInfo(BaseModel):
     guidance: float = Field(1.0, description="guidance scale of requests that name none (unconditional ones "
                                              "too where unconditional is 'classes')")
     guidance_supported: bool = Field(False, description="whether requests may set guidance (condition dropout)")
+    temperature: float = Field(1.0, description="sampling temperature of requests that name none")
     class_guidance: float | None = Field(None, description="frames requests also follow a class prior toward the "
                                                            "class recognised in the given frame, this strongly")
     unconditional: str = Field("dropped", description="how requests without a class are sampled: 'dropped' "

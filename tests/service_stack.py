@@ -102,9 +102,10 @@ def publish_ghost(stack: Stack) -> None:
 
 
 def write_bundle(out: Path, name: str, latent: tuple[int, int, int] = (2, 4, 4), layers: int = 1,
-                 hidden: int = 24, seed: int = 0) -> Path:
+                 hidden: int = 24, seed: int = 0, temperature: float = 1.0) -> Path:
     """A small random prior with classes 0-4 (named) and 1 conditioning frame, trained with condition
-    dropout, so it serves all three modes; class and frames requests are guided (scale 2) by default."""
+    dropout, so it serves all three modes; class and frames requests are guided (scale 2) by default, and
+    sampled at `temperature`."""
     t, h, _ = latent  # square frames: w == h
     vq = VQVAEConfig(embedding_dim=8, n_codes=16, n_hiddens=8, n_res_layers=1, downsample=(2, 4, 4),
                      sequence_length=2 * t, resolution=4 * h)
@@ -112,7 +113,8 @@ def write_bundle(out: Path, name: str, latent: tuple[int, int, int] = (2, 4, 4),
                     n_cond_frames=1, resnet_widths=(4, 8, 8), resnet_blocks=(1, 1, 1, 1), resnet_dim=12,
                     condition_dropout=0.5, dropout=0.0, attn_dropout=0.0)
     model = random_gpt(vq, gpt, seed=seed)
-    info = BundleInfo(name=name, fps=4.0, class_names=["zero", "one", "two", "three", "four"], guidance=2.0)
+    info = BundleInfo(name=name, fps=4.0, class_names=["zero", "one", "two", "three", "four"], guidance=2.0,
+                      temperature=temperature)
     return save_bundle(model, out / name, info)
 
 

@@ -90,6 +90,8 @@ def _edit_config(bundle, **changes):
     ({"fps": -1}, r"fps must be a number in \(0, 240\]"),
     ({"guidance": "high"}, r"guidance must be a number in \[0, 20.0\]"),
     ({"guidance": 2.0}, "guidance 2.0 needs a prior trained with condition dropout"),
+    ({"temperature": 0}, r"temperature must be a number in \(0, 10\], got 0"),
+    ({"temperature": "warm"}, r"temperature must be a number in \(0, 10\], got 'warm'"),
 ])
 def test_bad_config_is_refused_with_a_message(gpt_bundle, changes, message):
     _edit_config(gpt_bundle, **changes)
@@ -102,18 +104,29 @@ def test_guidance_default_round_trips_and_older_bundles_still_load(tmp_path, gpt
     assert gpt.info.guidance == 1.0
     optional = dataclasses.replace(gpt.config, condition_dropout=0.2, aligned_frames=False)
     model = VideoGPT(optional, gpt.vqvae)
-    saved = save_bundle(model, tmp_path / "guided", dataclasses.replace(gpt.info, guidance=2.5))
-    assert load_gpt(saved).info.guidance == 2.5
+    saved = save_bundle(model, tmp_path / "guided", dataclasses.replace(gpt.info, guidance=2.5, temperature=0.8))
+    assert (load_gpt(saved).info.guidance, load_gpt(saved).info.temperature) == (2.5, 0.8)
     with pytest.raises(ConfigError, match="guidance 2.5 needs a prior trained with condition dropout"):
         save_bundle(gpt, tmp_path / "refused", dataclasses.replace(gpt.info, guidance=2.5))
-    # Bundles written before guidance, aligned_frames (and its steps), global_frames, axial_attention and
+    # Bundles written before guidance, temperature, aligned_frames (and its steps), global_frames, axial_attention and
     # padding existed load with the defaults, which are what their models computed.
-    _edit_config(saved, guidance=KeyError, gpt__aligned_frames=KeyError, gpt__aligned_steps=KeyError,
-                 gpt__global_frames=KeyError, vqvae__axial_attention=KeyError, vqvae__padding=KeyError,
-                 unconditional=KeyError)
+    _edit_config(saved, guidance=KeyError, temperature=KeyError, gpt__aligned_frames=KeyError,
+                 gpt__aligned_steps=KeyError, gpt__global_frames=KeyError, vqvae__axial_attention=KeyError,
+                 vqvae__padding=KeyError, unconditional=KeyError)
     old = load_gpt(saved)
-    assert old.info.guidance == 1.0 and old.info.unconditional == "dropped"
+    assert old.info.guidance == 1.0 and old.info.temperature == 1.0 and old.info.unconditional == "dropped"
     assert old.config == optional and old.vqvae.config == gpt.vqvae.config
+
+
+def test_update_config_writes_valid_settings_and_leaves_a_bundle_as_it_was_otherwise(gpt_bundle):
+    from models.bundle import update_config
+
+    assert update_config(gpt_bundle, {"temperature": 0.85}).temperature == 0.85
+    assert load_gpt(gpt_bundle).info.temperature == 0.85
+    before = (gpt_bundle / "config.json").read_text()
+    with pytest.raises(ConfigError, match="guidance 3 needs a prior trained with condition dropout"):
+        update_config(gpt_bundle, {"guidance": 3})
+    assert (gpt_bundle / "config.json").read_text() == before
 
 
 def test_config_that_is_not_json(gpt_bundle):

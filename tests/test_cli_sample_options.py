@@ -92,6 +92,30 @@ def test_fidelity_measures_and_records_in_the_bundle(bundles, tmp_path, capsys):
     assert gpt.decode_precision in ("float32", "bfloat16")
 
 
+def test_set_defaults_sets_what_sample_uses_and_refuses_bad_values(bundles, tmp_path, capsys, monkeypatch):
+    import models
+
+    bundle = tmp_path / "tiny"
+    bundle.mkdir()
+    for part in bundles["tiny"].iterdir():
+        (bundle / part.name).write_bytes(part.read_bytes())
+    assert main(["set-defaults", str(bundle), "--temperature", "0.8", "--guidance", "3"]) == 0
+    assert "guidance 3, temperature 0.8" in capsys.readouterr().out
+    info = read_bundle_config(bundle)[0]
+    assert (info.guidance, info.temperature) == (3.0, 0.8)
+    before = (bundle / "config.json").read_text()
+    assert main(["set-defaults", str(bundle), "--temperature", "0"]) == 2
+    assert "temperature must be a number in (0, 10], got 0" in capsys.readouterr().err
+    assert (bundle / "config.json").read_text() == before
+
+    asked = []
+    real_sample = models.sample
+    monkeypatch.setattr(models, "sample", lambda *a, **kw: asked.append(kw["temperature"]) or real_sample(*a, **kw))
+    for extra, expected in (([], 0.8), (["--temperature", "1.2"], 1.2)):
+        assert main(["sample", str(bundle), "--seed", "1", "-o", str(tmp_path / "t.mp4"), "--scale", "1", *extra]) == 0
+        assert asked.pop() == expected, "sample takes the bundle's temperature unless told otherwise"
+
+
 def test_fidelity_needs_a_prior(bundles, tmp_path, capsys):
     from models import load_vqvae, save_bundle
     from models.bundle import BundleInfo

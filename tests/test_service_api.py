@@ -26,7 +26,7 @@ TERMINAL = ("succeeded", "failed", "canceled")
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
-    bundles = [write_bundle(tmp / "bundles", "tiny"),
+    bundles = [write_bundle(tmp / "bundles", "tiny", temperature=0.9),
                write_bundle(tmp / "bundles", "slow", latent=(8, 16, 16), layers=2, seed=1)]
     with serving(tmp, bundles, VGS_DEFAULT_MODEL="tiny", VGS_MAX_SAMPLES="8",
                  VGS_MAX_COND_FRAMES_BYTES=str(1024 * 1024)) as s:
@@ -124,6 +124,7 @@ def test_each_mode_end_to_end(api, body, tmp_path):
     assert request["model"] == "tiny" and isinstance(request["seed"], int)
     # The model's default guidance (2) for class and frames; none for unconditional.
     assert request["guidance"] == body.get("guidance", 1.0 if body["mode"] == "unconditional" else 2.0)
+    assert request["temperature"] == body.get("temperature", 0.9), "the model's temperature unless asked"
     if body["mode"] == "class":
         assert request["class_label"] == 3 if body["class_label"] == "three" else 1
     if body["mode"] == "frames":
@@ -146,6 +147,7 @@ def test_models_health_and_discovery(api):
     assert tiny["modes"] == ["unconditional", "class", "frames"] and tiny["worker_up"] and tiny["workers"] == 1
     assert tiny["class_names"][3] == "three" and tiny["n_cond_frames"] == 1
     assert (tiny["frames"], tiny["resolution"], tiny["fps"], tiny["latent_shape"]) == (4, 16, 4.0, [2, 4, 4])
+    assert (tiny["guidance"], tiny["temperature"]) == (2.0, 0.9)
     assert models["ghost"]["worker_up"] is False
     defaults = api.get("/v1/models").json()
     assert defaults["default_model"] == "tiny"

@@ -19,7 +19,7 @@ SCREENSHOTS = REPO / "test-output"
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
-    with serving(tmp, [write_bundle(tmp / "bundles", "tiny")], VGS_DEFAULT_MODEL="tiny") as s:
+    with serving(tmp, [write_bundle(tmp / "bundles", "tiny", temperature=0.9)], VGS_DEFAULT_MODEL="tiny") as s:
         publish_ghost(s)
         yield s
 
@@ -104,18 +104,20 @@ def test_a_bad_value_shows_the_error_next_to_its_field(page):
     assert "Choose an image" in page.locator("#cond_frames-error").inner_text()
 
 
-def test_guidance_follows_the_mode_and_reaches_the_job(page, stack):
+def test_guidance_and_temperature_follow_the_model_and_reach_the_job(page, stack):
     page.select_option("#model", "tiny")
     page.check("#mode-unconditional")
     page.click("#settings summary")
     assert not page.is_visible("#guidance")  # guidance has nothing to steer towards without a condition
     page.check("#mode-class")
     assert page.is_visible("#guidance") and page.get_attribute("#guidance", "placeholder") == "2"
+    assert page.get_attribute("#temperature", "placeholder") == "0.9"  # the model's, sent when left empty
     page.fill("#guidance", "4")
     page.click("#submit")
     page.wait_for_selector("#current[data-status='succeeded']", timeout=60000)
     job_id = page.evaluate("JSON.parse(localStorage.getItem('vgs.recentJobs') || '[]')[0]")
-    assert httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()["request"]["guidance"] == 4
+    request = httpx.get(f"{stack.url}/v1/jobs/{job_id}").json()["request"]
+    assert (request["guidance"], request["temperature"]) == (4, 0.9)
 
 
 def test_frames_field_follows_the_model_and_makes_a_longer_video(page, stack):

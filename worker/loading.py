@@ -77,6 +77,6 @@ def model_info(gpt: VideoGPT, settings: ServiceSettings) -> dict[str, Any]:
             "frames_per_step": frames_per_step(gpt), "max_frames": max_frames(gpt, settings.max_frames),
             "window_stride_frames": None if stride is None else stride * frames_per_step(gpt),
             "resolution": vq.resolution, "fps": info.fps, "latent_shape": list(vq.latent_shape),
-            "guidance": info.guidance, "guidance_supported": c.conditions_optional,
+            "guidance": info.guidance, "guidance_supported": c.conditions_optional, "temperature": info.temperature,
             "class_guidance": gpt.class_guide.scale if gpt.class_guide else None,
             "unconditional": info.unconditional, "precision": getattr(gpt, "decode_precision", "float32")}

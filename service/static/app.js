@@ -121,6 +121,7 @@ function onModeChange() {
   const steerable = mode !== "unconditional" || model?.unconditional === "classes";
   $("guidance-field").hidden = !steerable || !model?.guidance_supported;
   $("guidance").placeholder = String(model?.guidance ?? 1);
+  $("temperature").placeholder = String(model?.temperature ?? 1);
 }
 
 // The preview draws what the model will get: the first frame, shorter side scaled, centre cut.
