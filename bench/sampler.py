@@ -245,7 +245,13 @@ def main() -> None:
                                            "--threads", str(args.threads), "--guidance", str(guidance),
                                            "--positions", str(args.positions), "--steps-per-position",
                                            str(args.steps_per_position), "--cuda-graph", args.cuda_graph],
-                                          capture_output=True, text=True, check=True)
+                                          capture_output=True, text=True)
+                    if done.returncode != 0:  # report the case's failure and go on with the others
+                        failed = {"config": name, "batch": batch, "precision": precision, "guidance": guidance,
+                                  "error": done.stderr.strip()[-2000:]}
+                        results.append(failed)
+                        print(json.dumps(failed), flush=True)
+                        continue
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     result["floor_ms_per_step"] = round(result["mb_read_per_step"] / floor, 3)
                     result["fraction_of_floor"] = round(result["floor_ms_per_step"] / result["ms_per_step"], 3)
@@ -256,7 +262,11 @@ def main() -> None:
                             result["x_reference"] = round(result["x_older"] * REFERENCE_OVER_BASELINE[batch], 2)
                     results.append(result)
                     print(json.dumps(result), flush=True)
-    print(json.dumps({"summary": True, "bandwidth_gb_s": round(floor, 1), "cases": len(results)}), flush=True)
+    failures = sum("error" in r for r in results)
+    print(json.dumps({"summary": True, "bandwidth_gb_s": round(floor, 1), "cases": len(results),
+                      "failed": failures}), flush=True)
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

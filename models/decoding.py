@@ -775,7 +775,9 @@ class RowDecoder:
 
         def replay() -> torch.Tensor:
             graph.replay()
-            return logits
+            # A copy: the graph writes every replay's logits to the same memory, and a caller that keeps a
+            # step's logits (a float32 .float() is no copy) must not see the next step's in them.
+            return logits.clone()
 
         return replay
 
