@@ -11,7 +11,8 @@ of a job beyond sampling (queue + decode + encode + store) as a fraction of its 
 load: static and continuous batching side by side, one worker each in turn: a job alone, the capacity
 (jobs/s when 48 are submitted at once), then open-loop Poisson arrivals at fractions of the static
 capacity (today's), each level `--jobs` jobs: p50/p95/p99 latency (submitted -> succeeded), throughput,
-and the mean engine slots in use (sampled from the worker's metrics).
+the mean engine slots in use (sampled from the worker's metrics), and where the time went (each stage's
+mean seconds from the job records, over all jobs and over the slowest 5%).
 """
 
 from __future__ import annotations
@@ -249,10 +250,26 @@ def poisson_level(url: str, metrics_url: str, rate: float, count: int, seed: int
         raise SystemExit(f"{len(bad)} jobs did not succeed: {bad[0]}")
     latencies = [_job_seconds(j) for j in jobs]
     span = max(time.perf_counter() - started, 1e-9)
+    slowest = sorted(range(count), key=latencies.__getitem__)[-max(1, count // 20):]
     return {"offered_jobs_per_s": round(rate, 3), "jobs": count,
             "p50_s": round(percentile(latencies, 0.5), 3), "p95_s": round(percentile(latencies, 0.95), 3),
             "p99_s": round(percentile(latencies, 0.99), 3), "throughput_jobs_per_s": round(count / span, 3),
-            "mean_slots_in_use": slots.mean}
+            "mean_slots_in_use": slots.mean, "stages_mean_s": stage_means(jobs, latencies, range(count)),
+            "stages_slowest_5pct_s": stage_means(jobs, latencies, slowest)}
+
+
+STAGES = ("queue_seconds", "slot_wait_seconds", "sampling_seconds", "decode_seconds", "encode_seconds",
+          "store_seconds")
+
+
+def stage_means(jobs: list[dict], latencies: list[float], which) -> dict:
+    """Where the chosen jobs' time went, on average: each stage the worker records, and what is left of the
+    latency besides them (waits between stages: for the finisher, an encoding process, the poll)."""
+    which = list(which)
+    means = {stage.removesuffix("_seconds"): round(statistics.fmean(
+        jobs[i]["metrics"].get(stage) or 0.0 for i in which), 3) for stage in STAGES}
+    means["other"] = round(statistics.fmean(latencies[i] for i in which) - sum(means.values()), 3)
+    return means
 
 
 def bench_load(args: argparse.Namespace) -> dict:
