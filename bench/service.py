@@ -3,6 +3,7 @@
     python bench/service.py gateway   [--requests 1500] [--concurrency 1 4 16 32]
     python bench/service.py batching  [--bundle weights/moving-digits] [--repeats 3]
     python bench/service.py load      [--bundle weights/moving-digits] [--jobs 200] [--loads 0.3 0.6 0.9]
+                                      [--modes continuous --reference-capacity 4.1] [--engine-slots 32]
 
 gateway: submit latency (p50/p99) and submit rate at each concurrency with a private Redis and the real
 gateway process (no worker: jobs only queue), and the highest rate seen with zero errors.
@@ -183,7 +184,8 @@ def _job_seconds(job: dict) -> float:
 
 
 class SlotSampler:
-    """Samples the worker's vgs_worker_slots_in_use every 50 ms while running."""
+    """Samples the worker's vgs_worker_slots_in_use every 250 ms while running (more often, rendering the
+    metrics would take the worker's time from its steps: Prometheus itself scrapes every 15 s)."""
 
     def __init__(self, metrics_url: str):
         import threading
@@ -193,7 +195,7 @@ class SlotSampler:
 
     def _run(self) -> None:
         with httpx.Client(timeout=2) as client:
-            while not self._stop.wait(0.05):
+            while not self._stop.wait(0.25):
                 try:
                     text = client.get(self.url).text
                 except httpx.HTTPError:
@@ -274,13 +276,18 @@ def stage_means(jobs: list[dict], latencies: list[float], which) -> dict:
 
 def bench_load(args: argparse.Namespace) -> dict:
     modes, capacity = {}, {}
-    for mode in ("static", "continuous"):
+    if "static" not in args.modes:
+        if not args.reference_capacity:
+            raise SystemExit("without the static stack, --reference-capacity must give its capacity (jobs/s)")
+        capacity["static"] = args.reference_capacity
+    slots = {"VGS_ENGINE_SLOTS": str(args.engine_slots)} if args.engine_slots else {}
+    for mode in args.modes:
         with tempfile.TemporaryDirectory() as tmp:
             metrics_port = free_port()
             url, _, procs = start_stack(Path(tmp), [args.bundle], worker=True, VGS_BATCHING=mode,
                                         VGS_RATE_LIMIT_PER_MINUTE="0", VGS_MAX_CONCURRENT_JOBS="0",
                                         VGS_MAX_QUEUE_DEPTH="100000", VGS_METRICS_PORT=str(metrics_port),
-                                        VGS_PRECISION=args.precision)
+                                        VGS_PRECISION=args.precision, **slots)
             try:
                 run_jobs(url, 8, {**LOAD_BODY, "class_label": 1})  # warm-up
                 alone = [_job_seconds(run_jobs(url, 1, {**LOAD_BODY, "class_label": 3})[1][0]) for _ in range(5)]
@@ -290,21 +297,26 @@ def bench_load(args: argparse.Namespace) -> dict:
                                "capacity_jobs_per_s": round(capacity[mode], 3), "levels": [],
                                "_url": url, "_metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
                 reference = capacity["static"]
-                for i, load in enumerate(args.loads):
-                    level = poisson_level(url, modes[mode]["_metrics"], load * reference, args.jobs, seed=i)
+                for load in args.loads:  # the arrivals' seed is the load's: runs of other --loads compare
+                    level = poisson_level(url, modes[mode]["_metrics"], load * reference, args.jobs,
+                                          seed=round(load * 1000))
                     modes[mode]["levels"].append({"load": load, **level})
                     print(json.dumps({"mode": mode, "load": load, **level}), file=sys.stderr, flush=True)
             finally:
                 stop(procs)
             del modes[mode]["_url"], modes[mode]["_metrics"]
-    ratios = [{"load": s["load"], "p99_continuous_over_static": round(c["p99_s"] / s["p99_s"], 3),
-               "throughput_continuous_over_static": round(c["throughput_jobs_per_s"] / s["throughput_jobs_per_s"], 3)}
-              for s, c in zip(modes["static"]["levels"], modes["continuous"]["levels"])]
-    alone = modes["continuous"]["alone_job_s"] / modes["static"]["alone_job_s"]
-    return {"bench": "load", "bundle": args.bundle, "body": LOAD_BODY, "reference_capacity": "static",
-            "precision": args.precision, "modes": modes, "ratios": ratios,
-            "alone_continuous_over_static": round(alone, 3), "cpu_count": os.cpu_count(),
-            "load_average_at_end": os.getloadavg()}
+    result = {"bench": "load", "bundle": args.bundle, "body": LOAD_BODY, "reference_capacity": "static",
+              "static_capacity_jobs_per_s": round(capacity["static"], 3), "precision": args.precision,
+              "engine_slots": args.engine_slots or "default", "modes": modes, "cpu_count": os.cpu_count(),
+              "load_average_at_end": os.getloadavg()}
+    if len(modes) == 2:
+        result["ratios"] = [
+            {"load": s["load"], "p99_continuous_over_static": round(c["p99_s"] / s["p99_s"], 3),
+             "throughput_continuous_over_static": round(c["throughput_jobs_per_s"] / s["throughput_jobs_per_s"], 3)}
+            for s, c in zip(modes["static"]["levels"], modes["continuous"]["levels"])]
+        result["alone_continuous_over_static"] = round(
+            modes["continuous"]["alone_job_s"] / modes["static"]["alone_job_s"], 3)
+    return result
 
 
 def main() -> None:
@@ -325,6 +337,10 @@ def main() -> None:
                     help="VGS_PRECISION of both workers (fixed: auto may time differently in the two stacks)")
     ld.add_argument("--loads", type=float, nargs="+", default=[0.3, 0.6, 0.9],
                     help="offered load as fractions of the static capacity")
+    ld.add_argument("--modes", nargs="+", choices=["static", "continuous"], default=["static", "continuous"])
+    ld.add_argument("--reference-capacity", type=float,
+                    help="the static capacity (jobs/s) the loads are fractions of, when static does not run")
+    ld.add_argument("--engine-slots", type=int, help="VGS_ENGINE_SLOTS of the workers (default: theirs)")
     args = parser.parse_args()
     result = {"gateway": bench_gateway, "batching": bench_batching, "load": bench_load}[args.which](args)
     print(json.dumps(result, indent=2))
