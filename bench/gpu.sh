@@ -6,6 +6,7 @@
 #   fraction of the GPU's copy bandwidth (measured in the same run) that reading them would take.
 # Each part runs whatever the one before it did (a GPU's time is short: one failure must not hide the
 # rest); the script fails at the end if any part failed.
+# Then, as its own call while the machine is warm: bench/gpu-service.sh (the service under load).
 # Usage: bench/gpu.sh [OUTPUT_DIR]   (PYTHON=... to choose the interpreter; it needs torch with CUDA)
 set -uo pipefail
 cd "$(dirname "$0")/.."
