@@ -4,6 +4,7 @@ digit stability and colour purity (models/steadiness.py)."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,16 +101,20 @@ def _classify(classifier: VideoClassifier, video: torch.Tensor) -> tuple[torch.T
 
 
 @torch.no_grad()
-def _generate(gpt: VideoGPT, n: int, batch: int, seed: int, guidance: float = 1.0, temperature: float = 1.0,
-              **cond: torch.Tensor | list | None) -> torch.Tensor:
-    videos = []
+def generate_videos(gpt: VideoGPT, n: int, batch: int, seed: int, cond: dict[str, torch.Tensor | None],
+                    **options: object) -> tuple[torch.Tensor, float]:
+    """n videos (n, 3, T, H, W) in [-0.5, 0.5], sampled `batch` at a time (sample i seeded seed * 1_000_003
+    + i; `cond`'s per-sample conditions cut to each batch, `options` passed to `sample` as they are: guidance,
+    temperature, time_steps, ...), and the seconds the sampling took."""
+    videos, seconds = [], 0.0
     for start in range(0, n, batch):
         size = min(batch, n - start)
         part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
-        codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
-                       temperature=temperature, **part)
-        videos.append(gpt.vqvae.decode(codes).clamp(-0.5, 0.5).cpu())
-    return torch.cat(videos)
+        began = time.perf_counter()
+        codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], **options, **part)
+        seconds += time.perf_counter() - began
+        videos.append(gpt.vqvae.decode_long(codes).clamp(-0.5, 0.5).cpu())
+    return torch.cat(videos), seconds
 
 
 def _sheet_row(videos: torch.Tensor, count: int = 8, frames: tuple[int, ...] = (0, 5, 10, 15)) -> np.ndarray:
@@ -160,13 +165,13 @@ def evaluate(models: dict[str, VideoGPT], vqvae: VQVAE, classifier: VideoClassif
         draws = {"guidance": scale, "temperature": mode_temperature}
         if mode == "class":
             wanted = torch.arange(n) % gpt.config.class_cond_dim
-            generated = _generate(gpt, n, batch, seed, **draws, class_labels=wanted)
+            cond = {"class_labels": wanted}
         elif mode == "frames":
             wanted = labels
-            generated = _generate(gpt, n, batch, seed, **draws, cond_frames=real[:, :, : gpt.config.n_cond_frames])
+            cond = {"cond_frames": real[:, :, : gpt.config.n_cond_frames]}
         else:
-            wanted = None
-            generated = _generate(gpt, n, batch, seed, **draws)
+            wanted, cond = None, {}
+        generated, _ = generate_videos(gpt, n, batch, seed, cond, **draws)
         probs, feats = _classify(classifier, generated)
         predicted = probs.argmax(dim=1)
         displacement, one_digit = motion_stats(generated, glyph)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,8 @@ from media import write_png
 
 from .classifier import VideoClassifier
 from .data import MovingDigits, MovingDigitsSpec
-from .evaluation import motion_stats
+from .evaluation import generate_videos, motion_stats
 from .gpt import VideoGPT
-from .sampling import sample
 from .steadiness import HUE_TOLERANCE_DEG, colour_purity, digit_stability, dominant_hue, hue_distance, hues
 
 
@@ -60,25 +58,6 @@ def seam_ratio(video: torch.Tensor, first: int, stride: int) -> float:
     return float(change[boundary].mean() / change[~boundary].mean())
 
 
-@torch.no_grad()
-def generate_long(gpt: VideoGPT, frames: int, n: int, batch: int, seed: int, guidance: float,
-                  stride: int | None = None, later_frames: str = "generated", later_context: str = "reencoded",
-                  temperature: float = 1.0, **cond: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-    """n videos of `frames` frames, and the seconds their sampling took."""
-    per_step = gpt.vqvae.config.downsample[0]
-    videos, seconds = [], 0.0
-    for start in range(0, n, batch):
-        size = min(batch, n - start)
-        part = {k: (v[start:start + size] if v is not None else None) for k, v in cond.items()}
-        t0 = time.perf_counter()
-        codes = sample(gpt, size, seed=[seed * 1_000_003 + start + i for i in range(size)], guidance=guidance,
-                       time_steps=frames // per_step, window_stride=stride, later_frames=later_frames,
-                       later_context=later_context, temperature=temperature, **part)
-        seconds += time.perf_counter() - t0
-        videos.append(gpt.vqvae.decode_long(codes).clamp(-0.5, 0.5).cpu())
-    return torch.cat(videos), seconds
-
-
 def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, recognizer: torch.nn.Module,
                   spec: MovingDigitsSpec, lengths: tuple[int, ...] = (64, 128), n: int = 100, batch: int = 25,
                   seed: int = 0,
@@ -104,15 +83,17 @@ def evaluate_long(models: dict[str, VideoGPT], classifier: VideoClassifier, reco
                 {"cond_frames": real[:, :, :gpt.config.n_cond_frames]})
         wanted = cond["class_labels"] if mode == "class" else labels
         scale, mode_temperature = guidance.get(mode, 1.0), temperature.get(mode, 1.0)
-        _, native_s = generate_long(gpt, vq.sequence_length, min(n, batch), batch, seed, scale,
-                                    temperature=mode_temperature, **{k: v[:batch] for k, v in cond.items()})
+        draws = {"guidance": scale, "temperature": mode_temperature}
+        _, native_s = generate_videos(gpt, min(n, batch), batch, seed, {k: v[:batch] for k, v in cond.items()},
+                                      **draws)
         section = {"stride_latent_steps": step_stride, "stride_frames": step_stride * vq.downsample[0],
                    "later_context": later_context, "guidance": scale, "temperature": mode_temperature}
         if mode == "frames":
             section["later_frames"] = later_frames
         for frames in lengths:
-            videos, seconds = generate_long(gpt, frames, n, batch, seed, scale, step_stride, later_frames,
-                                            later_context, mode_temperature, **cond)
+            videos, seconds = generate_videos(gpt, n, batch, seed, cond, **draws, time_steps=frames // vq.downsample[0],
+                                              window_stride=step_stride, later_frames=later_frames,
+                                              later_context=later_context)
             figures = window_figures(classifier, videos, wanted, glyph, spec.frames)
             extra = (frames - vq.sequence_length) / spec.frames
             per_batch = seconds * min(n, batch) / n
