@@ -105,7 +105,8 @@ def test_guidance_default_round_trips_and_older_bundles_still_load(tmp_path, gpt
     optional = dataclasses.replace(gpt.config, condition_dropout=0.2, aligned_frames=False)
     model = VideoGPT(optional, gpt.vqvae)
     saved = save_bundle(model, tmp_path / "guided", dataclasses.replace(gpt.info, guidance=2.5, temperature=0.8))
-    assert (load_gpt(saved).info.guidance, load_gpt(saved).info.temperature) == (2.5, 0.8)
+    info = load_gpt(saved).info
+    assert (info.guidance, info.temperature) == (2.5, 0.8)
     with pytest.raises(ConfigError, match="guidance 2.5 needs a prior trained with condition dropout"):
         save_bundle(gpt, tmp_path / "refused", dataclasses.replace(gpt.info, guidance=2.5))
     # Bundles written before guidance, temperature, aligned_frames (and its steps), global_frames, axial_attention and

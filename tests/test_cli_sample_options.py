@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -61,10 +63,7 @@ def test_sample_precision(bundles, tmp_path, capsys):
 
 
 def test_fidelity_measures_and_records_in_the_bundle(bundles, tmp_path, capsys):
-    bundle = tmp_path / "tiny"
-    bundle.mkdir()
-    for part in bundles["tiny"].iterdir():
-        (bundle / part.name).write_bytes(part.read_bytes())
+    bundle = Path(shutil.copytree(bundles["tiny"], tmp_path / "tiny"))
     before = (bundle / "config.json").read_text()
     assert main(["fidelity", str(bundle), "--n", "2", "--no-record"]) == 0
     said = capsys.readouterr().out
@@ -95,10 +94,7 @@ def test_fidelity_measures_and_records_in_the_bundle(bundles, tmp_path, capsys):
 def test_set_defaults_sets_what_sample_uses_and_refuses_bad_values(bundles, tmp_path, capsys, monkeypatch):
     import models
 
-    bundle = tmp_path / "tiny"
-    bundle.mkdir()
-    for part in bundles["tiny"].iterdir():
-        (bundle / part.name).write_bytes(part.read_bytes())
+    bundle = Path(shutil.copytree(bundles["tiny"], tmp_path / "tiny"))
     assert main(["set-defaults", str(bundle), "--temperature", "0.8", "--guidance", "3"]) == 0
     assert "guidance 3, temperature 0.8" in capsys.readouterr().out
     info = read_bundle_config(bundle)[0]
