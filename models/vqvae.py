@@ -245,8 +245,9 @@ class Codebook(nn.Module):
                 "commitment_loss": commitment, "perplexity": perplexity}
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """Code vectors, channels first: (B, t, h, w) -> (B, E, t, h, w)."""
-        return F.embedding(codes, self.embeddings).movedim(-1, 1)
+        """Code vectors, channels first: (B, t, h, w) -> (B, E, t, h, w). The codes may be on another device
+        (the engine hands finished grids back on the CPU); they move to the codebook's."""
+        return F.embedding(codes.to(self.embeddings.device), self.embeddings).movedim(-1, 1)
 
 
 class VQVAE(nn.Module):

@@ -79,3 +79,16 @@ def test_reduced_precisions_sample_on_the_gpu(gpt):
         finally:
             gpt.decode_precision = "float32"
         assert codes.shape == (2, *gpt.latent_shape) and int(codes.max()) < gpt.n_codes
+
+
+def test_sampled_codes_decode_to_video_on_the_gpu(gpt):
+    """What a worker does with a model on the GPU: sample (the engine hands grids back on the CPU), then
+    decode, at the trained length and longer (later windows condition on frames decoded on the way)."""
+    t = gpt.latent_shape[0]
+    for time_steps in (None, 2 * t):
+        codes = sample(gpt, 2, seed=3, time_steps=time_steps, window_stride=t // 2 if time_steps else None)
+        video = gpt.vqvae.decode_long(codes)
+        steps = time_steps or t
+        assert video.device.type == "cuda"
+        assert video.shape[:3] == (2, 3, steps * gpt.vqvae.config.downsample[0])
+        assert torch.isfinite(video).all()
