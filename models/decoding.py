@@ -14,6 +14,8 @@ decoder avoids by multiplying rows in tiles of a size it measures at start (`row
 attention softmax whose sum is grouped by the length read, which `attend_cache` avoids by taking the
 softmax over the whole cache's length (the scores past what was read are -inf). On CUDA the step is
 captured once as a CUDA graph over every row and the whole cache, so its shapes never change at all.
+A full-attention prior decoded in bfloat16 (or int8) on CPU keeps its cache block by block and each row
+reads only its own prefix of whole blocks (`row_reads`): its result then depends on nothing but itself.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from .precision import DTYPES, Int8Linear, by_tiles, check_precision
 log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
 CALIBRATION_ROWS = 64  # row_tile checks row counts below this against this many
+LINEAR_PROBE_ROWS = 4096  # and each linear's products over up to this many random rows,
+LINEAR_PROBE_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16)  # at these row counts (where kernels change; the rest: the
+LINEAR_PROBE_CALLS = 512  # stack probe), in at most this many products each
 PLAIN_ROWS = (1, 2, 4)  # the row multiples row_tile tries with one product over all rows
 TILES = (1, 2, 4, 8, 16, 32)  # then the tiles of tiled products
 TIMED_ROWS = (1, 16)  # row_tile times a step for one row and for a busy engine (8 guided samples)
@@ -50,6 +55,9 @@ READ_GROUPS = 4  # a step's rows attend in at most this many groups, each readin
 # against ~16 us for a group's four calls in a layer).
 GROUP_COST_VALUES = 100_000
 NORMS = ("pre_attn_norm", "pre_enc_norm", "pre_fc_norm")
+# Block sizes a row-reads cache tries, largest first (the first that divides the sequence): larger blocks
+# mean fewer products per row; a row reads up to a block's worth beyond its position.
+ROW_READ_BLOCKS = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
 class DecodeLinear:
@@ -288,7 +296,33 @@ def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True) -> bool:
         reference = model.trunk(x, probe)
         counts = counts[:12] + counts[12::4]
         return all(torch.equal(model.trunk(x[:rows], probe.cut(rows)), reference[:rows])
-                   for rows in counts + counts[::-1])  # twice: kernels may differ with what ran before
+                   for rows in counts + counts[::-1]) and _linears_agree(model, counts)  # twice: kernels may
+        # differ with what ran before
+
+
+def _linears_agree(model: VideoGPT, counts: list[int]) -> bool:
+    """Whether each shape of the decoding linears gives every one of its random rows the same bits in
+    products of each of these row counts (those in LINEAR_PROBE_COUNTS) as in products of CALIBRATION_ROWS
+    rows. The stack probe alone misses a kernel that sums in another order for a few row
+    counts: in bfloat16 the results then differ only where the rounding falls the other way (oneDNN on an
+    AMD EPYC: products of 1 or 2 rows of a 36 x 36 weight, 18 rows in 24 000 of normal inputs). The probe's
+    inputs have entries of two magnitudes 4096 apart, so the order of summing shows 6x as often."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = {}
+    for linear in model.decode_linears:
+        weight = linear.weight_t if isinstance(linear, DecodeLinear) else linear.weight
+        shapes.setdefault((type(linear), tuple(weight.shape)), linear)
+    small = [rows for rows in counts if rows in LINEAR_PROBE_COUNTS]
+    for linear in shapes.values():
+        shape = (LINEAR_PROBE_ROWS, 1, linear.in_features)
+        scale = torch.exp2(12.0 * torch.randint(0, 2, shape, generator=gen))
+        x = (torch.randn(shape, generator=gen) * scale).to(model.fc_in.weight)
+        reference = torch.cat([linear(part) for part in x.split(CALIBRATION_ROWS)])
+        for rows in small:  # at most LINEAR_PROBE_CALLS products a count: one-row products cost as much
+            for first in range(0, min(LINEAR_PROBE_ROWS, LINEAR_PROBE_CALLS * rows) - rows + 1, rows):
+                if not torch.equal(linear(x[first:first + rows]), reference[first:first + rows]):
+                    return False
+    return True
 
 
 def reads_agree(heads: int, d_k: int, d_v: int, seq_len: int, chunk: int, tile: int, dtype: torch.dtype,
@@ -453,7 +487,10 @@ class DecodeContext:
         for first, end, length in reads:
             at = positions[first:end]
             bias = decoder.read_bias.index_select(0, at)[:, None, None, :length]
-            if decoder.sparse:  # the blocks each row reads, as rows of the flattened block cache
+            if decoder.row_reads:  # a row's first blocks (length is a whole number of them)
+                blocks = length // decoder.block
+                read = (decoder.keys[:, first:end, :blocks], decoder.values[:, first:end, :blocks])
+            elif decoder.sparse:  # the blocks each row reads, as rows of the flattened block cache
                 blocks = decoder.read_index.index_select(0, at)[:, :math.ceil(length / decoder.block)]
                 places = torch.arange(first, end, device=blocks.device)[:, None]
                 read = (places * decoder.n_blocks + blocks).flatten()
@@ -478,6 +515,8 @@ class DecodeContext:
             if self.decoder.sparse:
                 heads.append(attend_blocks(q[rows], *self.decoder.read_blocks(index, rows.stop - rows.start, read),
                                            bias))
+            elif self.decoder.row_reads:
+                heads.append(attend_blocks(q[rows], read[0][index], read[1][index], bias))
             else:
                 heads.append(attend_cache(q[rows], read[0][index], read[1][index], bias))
         return pad_rows(heads[0] if len(heads) == 1 else torch.cat(heads), self.count)
@@ -514,12 +553,20 @@ class RowDecoder:
         # so a step reads a prefix. Sparse: the same block by block (layers, rows, blocks, heads, d_k, block)
         # and (layers, rows, blocks, heads, block, d_v), so a step reads whole blocks (index_select of
         # contiguous rows: a gather of single entries cost 8x as much).
-        self.block = c.sparse_block_size if self.sparse else self.seq_len
-        self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and reads_agree(
-            c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device,
-            self.block if self.sparse else None)), self.seq_len)
+        # Full attention in bfloat16 (and int8's bfloat16 cache) on CPU: the block layout too, each row
+        # reading its own first blocks, contiguous. torch's CPU bfloat16 batched products copy an operand
+        # that is not contiguous, and a prefix of the whole-video layout is not: at 8 rows of bair-like
+        # those copies were 58% of a step (AMD EPYC, 2 threads).
+        self.row_reads = not self.sparse and self.device.type == "cpu" and self.dtype != torch.float32
+        self.blocked = self.sparse or self.row_reads
+        self.block = c.sparse_block_size if self.sparse else next(
+            b for b in ROW_READ_BLOCKS if self.seq_len % b == 0) if self.row_reads else self.seq_len
+        self.chunk = self.block if self.row_reads else next((chunk for chunk in READ_CHUNKS if (
+            self.seq_len % chunk == 0 and reads_agree(c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile,
+                                                      self.dtype, self.device, self.block if self.sparse else None))),
+            self.seq_len)
         self.n_blocks = self.seq_len // self.block
-        per_layer = (c.layers, rows, c.heads) if not self.sparse else (c.layers, rows, self.n_blocks, c.heads)
+        per_layer = (c.layers, rows, c.heads) if not self.blocked else (c.layers, rows, self.n_blocks, c.heads)
         self.keys = torch.zeros(*per_layer, attn.d_k, self.block, device=self.device, dtype=self.dtype)
         self.values = torch.zeros(*per_layer, self.block, attn.d_v, device=self.device, dtype=self.dtype)
         self.flat_keys = [layer.view(-1) for layer in self.keys]  # where a step writes its new entries
@@ -576,7 +623,7 @@ class RowDecoder:
     def entry_offsets(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where the entries of these positions are in a place's flattened keys and values (added to
         key_base and value_base)."""
-        if not self.sparse:
+        if not self.blocked:
             return positions, positions
         block, within = positions // self.block, positions % self.block
         return block * self._block_strides[0] + within, block * self._block_strides[1] + within
@@ -584,7 +631,7 @@ class RowDecoder:
     def write_prefix(self, index: int, rows: slice, k: torch.Tensor, v: torch.Tensor) -> None:
         """Layer index's cache of rows holds k and v (rows, heads, L, d) at positions 0..L-1."""
         length = k.shape[2]
-        if not self.sparse:
+        if not self.blocked:
             self.keys[index, rows, :, :, :length] = k.transpose(-1, -2)
             self.values[index, rows, :, :length] = v
             return
@@ -607,12 +654,15 @@ class RowDecoder:
         return min(self.full_read, self.chunk * math.ceil(furthest / self.chunk))
 
     def read_groups(self) -> list[tuple[int, int, int]]:
-        """The active rows in at most READ_GROUPS runs of places, each reading as far as its furthest row:
+        """Row reads: a group per active row, reading its own first blocks (the count of entries). Else the
+        active rows in at most READ_GROUPS runs of places, each reading as far as its furthest row:
         rows are kept in the order they came in, so positions fall along the places and a few runs read
         little more than each row's own prefix (a run per read length would cost a call per run)."""
         positions = self.positions[:self.active]
         counts = self.read_counts[positions] if self.sparse else positions + 1
         lengths = (torch.ceil(counts / self.chunk) * self.chunk).clamp_(max=self.full_read).tolist()
+        if self.row_reads:
+            return [(place, place + 1, int(length)) for place, length in enumerate(lengths)]
         groups = []  # [first, end, length] runs of equal length, then merged where it costs least
         for place, length in enumerate(lengths):
             if groups and groups[-1][2] == length:
@@ -708,7 +758,7 @@ class RowDecoder:
 
     def _move(self, source: int, target: int) -> None:
         written = min(int(self.positions[source]) + 1, self.seq_len)  # a last step leaves positions at N - 1
-        if self.sparse:
+        if self.blocked:
             blocks = math.ceil(written / self.block)
             self.keys[:, target, :blocks] = self.keys[:, source, :blocks]
             self.values[:, target, :blocks] = self.values[:, source, :blocks]
