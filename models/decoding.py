@@ -69,6 +69,9 @@ class DecodeLinear:
     weights read once), on CPU inputs longer than K_CHUNK summed in equal chunks (MKL splits a long input
     across threads for fewer than 17 rows); `tile` > 0, one matmul per tile of that many rows (by_tiles).
     Prefill (one sample) is one matmul.
+    `onednn` (float32 on CPU, where row_tile finds it exact and faster): steps multiply through oneDNN
+    instead of MKL, one product over all rows (on an AMD EPYC MKL's products of 4 rows read the weights
+    at 60% of the speed of its one-row products; oneDNN's of 2-8 rows within 10% of them).
     The decoding copy holds these as plain callables, not modules: a step calls dozens of them, and
     nn.Module's call machinery costs more than a small matmul.
     """
@@ -79,6 +82,8 @@ class DecodeLinear:
             biases = [lin.bias for lin in linears]
             self.bias = torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None
         self.tile = 0
+        self.onednn = False
+        self._onednn_weights: tuple[torch.Tensor, torch.Tensor] | None = None
         width = self.in_features
         parts = next(p for p in range(1, width + 1) if width % p == 0 and width // p <= K_CHUNK)
         on_cpu = self.weight_t.device.type == "cpu"  # the CUDA graph's one product of fixed shape needs none
@@ -90,6 +95,8 @@ class DecodeLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         step = x.dim() == 3 and x.shape[1] == 1  # a decoding step's rows, not a prefill
+        if step and self.onednn:
+            return self._onednn_product(x)
         if step and self.tile:
             y = by_tiles(lambda rows: torch.matmul(rows, self.weight_t), x, self.tile)
         elif step and self.chunks is not None:
@@ -100,6 +107,21 @@ class DecodeLinear:
         else:
             y = torch.matmul(x, self.weight_t)
         return y if self.bias is None else y.add_(self.bias)
+
+    def _onednn_product(self, x: torch.Tensor) -> torch.Tensor:
+        if self._onednn_weights is None:  # oneDNN's own layout: made once, dropped if not chosen
+            weight = self.weight_t.t().contiguous()
+            bias = self.bias if self.bias is not None else weight.new_zeros(weight.shape[0])
+            self._onednn_weights = (weight.to_mkldnn(), bias.to_mkldnn())
+        rows = x.reshape(-1, x.shape[-1]).to_mkldnn()
+        return torch._C._nn.mkldnn_linear(rows, *self._onednn_weights).to_dense().view(*x.shape[:-1], -1)
+
+
+def onednn_products_possible(model: VideoGPT) -> bool:
+    """Whether the decoding linears can multiply through oneDNN (float32 on a CPU torch built with it)."""
+    weight = model.fc_in.weight
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and all(isinstance(linear, DecodeLinear) for linear in model.decode_linears))
 
 
 ROW_BLOCK = 64
@@ -189,24 +211,66 @@ def row_tile(model: VideoGPT) -> int:
            torch.get_num_threads())
     if key not in _ROW_TILES:
         plain = next((rows for rows in PLAIN_ROWS if _whole_tiles_agree(model, rows, tiled=False)), None)
-        preferred = [] if plain else _tiles_by_speed(model)
-        tiled = None if plain else next((tile for tile in preferred if _whole_tiles_agree(model, tile)), None)
-        if not plain and tiled is None:
+        onednn = next((rows for rows in PLAIN_ROWS if _whole_tiles_agree(model, rows, tiled=False, onednn=True)),
+                      None) if onednn_products_possible(model) else None
+        preferred = [] if plain or onednn else _tiles_by_speed(model)
+        tiled = None if plain or onednn else next((tile for tile in preferred if _whole_tiles_agree(model, tile)),
+                                                  None)
+        if not (plain or onednn) and tiled is None:
             log.warning("no row tile gives exact rows for this prior on this machine: a sample's codes may "
                         "depend on its companions in the last bits")
-        _ROW_TILES[key] = (plain, False) if plain else (tiled or preferred[0], True)
+        if plain and onednn:  # both exact: the faster, for one row and for a busy engine
+            times = {choice: _step_times(model, *choice) for choice in ((plain, False), (onednn, True))}
+            best = {rows: min(found[rows] for found in times.values()) for rows in TIMED_ROWS}
+            score = {choice: sum(found[rows] / best[rows] for rows in TIMED_ROWS) for choice, found in times.items()}
+            log.info("decoding float32: ms of the layers for %s rows: MKL's products %s, oneDNN's %s", TIMED_ROWS,
+                     _ms(times[plain, False]), _ms(times[onednn, True]))
+            plain, onednn = (None, onednn) if score[onednn, True] < score[plain, False] else (plain, None)
+        _ROW_TILES[key] = (plain, 0, False) if plain else (onednn, 0, True) if onednn else (
+            tiled or preferred[0], tiled or preferred[0], False)
         log.info("decoding %s: rows computed in multiples of %d, %s", model.decode_precision,
                  _ROW_TILES[key][0], f"tiled products (tiles by speed: {preferred})" if preferred else
-                 "one product")
-    tile, tiled = _ROW_TILES[key]
-    _set_tile(model, tile if tiled else 0)
-    return tile
+                 "one oneDNN product" if onednn else "one product")
+    rows, tile, onednn = _ROW_TILES[key]
+    _set_tile(model, tile, onednn)
+    return rows
 
 
-def _set_tile(model: VideoGPT, tile: int) -> None:
-    """tile > 0: the decoding linears multiply in tiles of that many rows; 0: one product of all rows."""
+def _ms(times: dict[int, float]) -> str:
+    return " / ".join(f"{seconds * 1000:.2f}" for seconds in times.values())
+
+
+def _set_tile(model: VideoGPT, tile: int, onednn: bool = False) -> None:
+    """tile > 0: the decoding linears multiply in tiles of that many rows; 0: one product of all rows
+    (onednn: through oneDNN; its copies of the weights are dropped when it is off)."""
     for linear in model.decode_linears:
         linear.tile = tile
+        if isinstance(linear, DecodeLinear):
+            linear.onednn = onednn
+            if not onednn:
+                linear._onednn_weights = None
+
+
+def _step_times(model: VideoGPT, rows: int, onednn: bool) -> dict[int, float]:
+    """Seconds the layer stack takes (median of three) for each of TIMED_ROWS rows, rounded up to a
+    multiple of `rows`, the linears multiplying in one product (through oneDNN or not)."""
+    gen = torch.Generator().manual_seed(0)
+    most = rows * math.ceil(max(TIMED_ROWS) / rows)
+    probe = ProbeContext(model, most, gen)
+    x = torch.randn(most, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+    _set_tile(model, 0, onednn)
+    found = {}
+    with torch.no_grad():
+        for timed in TIMED_ROWS:
+            count = rows * math.ceil(timed / rows)
+            model.trunk(x[:count], probe.cut(count))  # warm-up
+            rounds = []
+            for _ in range(3):
+                started = time.perf_counter()
+                model.trunk(x[:count], probe.cut(count))
+                rounds.append(time.perf_counter() - started)
+            found[timed] = sorted(rounds)[1]
+    return found
 
 
 def _tiles_by_speed(model: VideoGPT) -> list[int]:
@@ -283,7 +347,7 @@ class ProbeContext:
         return branch * self.gate
 
 
-def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True) -> bool:
+def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True, onednn: bool = False) -> bool:
     """Whether multiples of `tile` rows (the first dozen, then every fourth, below CALIBRATION_ROWS) give
     each row the bits it gets among CALIBRATION_ROWS rows, through the whole layer stack, the linears
     multiplying in tiles of `tile` rows (tiled) or in one product."""
@@ -291,7 +355,7 @@ def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True) -> bool:
     probe = ProbeContext(model, CALIBRATION_ROWS, gen)
     x = torch.randn(CALIBRATION_ROWS, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
     counts = list(range(tile, CALIBRATION_ROWS, tile))
-    _set_tile(model, tile if tiled else 0)
+    _set_tile(model, tile if tiled else 0, onednn)
     with torch.no_grad():
         reference = model.trunk(x, probe)
         counts = counts[:12] + counts[12::4]
