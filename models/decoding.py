@@ -221,13 +221,12 @@ def row_tile(model: VideoGPT) -> int:
                         "depend on its companions in the last bits")
         if plain and onednn:  # both exact: the faster, for one row and for a busy engine
             times = {choice: _step_times(model, *choice) for choice in ((plain, False), (onednn, True))}
-            best = {rows: min(found[rows] for found in times.values()) for rows in TIMED_ROWS}
-            score = {choice: sum(found[rows] / best[rows] for rows in TIMED_ROWS) for choice, found in times.items()}
+            score = _relative_scores(times)
             log.info("decoding float32: ms of the layers for %s rows: MKL's products %s, oneDNN's %s", TIMED_ROWS,
                      _ms(times[plain, False]), _ms(times[onednn, True]))
             plain, onednn = (None, onednn) if score[onednn, True] < score[plain, False] else (plain, None)
-        _ROW_TILES[key] = (plain, 0, False) if plain else (onednn, 0, True) if onednn else (
-            tiled or preferred[0], tiled or preferred[0], False)
+        tiled = tiled or (preferred[0] if preferred else None)
+        _ROW_TILES[key] = (plain, 0, False) if plain else (onednn, 0, True) if onednn else (tiled, tiled, False)
         log.info("decoding %s: rows computed in multiples of %d, %s", model.decode_precision,
                  _ROW_TILES[key][0], f"tiled products (tiles by speed: {preferred})" if preferred else
                  "one oneDNN product" if onednn else "one product")
@@ -238,6 +237,19 @@ def row_tile(model: VideoGPT) -> int:
 
 def _ms(times: dict[int, float]) -> str:
     return " / ".join(f"{seconds * 1000:.2f}" for seconds in times.values())
+
+
+def _relative_scores(times: dict[object, dict[int, float]]) -> dict[object, float]:
+    """Each choice's seconds at TIMED_ROWS rows, relative to the fastest choice there, summed."""
+    best = {rows: min(found[rows] for found in times.values()) for rows in TIMED_ROWS}
+    return {choice: sum(found[rows] / best[rows] for rows in TIMED_ROWS) for choice, found in times.items()}
+
+
+def _trunk_seconds(model: VideoGPT, x: torch.Tensor, probe: ProbeContext, count: int) -> float:
+    """Seconds the layer stack takes over the first `count` probe rows."""
+    started = time.perf_counter()
+    model.trunk(x[:count], probe.cut(count))
+    return time.perf_counter() - started
 
 
 def _set_tile(model: VideoGPT, tile: int, onednn: bool = False) -> None:
@@ -264,12 +276,7 @@ def _step_times(model: VideoGPT, rows: int, onednn: bool) -> dict[int, float]:
         for timed in TIMED_ROWS:
             count = rows * math.ceil(timed / rows)
             model.trunk(x[:count], probe.cut(count))  # warm-up
-            rounds = []
-            for _ in range(3):
-                started = time.perf_counter()
-                model.trunk(x[:count], probe.cut(count))
-                rounds.append(time.perf_counter() - started)
-            found[timed] = sorted(rounds)[1]
+            found[timed] = sorted(_trunk_seconds(model, x, probe, count) for _ in range(3))[1]
     return found
 
 
@@ -284,9 +291,8 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
     times: dict[tuple[int, int], list[float]] = {(tile, rows): [] for tile in TILES for rows in TIMED_ROWS}
 
     def scores(tiles: list[int]) -> dict[int, float]:
-        median = {key: sorted(found)[len(found) // 2] for key, found in times.items() if key[0] in tiles}
-        best = {rows: min(median[tile, rows] for tile in tiles) for rows in TIMED_ROWS}
-        return {tile: sum(median[tile, rows] / best[rows] for rows in TIMED_ROWS) for tile in tiles}
+        return _relative_scores({tile: {rows: sorted(times[tile, rows])[len(times[tile, rows]) // 2]
+                                        for rows in TIMED_ROWS} for tile in tiles})
 
     timed = list(TILES)
     with torch.no_grad():
@@ -297,9 +303,7 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
                     count = tile * math.ceil(rows / tile)
                     if round_ == 0:
                         model.trunk(x[:count], probe.cut(count))  # warm-up
-                    started = time.perf_counter()
-                    model.trunk(x[:count], probe.cut(count))
-                    times[tile, rows].append(time.perf_counter() - started)
+                    times[tile, rows].append(_trunk_seconds(model, x, probe, count))
             if round_ == 0:
                 first = scores(timed)
                 timed = [tile for tile in TILES if first[tile] <= 2 * min(first.values())]

@@ -90,7 +90,7 @@ class Finisher:
 def decode(model: str, gpt: VideoGPT, lane_job: LaneJob) -> tuple[list, float]:
     """The job's videos as uint8 frames, and the seconds the VQ-VAE took."""
     job = lane_job.job
-    codes = torch.stack([lane_job.codes[i] for i in range(job.n)]).to(gpt.fc_in.weight.device)
+    codes = torch.stack([lane_job.codes[i] for i in range(job.n)])  # the VQ-VAE moves them to its device
     started = time.time()
     videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
                         for i in range(0, job.n, DECODE_CHUNK)])
