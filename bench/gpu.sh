@@ -7,7 +7,7 @@
 # Each part runs whatever the one before it did (a GPU's time is short: one failure must not hide the
 # rest); the script fails at the end if any part failed.
 # Then, as its own call while the machine is warm: bench/gpu-service.sh (the service under load).
-# Usage: bench/gpu.sh [OUTPUT_DIR]   (PYTHON=... to choose the interpreter; it needs torch with CUDA)
+# Usage: [AGAINST=PATH] bench/gpu.sh [OUTPUT_DIR]   (PYTHON=... to choose the interpreter; it needs CUDA torch)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,6 +18,12 @@ failed=0
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.__version__, torch.cuda.get_device_name())" || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee "$OUT/gpu.txt"
 timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/cuda-tests.txt" || failed=1
+# AGAINST=PATH: a checkout of the sampler before the decoding engine (commit 93b7a0d; its models/ and bench/
+# are enough), timed beside ours on whole videos, float32 (its own way) and bfloat16 (ours), graph on.
+if [ -n "${AGAINST:-}" ]; then
+  timeout 240 "$PY" bench/sampler.py --device cuda --configs bair-like bair-like-sparse --precisions float32 bfloat16 \
+    --batches 1 8 --against "$AGAINST" | tee "$OUT/sampler-against.jsonl" || failed=1
+fi
 for graph in on off; do
   timeout 240 "$PY" bench/sampler.py --device cuda --configs bair-like bair-like-sparse --precisions bfloat16 \
     --batches 1 8 32 --positions 8 --cuda-graph "$graph" | tee "$OUT/sampler-graph-$graph.jsonl" || failed=1

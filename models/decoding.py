@@ -104,6 +104,12 @@ class DecodeLinear:
             y = torch.matmul(x[..., :width], self.chunks[0])
             for i, chunk in enumerate(self.chunks[1:], 1):
                 y.add_(torch.matmul(x[..., i * width:(i + 1) * width], chunk))
+        elif self.bias is not None and x.is_cuda and x.dtype == torch.float32:
+            # Profiled on an H200 at 8 rows of a small prior: plain cuBLAS took 52 us for one float32 layer a
+            # step (a 32x128-tiled kernel; bfloat16's product took 2.4 us). torch's addmm with a bias goes
+            # through cuBLASLt's own kernel choice instead (not yet timed there: see docs/models.md).
+            rows = torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight_t)
+            return rows.view(*x.shape[:-1], -1)
         else:
             y = torch.matmul(x, self.weight_t)
         return y if self.bias is None else y.add_(self.bias)
@@ -629,10 +635,14 @@ class RowDecoder:
         self.blocked = self.sparse or self.row_reads
         self.block = c.sparse_block_size if self.sparse else next(
             b for b in ROW_READ_BLOCKS if self.seq_len % b == 0) if self.row_reads else self.seq_len
-        self.chunk = self.block if self.row_reads else next((chunk for chunk in READ_CHUNKS if (
-            self.seq_len % chunk == 0 and reads_agree(c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile,
-                                                      self.dtype, self.device, self.block if self.sparse else None))),
-            self.seq_len)
+        # The read chunk: steps read a multiple of it. A CUDA graph's steps all read the same (full_read), so
+        # there only a sparse prior's padded read width depends on it: its blocks, no more.
+        if self.row_reads or (self.sparse and self.cuda_graph):
+            self.chunk = self.block
+        else:
+            self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and reads_agree(
+                c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device,
+                self.block if self.sparse else None)), self.seq_len)
         self.n_blocks = self.seq_len // self.block
         per_layer = (c.layers, rows, c.heads) if not self.blocked else (c.layers, rows, self.n_blocks, c.heads)
         self.keys = torch.zeros(*per_layer, attn.d_k, self.block, device=self.device, dtype=self.dtype)

@@ -70,11 +70,12 @@ class _Live:
     rows: list[int]  # main decoder rows: [conditioned] or [conditioned, unconditioned]
     guide_rows: list[int]  # guide decoder rows: [recognised class, no class], or none
     guide_scale: float
-    uniforms: list[float]
+    uniforms: torch.Tensor  # (total,) float64: the number each code is drawn with
     total: int  # codes to draw in all windows
     context: int  # positions a later window starts from (prefilled)
+    drawn: int = 0  # codes drawn so far (the last few may still be on the device: see DecodeEngine.step)
     window_pos: int = 0  # the position in its window the sample's rows compute next
-    codes: list[int] = field(default_factory=list)  # every code drawn: the sample's grid in the end
+    codes: list[int] = field(default_factory=list)  # every code drawn and fetched: the sample's grid in the end
     window: list[int] = field(default_factory=list)  # the current window's codes, its context first
 
 
@@ -89,6 +90,8 @@ class _Plan:
     temperature: torch.Tensor
     top_k: torch.Tensor
     top_p: torch.Tensor
+    uniforms: torch.Tensor  # (n, longest total) float64: each sample's stream, on the device
+    drawn: torch.Tensor  # (n,) each sample's codes drawn: where its next uniform is
     main_rows: torch.Tensor  # (rows,) places of every main row, and which sample each belongs to
     main_owner: torch.Tensor
     truncated: bool = False  # whether any sample has a top-k or top-p
@@ -101,6 +104,10 @@ class _Plan:
 
 
 LATER_FRAMES = ("generated", "original")
+# Steps whose drawn codes may wait on the device before the host fetches them: a fetch waits for the
+# device, so fetching every step keeps the host from queueing the next step while a GPU runs this one.
+# Codes are fetched sooner when a sample finishes, ends a window, or the live samples change.
+PENDING_STEPS = 32
 LATER_CONTEXTS = ("reencoded", "codes")
 
 
@@ -133,6 +140,7 @@ class DecodeEngine:
         self.live: dict[int, _Live] = {}
         self._next = 0
         self._plan: _Plan | None = None
+        self._pending: list[torch.Tensor] = []  # (n,) codes of the plan's samples, per step not yet fetched
         self.steps = 0  # steps taken, and samples advanced in them (the mean batch is their ratio)
         self.samples_stepped = 0
 
@@ -205,8 +213,9 @@ class DecodeEngine:
         handle, self._next = self._next, self._next + 1
         t, h, w = self.gpt.latent_shape
         total = (request.time_steps or t) * h * w
+        self._fetch()
         self.live[handle] = _Live(handle, request, rows, guide_rows, guide_scale,
-                                  uniform_stream(request.seed, total).tolist(), total, (t - self.stride) * h * w)
+                                  uniform_stream(request.seed, total), total, (t - self.stride) * h * w)
         self._plan = None
         return handle
 
@@ -221,6 +230,7 @@ class DecodeEngine:
         live = self.live.pop(handle, None)
         if live is None:
             return False
+        self._fetch()
         self._release(live)
         return True
 
@@ -233,7 +243,7 @@ class DecodeEngine:
     def progress(self, handle: int) -> tuple[int, int]:
         """(codes drawn, codes in all) of a live sample."""
         live = self.live[handle]
-        return len(live.codes), live.total
+        return live.drawn, live.total
 
     @torch.no_grad()
     def step(self) -> list[Finished]:
@@ -253,19 +263,24 @@ class DecodeEngine:
             steer = plan.guide_scales[:, None] * (guide_logits.index_select(0, plan.guide_class)
                                                   - guide_logits.index_select(0, plan.guide_none))
             chosen = chosen.float().index_add(0, plan.guided, steer)
-        uniforms = torch.tensor([live.uniforms[len(live.codes)] for live in plan.live], dtype=torch.float64)
+        uniforms = plan.uniforms.gather(1, plan.drawn[:, None])[:, 0]
         codes = draw(chosen, plan.temperature, plan.top_k, plan.top_p, uniforms, plan.truncated)
-        self.main.set_tokens(plan.main_rows, codes.index_select(0, plan.main_owner.to(codes.device)))
+        plan.drawn += 1
+        self.main.set_tokens(plan.main_rows, codes.index_select(0, plan.main_owner))
         if plan.guided is not None:
-            self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner.to(codes.device)))
+            self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner))
+        self._pending.append(codes)
         self.steps += 1
         self.samples_stepped += len(plan.live)
-        finished = []
-        for live, code in zip(plan.live, codes.tolist()):
-            live.codes.append(code)
-            live.window.append(code)
+        for live in plan.live:
+            live.drawn += 1
             live.window_pos += 1
-            if len(live.codes) == live.total:
+        if len(self._pending) >= PENDING_STEPS or any(
+                live.drawn == live.total or live.window_pos == self.seq_len for live in plan.live):
+            self._fetch()
+        finished = []
+        for live in plan.live:
+            if live.drawn == live.total:
                 del self.live[live.handle]
                 self._release(live)
                 grid = torch.tensor(live.codes, dtype=torch.long).view(-1, *self.gpt.latent_shape[1:])
@@ -273,6 +288,17 @@ class DecodeEngine:
             elif live.window_pos == self.seq_len:
                 self._next_window(live)
         return finished
+
+    def _fetch(self) -> None:
+        """Bring the codes drawn in the steps since the last fetch to the host, into each sample's lists
+        (one wait for the device, however many steps)."""
+        if not self._pending:
+            return
+        per_sample = torch.stack(self._pending, dim=1).tolist()
+        self._pending = []
+        for live, codes in zip(self._plan.live, per_sample):
+            live.codes += codes
+            live.window += codes
 
     def _next_window(self, live: _Live) -> None:
         """Start the sample's rows over with its last t - stride time steps as context (see the module)."""
@@ -319,9 +345,11 @@ class DecodeEngine:
             live=live, main=tensor(main, torch.long),
             companion=tensor([self.main.place(s.rows[-1]) for s in live], torch.long) if guided else None,
             scales=tensor([float(s.request.guidance) for s in live], torch.float32),
-            temperature=torch.tensor([float(s.request.temperature) for s in live]),
-            top_k=torch.tensor([s.request.top_k or 0 for s in live], dtype=torch.long),
-            top_p=torch.tensor([1.0 if s.request.top_p is None else float(s.request.top_p) for s in live]),
+            temperature=tensor([float(s.request.temperature) for s in live], torch.float32),
+            top_k=tensor([s.request.top_k or 0 for s in live], torch.long),
+            top_p=tensor([1.0 if s.request.top_p is None else float(s.request.top_p) for s in live], torch.float32),
+            uniforms=torch.nn.utils.rnn.pad_sequence([s.uniforms for s in live], batch_first=True).to(device),
+            drawn=tensor([s.drawn for s in live], torch.long),
             main_rows=tensor([p for p, _ in rows], torch.long), main_owner=tensor([i for _, i in rows], torch.long),
             truncated=any(s.request.top_k is not None or s.request.top_p not in (None, 1, 1.0) for s in live))
         steered = [i for i, s in enumerate(live) if s.guide_rows]

@@ -206,3 +206,23 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
         assert RowDecoder(gpt, rows=8).model.decode_linears[0].tile > 0
     for row in range(6):
         assert all(torch.equal(a, b) for a, b in zip(alone[row], crowded[row])), f"row {row} changed"
+
+
+def test_codes_left_on_the_device_count_in_progress_and_come_back_whole(gpt, monkeypatch):
+    """Drawn codes wait on the device for a few steps (engine.PENDING_STEPS); progress counts them, and a
+    sample's grid is the same whether they are fetched every step or every few."""
+    import models.engine as engine_module
+
+    request = requests_for(gpt, 1, seed=2)[0]
+    grids = []
+    for pending in (1, 3):
+        monkeypatch.setattr(engine_module, "PENDING_STEPS", pending)
+        engine = DecodeEngine(gpt, slots=2)
+        handle = engine.add(request)
+        engine.step(), engine.step()
+        assert engine.progress(handle)[0] == 2
+        assert len(engine.live[handle].codes) == (2 if pending == 1 else 0)
+        while engine.live:
+            finished = engine.step()
+        grids.append(finished[0].codes)
+    assert torch.equal(grids[0], grids[1])
