@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,9 @@ class DecodeLinear:
     weights read once), on CPU inputs longer than K_CHUNK summed in equal chunks (MKL splits a long input
     across threads for fewer than 17 rows); `tile` > 0, one matmul per tile of that many rows (by_tiles).
     Prefill (one sample) is one matmul.
+    `one_row`: each row its own product, all in one batched call over the same weights (any row count
+    gives a row the same bits; a product of one row streams small weights 2-2.5x as fast as MKL's of 4,
+    and costs 1.4-2x as much at 8-16 rows: row_tile weighs both).
     `onednn` (float32 on CPU, where row_tile finds it exact and faster): steps multiply through oneDNN
     instead of MKL, one product over all rows (on an AMD EPYC MKL's products of 4 rows read the weights
     at 60% of the speed of its one-row products; oneDNN's of 2-8 rows within 10% of them).
@@ -83,6 +87,7 @@ class DecodeLinear:
             self.bias = torch.cat(biases).to(dtype) if all(b is not None for b in biases) else None
         self.tile = 0
         self.onednn = False
+        self.one_row = False
         self._onednn_weights: tuple[torch.Tensor, torch.Tensor] | None = None
         width = self.in_features
         parts = next(p for p in range(1, width + 1) if width % p == 0 and width // p <= K_CHUNK)
@@ -97,6 +102,9 @@ class DecodeLinear:
         step = x.dim() == 3 and x.shape[1] == 1  # a decoding step's rows, not a prefill
         if step and self.onednn:
             return self._onednn_product(x)
+        if step and self.one_row:
+            y = torch.bmm(x, self.weight_t.expand(x.shape[0], *self.weight_t.shape))
+            return y if self.bias is None else y.add_(self.bias)
         if step and self.tile:
             y = by_tiles(lambda rows: torch.matmul(rows, self.weight_t), x, self.tile)
         elif step and self.chunks is not None:
@@ -121,6 +129,12 @@ class DecodeLinear:
             self._onednn_weights = (weight.to_mkldnn(), bias.to_mkldnn())
         rows = x.reshape(-1, x.shape[-1]).to_mkldnn()
         return torch._C._nn.mkldnn_linear(rows, *self._onednn_weights).to_dense().view(*x.shape[:-1], -1)
+
+
+def one_row_products_possible(model: VideoGPT) -> bool:
+    """Whether the decoding linears can multiply each row on its own (DecodeLinear, on CPU)."""
+    return model.fc_in.weight.device.type == "cpu" and all(
+        isinstance(linear, DecodeLinear) for linear in model.decode_linears)
 
 
 def onednn_products_possible(model: VideoGPT) -> bool:
@@ -203,42 +217,81 @@ def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
 _ROW_TILES: dict[tuple, object] = {}  # what row_tile and reads_agree measured, per shapes and thread count
 
 
+@dataclass(frozen=True)
+class Products:
+    """How a step's decoding linears multiply its rows (DecodeLinear): `rows`, the multiple a step's
+    computed rows are of; `tile` > 0, one product per tile of that many rows; else one product over all
+    rows (through oneDNN if `onednn`), or (`one_row`) each row its own product."""
+
+    rows: int
+    tile: int = 0
+    onednn: bool = False
+    one_row: bool = False
+
+    def describe(self) -> str:
+        kind = ("one-row products" if self.one_row else "one oneDNN product" if self.onednn else
+                f"products of {self.tile} rows" if self.tile else "one product")
+        return f"rows in multiples of {self.rows}, {kind}"
+
+
 def row_tile(model: VideoGPT) -> int:
     """The row count a step's computed rows are a multiple of, so that each row's result is the same bits
     however many rows there are. Kernels take other code (and summing order) for other row counts: MKL's
     float32 products of one row, or of fewer than 17 rows with a long input (DecodeLinear chunks those);
     oneDNN's bfloat16 ones at row counts scattered up to 60; a reduction over a short axis may vectorize
     across rows. Measured once per model shape and precision on this machine, on the model's layers over
-    random rows (ProbeContext): the smallest multiple of rows for which one matmul over all of them (the
-    weights read once) gives every row the same bits; else the products per tile of rows (by_tiles) of the
-    fastest exact tile for one row and for a busy engine (TIMED_ROWS). Set on the model's linears."""
+    random rows (ProbeContext). The exact ways: the smallest multiple of rows for which one product over
+    all of them (the weights read once; MKL's, and oneDNN's where it can) gives every row the same bits,
+    and one-row products; of those, the fastest for one row and for a busy engine (TIMED_ROWS). Where
+    none is exact, the products per tile of rows (by_tiles) of the fastest exact tile. Set on the
+    model's linears."""
     c = model.config
     key = ("rows", c, model.latent_shape, model.decode_precision, model.fc_in.weight.device.type,
            torch.get_num_threads())
     if key not in _ROW_TILES:
-        plain = next((rows for rows in PLAIN_ROWS if _whole_tiles_agree(model, rows, tiled=False)), None)
-        onednn = next((rows for rows in PLAIN_ROWS if _whole_tiles_agree(model, rows, tiled=False, onednn=True)),
-                      None) if onednn_products_possible(model) else None
-        preferred = [] if plain or onednn else _tiles_by_speed(model)
-        tiled = None if plain or onednn else next((tile for tile in preferred if _whole_tiles_agree(model, tile)),
-                                                  None)
-        if not (plain or onednn) and tiled is None:
-            log.warning("no row tile gives exact rows for this prior on this machine: a sample's codes may "
-                        "depend on its companions in the last bits")
-        if plain and onednn:  # both exact: the faster, for one row and for a busy engine
-            times = {choice: _step_times(model, *choice) for choice in ((plain, False), (onednn, True))}
-            score = _relative_scores(times)
-            log.info("decoding float32: ms of the layers for %s rows: MKL's products %s, oneDNN's %s", TIMED_ROWS,
-                     _ms(times[plain, False]), _ms(times[onednn, True]))
-            plain, onednn = (None, onednn) if score[onednn, True] < score[plain, False] else (plain, None)
-        tiled = tiled or (preferred[0] if preferred else None)
-        _ROW_TILES[key] = (plain, 0, False) if plain else (onednn, 0, True) if onednn else (tiled, tiled, False)
-        log.info("decoding %s: rows computed in multiples of %d, %s", model.decode_precision,
-                 _ROW_TILES[key][0], f"tiled products (tiles by speed: {preferred})" if preferred else
-                 "one oneDNN product" if onednn else "one product")
-    rows, tile, onednn = _ROW_TILES[key]
-    _set_tile(model, tile, onednn)
-    return rows
+        _ROW_TILES[key] = _choose_products(model)
+        log.info("decoding %s: %s", model.decode_precision, _ROW_TILES[key].describe())
+    products = _ROW_TILES[key]
+    _set_products(model, products)
+    return products.rows
+
+
+def _choose_products(model: VideoGPT) -> Products:
+    """The fastest exact way (see row_tile). Each way's smallest row multiple that the whole stack gives
+    the same bits is timed first; the slow per-linear probe then runs in order of speed until one passes
+    (a way that fails it tries its larger multiples), so it rarely runs for more than one way."""
+    ways = [[Products(rows) for rows in PLAIN_ROWS]]
+    if onednn_products_possible(model):
+        ways.append([Products(rows, onednn=True) for rows in PLAIN_ROWS])
+    if one_row_products_possible(model):
+        ways.append([Products(1, one_row=True)])
+    found = {}  # the first candidate of each way whose stack agrees, and the way's larger multiples
+    for way in ways:
+        at = next((i for i, products in enumerate(way) if _whole_tiles_agree(model, products, linears=False)), None)
+        if at is not None:
+            found[way[at]] = way[at + 1:]
+    order = list(found)
+    if len(order) > 1:  # the fastest first, for one row and for a busy engine
+        times = {products: _step_times(model, products) for products in order}
+        score = _relative_scores(times)
+        log.info("decoding %s: ms of the layers for %s rows: %s", model.decode_precision, TIMED_ROWS,
+                 "; ".join(f"{p.describe()} {_ms(t)}" for p, t in times.items()))
+        # Ways within TILE_SLACK of the fastest keep their order above, so that timing noise does not
+        # change the choice (and a seed's last bits) from start to start; the rest follow by speed.
+        order.sort(key=lambda p: (score[p] > min(score.values()) * TILE_SLACK, score[p] if
+                                  score[p] > min(score.values()) * TILE_SLACK else 0))
+    for products in order:
+        for candidate in [products, *found[products]]:
+            if _whole_tiles_agree(model, candidate, stack=candidate is not products):
+                return candidate
+    preferred = _tiles_by_speed(model)
+    tiled = next((tile for tile in preferred if _whole_tiles_agree(model, Products(tile, tile))), None)
+    if tiled is None:
+        log.warning("no row tile gives exact rows for this prior on this machine: a sample's codes may "
+                    "depend on its companions in the last bits")
+    tile = tiled or preferred[0]
+    log.info("decoding %s: tiles by speed %s", model.decode_precision, preferred)
+    return Products(tile, tile)
 
 
 def _ms(times: dict[int, float]) -> str:
@@ -258,25 +311,27 @@ def _trunk_seconds(model: VideoGPT, x: torch.Tensor, probe: ProbeContext, count:
     return time.perf_counter() - started
 
 
-def _set_tile(model: VideoGPT, tile: int, onednn: bool = False) -> None:
-    """tile > 0: the decoding linears multiply in tiles of that many rows; 0: one product of all rows
-    (onednn: through oneDNN; its copies of the weights are dropped when it is off)."""
+def _set_products(model: VideoGPT, products: Products) -> None:
+    """Make the decoding linears multiply as `products` says (oneDNN's copies of the weights are dropped
+    when it is off)."""
     for linear in model.decode_linears:
-        linear.tile = tile
+        linear.tile = products.tile
         if isinstance(linear, DecodeLinear):
-            linear.onednn = onednn
-            if not onednn:
+            linear.onednn, linear.one_row = products.onednn, products.one_row
+            if not products.onednn:
                 linear._onednn_weights = None
 
 
-def _step_times(model: VideoGPT, rows: int, onednn: bool) -> dict[int, float]:
+def _step_times(model: VideoGPT, products: Products) -> dict[int, float]:
     """Seconds the layer stack takes (median of three) for each of TIMED_ROWS rows, rounded up to a
-    multiple of `rows`, the linears multiplying in one product (through oneDNN or not)."""
+    multiple of the products' rows, the linears multiplying as they say, each row attending over half a
+    video (a step's average read: the linears' share of a real step, which decides between ways)."""
     gen = torch.Generator().manual_seed(0)
+    rows = products.rows
     most = rows * math.ceil(max(TIMED_ROWS) / rows)
-    probe = ProbeContext(model, most, gen)
+    probe = ProbeContext(model, most, gen, reads=math.prod(model.latent_shape) // 2)
     x = torch.randn(most, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
-    _set_tile(model, 0, onednn)
+    _set_products(model, products)
     found = {}
     with torch.no_grad():
         for timed in TIMED_ROWS:
@@ -292,7 +347,7 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
     TILE_SLACK of the fastest come smallest first, so that the choice stays the same from start to start."""
     gen = torch.Generator().manual_seed(0)
     most = max(max(TIMED_ROWS), max(TILES))
-    probe = ProbeContext(model, most, gen)
+    probe = ProbeContext(model, most, gen, reads=math.prod(model.latent_shape) // 2)
     x = torch.randn(most, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
     times: dict[tuple[int, int], list[float]] = {(tile, rows): [] for tile in TILES for rows in TIMED_ROWS}
 
@@ -304,7 +359,7 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
     with torch.no_grad():
         for round_ in range(3):
             for tile in timed:
-                _set_tile(model, tile)
+                _set_products(model, Products(tile, tile))
                 for rows in TIMED_ROWS:
                     count = tile * math.ceil(rows / tile)
                     if round_ == 0:
@@ -321,9 +376,10 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
 
 class ProbeContext:
     """A decoding pass over random rows for row_tile: per-row norms, and attention outputs that are fixed
-    random numbers per row (attention has its own check, reads_agree)."""
+    random numbers per row (attention has its own check, reads_agree), or (reads > 0, for timing a step)
+    attention over that many random cached entries per row."""
 
-    def __init__(self, model: VideoGPT, rows: int, gen: torch.Generator):
+    def __init__(self, model: VideoGPT, rows: int, gen: torch.Generator, reads: int = 0):
         c, dtype, device = model.config, model.fc_in.weight.dtype, model.fc_in.weight.device
 
         def rand(*shape: int) -> torch.Tensor:
@@ -335,9 +391,13 @@ class ProbeContext:
         self.gate = rand(rows, 1, 1)
         self.reads_frames = c.frame_conditional
         self.rows = rows
+        d = c.hidden_dim // c.heads
+        self.cache = (rand(rows, c.heads, d, reads), rand(rows, c.heads, reads, d),
+                      torch.zeros(rows, 1, 1, reads, device=device, dtype=dtype)) if reads else None
 
     def cut(self, rows: int) -> ProbeContext:
         cut = copy.copy(self)
+        cut.cache = None if self.cache is None else tuple(t[:rows] for t in self.cache)
         cut.norm = tuple(t[:rows] for t in self.norm)
         cut.heads, cut.gate = self.heads[:rows], self.gate[:rows]
         cut.cross = None if self.cross is None else self.cross[:rows]
@@ -348,7 +408,8 @@ class ProbeContext:
 
     def self_attention(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        dropout: float = 0.0) -> torch.Tensor:
-        return self.heads + 0 * (q + k + v)  # keeps the projections' outputs in the computation
+        heads = self.heads if self.cache is None else attend_cache(q, *self.cache)
+        return heads + 0 * (q + k + v)  # keeps the projections' outputs in the computation
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
         return self.cross
@@ -357,21 +418,23 @@ class ProbeContext:
         return branch * self.gate
 
 
-def _whole_tiles_agree(model: VideoGPT, tile: int, tiled: bool = True, onednn: bool = False) -> bool:
-    """Whether multiples of `tile` rows (the first dozen, then every fourth, below CALIBRATION_ROWS) give
-    each row the bits it gets among CALIBRATION_ROWS rows, through the whole layer stack, the linears
-    multiplying in tiles of `tile` rows (tiled) or in one product."""
-    gen = torch.Generator().manual_seed(0)
-    probe = ProbeContext(model, CALIBRATION_ROWS, gen)
-    x = torch.randn(CALIBRATION_ROWS, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
-    counts = list(range(tile, CALIBRATION_ROWS, tile))
-    _set_tile(model, tile if tiled else 0, onednn)
-    with torch.no_grad():
-        reference = model.trunk(x, probe)
-        counts = counts[:12] + counts[12::4]
-        return all(torch.equal(model.trunk(x[:rows], probe.cut(rows)), reference[:rows])
-                   for rows in counts + counts[::-1]) and _linears_agree(model, counts)  # twice: kernels may
-        # differ with what ran before
+def _whole_tiles_agree(model: VideoGPT, products: Products, stack: bool = True, linears: bool = True) -> bool:
+    """Whether multiples of products.rows rows (the first dozen, then every fourth, below CALIBRATION_ROWS)
+    give each row the bits it gets among CALIBRATION_ROWS rows, the linears multiplying as `products`
+    says: through the whole layer stack (stack), and each linear over many rows (linears: _linears_agree)."""
+    counts = list(range(products.rows, CALIBRATION_ROWS, products.rows))
+    counts = counts[:12] + counts[12::4]
+    _set_products(model, products)
+    if stack:
+        gen = torch.Generator().manual_seed(0)
+        probe = ProbeContext(model, CALIBRATION_ROWS, gen)
+        x = torch.randn(CALIBRATION_ROWS, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+        with torch.no_grad():
+            reference = model.trunk(x, probe)
+            if not all(torch.equal(model.trunk(x[:rows], probe.cut(rows)), reference[:rows])
+                       for rows in counts + counts[::-1]):  # twice: kernels may differ with what ran before
+                return False
+    return not linears or _linears_agree(model, counts)
 
 
 def _linears_agree(model: VideoGPT, counts: list[int]) -> bool:

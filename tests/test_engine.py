@@ -151,24 +151,31 @@ def test_prefill_then_steps_equal_teacher_forcing():
         decoder.set_tokens(torch.arange(2), flat[:, pos])
 
 
-@pytest.mark.parametrize("case", [*sorted(CASES), "tiled-products", "onednn-products", "bfloat16-row-reads"])
+FORCED = ("tiled-products", "onednn-products", "one-row-products", "bfloat16-row-reads")
+
+
+@pytest.mark.parametrize("case", [*sorted(CASES), *FORCED])
 def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, monkeypatch):
     """The decoder-level reason the codes match: the logits themselves, bit for bit (a code only changes when
     a rounding difference lands on a boundary, so comparing codes alone would rarely notice one).
     tiled-products: the linears multiply tile by tile (what row_tile takes where no one product over all
     rows is exact, as for bfloat16 on some CPUs), forced on a full-attention case. onednn-products: float32
-    products through oneDNN, taken as if faster. bfloat16-row-reads: a full-attention prior in bfloat16 on
+    products through oneDNN, taken as if faster. one-row-products: each row its own product, taken as if
+    faster. bfloat16-row-reads: a full-attention prior in bfloat16 on
     CPU, each row reading its own blocks of cache."""
     precision = "bfloat16" if case == "bfloat16-row-reads" else "float32"
     forced = case
     if case == "tiled-products":
         monkeypatch.setattr(decoding, "PLAIN_ROWS", ())
+        monkeypatch.setattr(decoding, "one_row_products_possible", lambda model: False)
     if case == "onednn-products":
         if not torch.backends.mkldnn.is_available():
             pytest.skip("torch without oneDNN")
-        monkeypatch.setattr(decoding, "_step_times", lambda model, rows, onednn: {
-            timed: 1.0 if onednn else 2.0 for timed in decoding.TIMED_ROWS})
-    if case in ("tiled-products", "onednn-products", "bfloat16-row-reads"):
+    if case in ("onednn-products", "one-row-products"):
+        favoured = "onednn" if case == "onednn-products" else "one_row"
+        monkeypatch.setattr(decoding, "_step_times", lambda model, products: {
+            timed: 1.0 if getattr(products, favoured) else 2.0 for timed in decoding.TIMED_ROWS})
+    if case in FORCED:
         monkeypatch.setattr(decoding, "_ROW_TILES", {})
         case = next(name for name in sorted(CASES) if CASES[name][1].attn_type == "full")
     vq, config = CASES[case]
@@ -178,6 +185,8 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
         assert RowDecoder(gpt, rows=8).row_reads
     if forced == "onednn-products" and not RowDecoder(gpt, rows=8).model.decode_linears[0].onednn:
         pytest.skip("oneDNN's products are not exact on this machine: row_tile keeps MKL's")
+    if forced == "one-row-products":
+        assert RowDecoder(gpt, rows=8).model.decode_linears[0].one_row, "one-row products found inexact"
     codes, labels, frames = inputs_for(gpt, batch=6, seed=3)
     cond, flat = gpt.condition(labels, frames, 6), codes.flatten(1)
     steps = flat.shape[1]
