@@ -46,6 +46,10 @@ PLAIN_ROWS = (1, 2, 4)  # the row multiples row_tile tries with one product over
 TILES = (1, 2, 4, 8, 16, 32)  # then the tiles of tiled products
 TIMED_ROWS = (1, 16)  # row_tile times a step for one row and for a busy engine (8 guided samples)
 TILE_SLACK = 1.1
+# row_tile keeps the first exact way (one-row products, then MKL's one product, then oneDNN's) unless
+# another scores better by more than this: on an AMD EPYC the ways' scores for small priors came 6-17%
+# apart from run to run, and a choice that flips changes a seed's last bits between starts.
+WAY_SLACK = 1.25
 K_CHUNK = 768  # decoding steps multiply inputs longer than this in chunks (DecodeLinear)
 # A step reads the cache up to its furthest row's position rounded up to the first of these that divides N
 # and that the attention kernels give the same bits for (reads_agree); else all of it.
@@ -240,11 +244,12 @@ def row_tile(model: VideoGPT) -> int:
     float32 products of one row, or of fewer than 17 rows with a long input (DecodeLinear chunks those);
     oneDNN's bfloat16 ones at row counts scattered up to 60; a reduction over a short axis may vectorize
     across rows. Measured once per model shape and precision on this machine, on the model's layers over
-    random rows (ProbeContext). The exact ways: the smallest multiple of rows for which one product over
-    all of them (the weights read once; MKL's, and oneDNN's where it can) gives every row the same bits,
-    and one-row products; of those, the fastest for one row and for a busy engine (TIMED_ROWS). Where
-    none is exact, the products per tile of rows (by_tiles) of the fastest exact tile. Set on the
-    model's linears."""
+    random rows (ProbeContext). The exact ways: one-row products (any row count: a step computes only
+    its live rows), and the smallest multiple of rows for which one product over all of them (the
+    weights read once; MKL's, and oneDNN's where it can) gives every row the same bits. The first of
+    those is kept unless another is faster by more than WAY_SLACK, for one row and for a busy engine
+    (TIMED_ROWS). Where none is exact, the products per tile of rows (by_tiles) of the fastest exact
+    tile. Set on the model's linears."""
     c = model.config
     key = ("rows", c, model.latent_shape, model.decode_precision, model.fc_in.weight.device.type,
            torch.get_num_threads())
@@ -260,11 +265,10 @@ def _choose_products(model: VideoGPT) -> Products:
     """The fastest exact way (see row_tile). Each way's smallest row multiple that the whole stack gives
     the same bits is timed first; the slow per-linear probe then runs in order of speed until one passes
     (a way that fails it tries its larger multiples), so it rarely runs for more than one way."""
-    ways = [[Products(rows) for rows in PLAIN_ROWS]]
+    ways = [[Products(1, one_row=True)]] if one_row_products_possible(model) else []
+    ways.append([Products(rows) for rows in PLAIN_ROWS])
     if onednn_products_possible(model):
         ways.append([Products(rows, onednn=True) for rows in PLAIN_ROWS])
-    if one_row_products_possible(model):
-        ways.append([Products(1, one_row=True)])
     found = {}  # the first candidate of each way whose stack agrees, and the way's larger multiples
     for way in ways:
         at = next((i for i, products in enumerate(way) if _whole_tiles_agree(model, products, linears=False)), None)
@@ -276,10 +280,10 @@ def _choose_products(model: VideoGPT) -> Products:
         score = _relative_scores(times)
         log.info("decoding %s: ms of the layers for %s rows: %s", model.decode_precision, TIMED_ROWS,
                  "; ".join(f"{p.describe()} {_ms(t)}" for p, t in times.items()))
-        # Ways within TILE_SLACK of the fastest keep their order above, so that timing noise does not
+        # Ways within WAY_SLACK of the fastest keep their order above, so that timing noise does not
         # change the choice (and a seed's last bits) from start to start; the rest follow by speed.
-        order.sort(key=lambda p: (score[p] > min(score.values()) * TILE_SLACK, score[p] if
-                                  score[p] > min(score.values()) * TILE_SLACK else 0))
+        slow = min(score.values()) * WAY_SLACK
+        order.sort(key=lambda p: (score[p] > slow, score[p] if score[p] > slow else 0))
     for products in order:
         for candidate in [products, *found[products]]:
             if _whole_tiles_agree(model, candidate, stack=candidate is not products):
