@@ -326,15 +326,19 @@ def _set_products(model: VideoGPT, products: Products) -> None:
                 linear._onednn_weights = None
 
 
+def _timing_inputs(model: VideoGPT, rows: int) -> tuple[ProbeContext, torch.Tensor]:
+    """What row_tile times the layer stack on: a probe of `rows` random rows, each attending over half a
+    video (a step's average read, so the linears weigh what they weigh in a real step), and their inputs."""
+    gen = torch.Generator().manual_seed(0)
+    probe = ProbeContext(model, rows, gen, reads=math.prod(model.latent_shape) // 2)
+    return probe, torch.randn(rows, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+
+
 def _step_times(model: VideoGPT, products: Products) -> dict[int, float]:
     """Seconds the layer stack takes (median of three) for each of TIMED_ROWS rows, rounded up to a
-    multiple of the products' rows, the linears multiplying as they say, each row attending over half a
-    video (a step's average read: the linears' share of a real step, which decides between ways)."""
-    gen = torch.Generator().manual_seed(0)
+    multiple of the products' rows, the linears multiplying as they say (over _timing_inputs)."""
     rows = products.rows
-    most = rows * math.ceil(max(TIMED_ROWS) / rows)
-    probe = ProbeContext(model, most, gen, reads=math.prod(model.latent_shape) // 2)
-    x = torch.randn(most, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+    probe, x = _timing_inputs(model, rows * math.ceil(max(TIMED_ROWS) / rows))
     _set_products(model, products)
     found = {}
     with torch.no_grad():
@@ -349,10 +353,7 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
     """TILES, fastest first: the step's layers timed at TIMED_ROWS (each relative to the fastest tile there,
     summed; medians of three rounds for the tiles within 2x of the fastest after one). Tiles within
     TILE_SLACK of the fastest come smallest first, so that the choice stays the same from start to start."""
-    gen = torch.Generator().manual_seed(0)
-    most = max(max(TIMED_ROWS), max(TILES))
-    probe = ProbeContext(model, most, gen, reads=math.prod(model.latent_shape) // 2)
-    x = torch.randn(most, 1, model.config.hidden_dim, generator=gen).to(model.fc_in.weight)
+    probe, x = _timing_inputs(model, max(max(TIMED_ROWS), max(TILES)))
     times: dict[tuple[int, int], list[float]] = {(tile, rows): [] for tile in TILES for rows in TIMED_ROWS}
 
     def scores(tiles: list[int]) -> dict[int, float]:

@@ -104,11 +104,11 @@ class _Plan:
 
 
 LATER_FRAMES = ("generated", "original")
+LATER_CONTEXTS = ("reencoded", "codes")
 # Steps whose drawn codes may wait on the device before the host fetches them: a fetch waits for the
 # device, so fetching every step keeps the host from queueing the next step while a GPU runs this one.
 # Codes are fetched sooner when a sample finishes, ends a window, or the live samples change.
 PENDING_STEPS = 32
-LATER_CONTEXTS = ("reencoded", "codes")
 
 
 class DecodeEngine:
@@ -213,10 +213,9 @@ class DecodeEngine:
         handle, self._next = self._next, self._next + 1
         t, h, w = self.gpt.latent_shape
         total = (request.time_steps or t) * h * w
-        self._fetch()
         self.live[handle] = _Live(handle, request, rows, guide_rows, guide_scale,
                                   uniform_stream(request.seed, total), total, (t - self.stride) * h * w)
-        self._plan = None
+        self._replan()
         return handle
 
     def _admit_guide(self, request: SampleRequest) -> list[int]:
@@ -230,7 +229,6 @@ class DecodeEngine:
         live = self.live.pop(handle, None)
         if live is None:
             return False
-        self._fetch()
         self._release(live)
         return True
 
@@ -238,6 +236,12 @@ class DecodeEngine:
         self.main.release(live.rows)
         if live.guide_rows:
             self.guide.release(live.guide_rows)
+        self._replan()
+
+    def _replan(self) -> None:
+        """The live samples changed: the next step builds a new plan. Codes still on the device belong to
+        the old plan's samples, so they are fetched first."""
+        self._fetch()
         self._plan = None
 
     def progress(self, handle: int) -> tuple[int, int]:
