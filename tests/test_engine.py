@@ -107,6 +107,26 @@ def test_a_full_engine_refuses_and_a_freed_one_takes_the_sample():
     assert engine.rows_in_use == 2, "a refused sample holds no slot"
 
 
+def test_a_decoding_copy_is_kept_until_the_prior_changes():
+    """Engines of one prior share its decoding copy; a change of its weights in place, a new tensor in a
+    weight's place or a new shared part makes the next engine copy the prior again, as it is then."""
+    vq, config = OPTIONAL["class-frames-sparse"]
+    gpt = random_gpt(vq, config, seed=4)
+    first = DecodeEngine(gpt, slots=1).main.model
+    assert DecodeEngine(gpt, slots=2).main.model is first
+    assert decoding.decoding_copy(gpt, "bfloat16") is not first, "another precision, another copy"
+    with torch.no_grad():
+        gpt.fc_out.weight.mul_(2)
+    trained = DecodeEngine(gpt, slots=1).main.model
+    assert trained is not first
+    assert torch.equal(trained.fc_out.weight_t, gpt.fc_out.weight.t())
+    gpt.fc_out.weight = torch.nn.Parameter(gpt.fc_out.weight.detach() * 3)
+    replaced = DecodeEngine(gpt, slots=1).main.model
+    assert replaced is not trained and torch.equal(replaced.fc_out.weight_t, gpt.fc_out.weight.t())
+    gpt.vqvae = random_gpt(vq, config, seed=5).vqvae
+    assert DecodeEngine(gpt, slots=1).main.model.vqvae is gpt.vqvae
+
+
 def test_the_cached_rows_equal_teacher_forcing_when_rows_join_mid_run():
     vq, config = CASES["class-frames-sparse"]
     gpt = random_gpt(vq, config, seed=11)
