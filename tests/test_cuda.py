@@ -92,3 +92,28 @@ def test_sampled_codes_decode_to_video_on_the_gpu(gpt):
         assert video.device.type == "cuda"
         assert video.shape[:3] == (2, 3, steps * gpt.vqvae.config.downsample[0])
         assert torch.isfinite(video).all()
+
+
+def test_a_sample_has_the_same_codes_in_an_engine_of_its_own_size_as_in_a_worker_s(gpt):
+    """`sample` builds an engine of just the rows its samples take; a worker's has VGS_ENGINE_SLOTS. Under
+    the CUDA graph every step computes all of an engine's rows, so the products have other row counts in
+    the two (cuBLAS picks its kernels by shape): a seed must give the same codes all the same."""
+    c = gpt.config
+    requests = [SampleRequest(seed=300 + i, class_label=i % 4 if c.class_conditional else None,
+                              guidance=[2.0, 1.0][i % 2], tag=i) for i in range(6)]
+    own = []
+    for r in requests[:2]:
+        engine = DecodeEngine(gpt, slots=2 if r.guidance != 1 else 1)
+        engine.add(r)
+        while engine.live:
+            finished = engine.step()
+        own.append(finished[0].codes)
+    worker = DecodeEngine(gpt, slots=16)
+    for r in requests:
+        worker.add(r)
+    got = {}
+    while worker.live:
+        for f in worker.step():
+            got[f.tag] = f.codes
+    for i in range(2):
+        assert torch.equal(got[i], own[i]), f"sample {i} changed with the engine's size"
