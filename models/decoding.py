@@ -223,7 +223,8 @@ def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
 
 
 # Decoding copies kept per prior and precision (decoding_copy), with what each was made from.
-_COPIES: weakref.WeakKeyDictionary[VideoGPT, dict[str, tuple[_Source, VideoGPT]]] = weakref.WeakKeyDictionary()
+_COPIES: weakref.WeakKeyDictionary[VideoGPT, dict[tuple[str, int], tuple[_Source, VideoGPT]]] = \
+    weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -252,10 +253,12 @@ def decoding_copy(gpt: VideoGPT, precision: str) -> VideoGPT:
     unchanged, and its shared parts and config the same: `sample` builds an engine per call, and copying
     a small prior was 0.1 s of its 1.5 s video. Training changes the tensors in place (their version
     counters move), so the next engine copies them again."""
-    source, copies = _Source.of(gpt), _COPIES.setdefault(gpt, {})
-    if precision not in copies or not copies[precision][0].matches(source):
-        copies[precision] = (source, prepare_decoding(gpt, precision))
-    return copies[precision][1]
+    # row_tile sets its choice of products, which depends on the thread count, on the copy: engines built
+    # at other thread counts keep copies of their own, so that one never changes another's products.
+    key, source, copies = (precision, torch.get_num_threads()), _Source.of(gpt), _COPIES.setdefault(gpt, {})
+    if key not in copies or not copies[key][0].matches(source):
+        copies[key] = (source, prepare_decoding(gpt, precision))
+    return copies[key][1]
 
 
 _ROW_TILES: dict[tuple, object] = {}  # what row_tile and reads_agree measured, per shapes and thread count

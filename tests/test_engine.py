@@ -115,6 +115,13 @@ def test_a_decoding_copy_is_kept_until_the_prior_changes():
     first = DecodeEngine(gpt, slots=1).main.model
     assert DecodeEngine(gpt, slots=2).main.model is first
     assert decoding.decoding_copy(gpt, "bfloat16") is not first, "another precision, another copy"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # row_tile chooses per thread count, and sets its choice on the copy
+    try:
+        assert decoding.decoding_copy(gpt, "float32") is not first
+    finally:
+        torch.set_num_threads(threads)
+    assert decoding.decoding_copy(gpt, "float32") is first
     with torch.no_grad():
         gpt.fc_out.weight.mul_(2)
     trained = DecodeEngine(gpt, slots=1).main.model
