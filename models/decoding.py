@@ -98,6 +98,7 @@ class DecodeLinear:
         parts = next(p for p in range(1, width + 1) if width % p == 0 and width // p <= K_CHUNK)
         on_cpu = self.weight_t.device.type == "cpu"  # the CUDA graph's one product of fixed shape needs none
         self.chunks = self.weight_t.chunk(parts) if parts > 1 and on_cpu else None
+        self._for_rows: dict[int, torch.Tensor] = {}  # one_row: the weights expanded to each row count
 
     @property
     def in_features(self) -> int:
@@ -108,7 +109,11 @@ class DecodeLinear:
         if step and self.onednn:
             return self._onednn_product(x)
         if step and self.one_row:
-            y = torch.bmm(x, self.weight_t.expand(x.shape[0], *self.weight_t.shape))
+            rows = x.shape[0]
+            weights = self._for_rows.get(rows)
+            if weights is None:
+                weights = self._for_rows[rows] = self.weight_t.expand(rows, *self.weight_t.shape)
+            y = torch.bmm(x, weights)
             return y if self.bias is None else y.add_(self.bias)
         if step and self.tile:
             y = by_tiles(lambda rows: torch.matmul(rows, self.weight_t), x, self.tile)
