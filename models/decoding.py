@@ -227,9 +227,9 @@ def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
     return model
 
 
-# Decoding copies kept per prior and precision (decoding_copy), with what each was made from.
-_COPIES: weakref.WeakKeyDictionary[VideoGPT, dict[tuple[str, int], tuple[_Source, VideoGPT]]] = \
-    weakref.WeakKeyDictionary()
+# The last decoding copy made of each prior (decoding_copy): for what precision and thread count, and from
+# what. One a prior: auto times three precisions, and the copies it does not take must not stay in memory.
+_COPIES: weakref.WeakKeyDictionary[VideoGPT, tuple[tuple[str, int], _Source, VideoGPT]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -254,16 +254,18 @@ class _Source:
 
 
 def decoding_copy(gpt: VideoGPT, precision: str) -> VideoGPT:
-    """prepare_decoding(gpt, precision), made once and kept while gpt's tensors stay the same objects,
-    unchanged, and its shared parts and config the same: `sample` builds an engine per call, and copying
-    a small prior was 0.1 s of its 1.5 s video. Training changes the tensors in place (their version
-    counters move), so the next engine copies them again."""
-    # row_tile sets its choice of products, which depends on the thread count, on the copy: engines built
-    # at other thread counts keep copies of their own, so that one never changes another's products.
-    key, source, copies = (precision, torch.get_num_threads()), _Source.of(gpt), _COPIES.setdefault(gpt, {})
-    if key not in copies or not copies[key][0].matches(source):
-        copies[key] = (source, prepare_decoding(gpt, precision))
-    return copies[key][1]
+    """prepare_decoding(gpt, precision), kept for the next engine of the same prior and precision while
+    gpt's tensors stay the same objects, unchanged, and its shared parts and config the same: `sample`
+    builds an engine per call, and copying a small prior was 0.1 s of its 1.5 s video. Training changes
+    the tensors in place (their version counters move), so the next engine copies them again. An engine
+    holds its copy itself: a copy made for another precision replaces the kept one, not the engine's."""
+    # row_tile sets its choice of products, which depends on the thread count, on the copy: an engine built
+    # at another thread count gets a copy of its own, so that it never changes another's products.
+    key, source = (precision, torch.get_num_threads()), _Source.of(gpt)
+    kept = _COPIES.get(gpt)
+    if kept is None or kept[0] != key or not kept[1].matches(source):
+        kept = _COPIES[gpt] = (key, source, prepare_decoding(gpt, precision))
+    return kept[2]
 
 
 _ROW_TILES: dict[tuple, object] = {}  # what row_tile and reads_agree measured, per shapes and thread count

@@ -112,16 +112,21 @@ def test_a_decoding_copy_is_kept_until_the_prior_changes():
     weight's place or a new shared part makes the next engine copy the prior again, as it is then."""
     vq, config = OPTIONAL["class-frames-sparse"]
     gpt = random_gpt(vq, config, seed=4)
-    first = DecodeEngine(gpt, slots=1).main.model
+    running = DecodeEngine(gpt, slots=1)
+    first = running.main.model
     assert DecodeEngine(gpt, slots=2).main.model is first
-    assert decoding.decoding_copy(gpt, "bfloat16") is not first, "another precision, another copy"
+    reduced = decoding.decoding_copy(gpt, "bfloat16")
+    assert reduced is not first and reduced.decode_precision == "bfloat16", "another precision, another copy"
+    assert decoding.decoding_copy(gpt, "float32") is not first, "one copy kept a prior: the last one made"
+    assert running.main.model is first, "an engine keeps its own"
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # row_tile chooses per thread count, and sets its choice on the copy
     try:
-        assert decoding.decoding_copy(gpt, "float32") is not first
+        other_threads = decoding.decoding_copy(gpt, "float32")
     finally:
         torch.set_num_threads(threads)
-    assert decoding.decoding_copy(gpt, "float32") is first
+    assert decoding.decoding_copy(gpt, "float32") is not other_threads
+    first = DecodeEngine(gpt, slots=1).main.model
     with torch.no_grad():
         gpt.fc_out.weight.mul_(2)
     trained = DecodeEngine(gpt, slots=1).main.model
