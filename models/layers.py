@@ -167,15 +167,15 @@ class LayerNorm(nn.Module):
         """(x - mean) * (rsqrt(var) + 1e-5) * g + b over the last axis, the statistics in float32: torch's
         fused layer norm without epsilon gives (x - mean) * rsqrt(var), and the reference's epsilon on the
         reciprocal root is that times 1 + 1e-5 / rsqrt(var)."""
-        exact = x.dtype == torch.float32
-        normalized, _, rstd = torch.native_layer_norm(x if exact else x.float(), (x.shape[-1],), None, None, 0.0)
+        in_float32 = x.dtype == torch.float32
+        normalized, _, rstd = torch.native_layer_norm(x if in_float32 else x.float(), (x.shape[-1],), None, None, 0.0)
         # 1e-5 / rstd + 1 spelled out (Python's reflected division is a wrapper: ~3 us of a decoding step's
         # nine norms each), in place where no gradient needs the intermediates; the same bits either way.
         if torch.is_grad_enabled():
             normalized = normalized * (rstd.reciprocal() * 1e-5 + 1)
         else:
             normalized = normalized.mul_(rstd.reciprocal().mul_(1e-5).add_(1))
-        return torch.addcmul(b, normalized if exact else normalized.to(x.dtype), g)
+        return torch.addcmul(b, normalized if in_float32 else normalized.to(x.dtype), g)
 
     def forward(self, x: torch.Tensor, class_onehot: torch.Tensor | None = None,
                 summary: torch.Tensor | None = None) -> torch.Tensor:
