@@ -6,6 +6,7 @@ JSON lines, then a summary.
         --against ../baseline                                  # beside a checkout of an older sampler
     python bench/sampler.py --configs small-class --guidance 1 3    # what classifier-free guidance costs
     python bench/sampler.py --positions 8                      # estimate from 8 evenly spaced positions
+    python bench/sampler.py --configs small --against ../baseline --alternate 6   # both in one process
 
 A whole video's average: every step of a sample (default), or (--positions K) K positions spread evenly
 over the video, each timed over --steps-per-position steps with the cache prefilled up to it: a step's
@@ -14,6 +15,10 @@ cost depends only on where it is, so this estimates the same average at a fracti
 of the sampler before the decoding engine (commit 93b7a0d), whose float32 steps the reference
 implementation's own sample loop takes 2.0x (batch 1) and 2.5x (batch 8) as long for bair-like (measured
 side by side earlier), the summary's `x_reference` estimates the speed-up over the reference.
+--alternate ROUNDS (with --against): whole videos of ours and the older sampler (float32) in one
+process, one after the other, ROUNDS times; it prints each one's median and the median of the rounds'
+ratios. On a shared host whose speed drifts within minutes, separate processes' figures for the same
+case varied by 30%, these by a few percent.
 Bytes read per step: the decoding weights plus the KV cache a step reads on average; the floor is those
 bytes at the memory bandwidth this machine reaches (a large copy, timed here).
 """
@@ -209,6 +214,49 @@ def against(args: argparse.Namespace, name: str, batch: int) -> dict | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def load_older(path: str):
+    """The older checkout's models package, imported under another name (its modules import each other
+    relatively), beside ours in this process."""
+    import importlib.util
+
+    package = Path(path).resolve() / "models"
+    spec = importlib.util.spec_from_file_location("older_models", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["older_models"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def alternate(args: argparse.Namespace, name: str, batch: int) -> dict:
+    """Whole videos of ours and the older sampler in turn, float32, args.alternate rounds."""
+    import statistics
+
+    older = load_older(args.against)
+    vq, gc = CONFIGS[name]
+    ours = build(name, args.device)
+    theirs = older.VideoGPT(older.GPTConfig(**gc.to_dict()), older.VQVAE(older.VQVAEConfig(**vq.to_dict())))
+    torch.nn.init.normal_(theirs.fc_out.weight, std=0.02)
+    theirs = theirs.to(args.device).eval()
+    cond = {"class_labels": [i % gc.class_cond_dim for i in range(batch)]} if gc.class_cond_dim else {}
+    steps = math.prod(ours.latent_shape)
+
+    def video(sampler, gpt, seed: int) -> float:
+        started = time.perf_counter()
+        sampler(gpt, batch, seed=seed, **cond)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - started) / steps * 1000
+
+    video(sample, ours, 0), video(older.sample, theirs, 0)  # warm-up: row_tile, allocations
+    rounds = [(video(sample, ours, r + 1), video(older.sample, theirs, r + 1)) for r in range(args.alternate)]
+    return {"config": name, "batch": batch, "precision": "float32", "threads": torch.get_num_threads(),
+            "rounds": args.alternate, "ms_per_step": round(statistics.median(a for a, _ in rounds), 3),
+            "older_ms_per_step": round(statistics.median(b for _, b in rounds), 3),
+            "x_older": round(statistics.median(b / a for a, b in rounds), 3),
+            "x_older_range": [round(min(b / a for a, b in rounds), 3), round(max(b / a for a, b in rounds), 3)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -221,6 +269,8 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=0, help="estimate from this many positions (0: whole)")
     parser.add_argument("--steps-per-position", type=int, default=17)
     parser.add_argument("--against", help="a checkout of an older sampler to run beside (float32)")
+    parser.add_argument("--alternate", type=int, default=0, metavar="ROUNDS",
+                        help="with --against: whole videos of both in one process, in turn, this many rounds")
     parser.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="CUDA: capture the step or not")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # what older checkouts' runs pass
@@ -230,6 +280,13 @@ def main() -> None:
         import models.decoding as decoding
 
         decoding.CUDA_GRAPHS = False
+    if args.alternate:
+        if not args.against:
+            raise SystemExit("--alternate needs --against PATH")
+        for name in args.configs:
+            for batch in args.batches:
+                print(json.dumps(alternate(args, name, batch)), flush=True)
+        return
     if args.in_process:
         for name in args.configs:
             for batch in args.batches:
