@@ -17,8 +17,8 @@ implementation's own sample loop takes 2.0x (batch 1) and 2.5x (batch 8) as long
 side by side earlier), the summary's `x_reference` estimates the speed-up over the reference.
 --alternate ROUNDS (with --against): whole videos of ours and the older sampler (float32) in one
 process, one after the other, ROUNDS times; it prints each one's median and the median of the rounds'
-ratios. On a shared host whose speed drifts within minutes, separate processes' figures for the same
-case varied by 30%, these by a few percent.
+ratios. On a shared host whose speed drifts within minutes, the two videos of a round meet the same
+drift, where separate processes run minutes apart do not (their ratios for one case varied by 30%).
 Bytes read per step: the decoding weights plus the KV cache a step reads on average; the floor is those
 bytes at the memory bandwidth this machine reaches (a large copy, timed here).
 """
