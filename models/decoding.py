@@ -149,9 +149,8 @@ def one_row_products_possible(model: VideoGPT) -> bool:
 
 def onednn_products_possible(model: VideoGPT) -> bool:
     """Whether the decoding linears can multiply through oneDNN (float32 on a CPU torch built with it)."""
-    weight = model.fc_in.weight
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and all(isinstance(linear, DecodeLinear) for linear in model.decode_linears))
+    return (one_row_products_possible(model) and model.fc_in.weight.dtype == torch.float32
+            and torch.backends.mkldnn.is_available())
 
 
 ROW_BLOCK = 64
