@@ -57,9 +57,15 @@ CONFIGS = {
 REFERENCE_OVER_BASELINE = {1: 2.0, 8: 2.5}
 
 
-def build(name: str, device: str, dtype: torch.dtype = torch.float32) -> VideoGPT:
+def build(name: str, device: str, dtype: torch.dtype = torch.float32, package=None) -> VideoGPT:
+    """The config's prior with random weights; package: another checkout's models package (load_older) to
+    build it with that one's classes."""
     vq_config, gpt_config = CONFIGS[name]
-    gpt = VideoGPT(gpt_config, VQVAE(vq_config))
+    if package is None:
+        gpt = VideoGPT(gpt_config, VQVAE(vq_config))
+    else:
+        gpt = package.VideoGPT(package.GPTConfig(**gpt_config.to_dict()),
+                               package.VQVAE(package.VQVAEConfig(**vq_config.to_dict())))
     torch.nn.init.normal_(gpt.fc_out.weight, std=0.02)  # random weights: speed does not depend on them
     return gpt.to(device=device, dtype=dtype).eval()
 
@@ -102,13 +108,18 @@ def bytes_per_step(gpt: VideoGPT, decoder, batch: int) -> float:
 
 def time_whole(gpt: VideoGPT, batch: int, device: str, cond: dict, rows: int) -> float:
     sample(gpt, batch, seed=0, **cond) if math.prod(gpt.latent_shape) <= 1024 else None  # warm-up, small only
+    return video_seconds(sample, gpt, batch, device, cond, seed=1) / math.prod(gpt.latent_shape)
+
+
+def video_seconds(sampler, gpt, batch: int, device: str, cond: dict, seed: int) -> float:
+    """Seconds `sampler` (a `sample` function, ours or an older checkout's) takes for one batch of videos."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     started = time.perf_counter()
-    sample(gpt, batch, seed=1, **cond)
+    sampler(gpt, batch, seed=seed, **cond)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return (time.perf_counter() - started) / math.prod(gpt.latent_shape)
+    return time.perf_counter() - started
 
 
 def time_positions(gpt: VideoGPT, rows: int, positions: int, steps: int, device: str) -> float:
@@ -233,20 +244,13 @@ def alternate(args: argparse.Namespace, name: str, batch: int) -> dict:
     import statistics
 
     older = load_older(args.against)
-    vq, gc = CONFIGS[name]
-    ours = build(name, args.device)
-    theirs = older.VideoGPT(older.GPTConfig(**gc.to_dict()), older.VQVAE(older.VQVAEConfig(**vq.to_dict())))
-    torch.nn.init.normal_(theirs.fc_out.weight, std=0.02)
-    theirs = theirs.to(args.device).eval()
-    cond = {"class_labels": [i % gc.class_cond_dim for i in range(batch)]} if gc.class_cond_dim else {}
+    ours, theirs = build(name, args.device), build(name, args.device, package=older)
+    c = ours.config
+    cond = {"class_labels": [i % c.class_cond_dim for i in range(batch)]} if c.class_conditional else {}
     steps = math.prod(ours.latent_shape)
 
-    def video(sampler, gpt, seed: int) -> float:
-        started = time.perf_counter()
-        sampler(gpt, batch, seed=seed, **cond)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return (time.perf_counter() - started) / steps * 1000
+    def video(sampler, gpt, seed: int) -> float:  # ms per step
+        return video_seconds(sampler, gpt, batch, args.device, cond, seed) / steps * 1000
 
     video(sample, ours, 0), video(older.sample, theirs, 0)  # warm-up: row_tile, allocations
     rounds = [(video(sample, ours, r + 1), video(older.sample, theirs, r + 1)) for r in range(args.alternate)]
