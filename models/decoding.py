@@ -36,6 +36,7 @@ from .gpt import Conditioning, VideoGPT
 from .layers import LayerNorm, MultiHeadAttention
 from .layout import causal_mask
 from .precision import DTYPES, Int8Linear, by_tiles, check_precision
+from .row_attention import row_attention
 
 log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
@@ -675,6 +676,13 @@ class DecodeContext:
         self.key_offsets = (decoder.key_base[:self.active] + key_at[:, None]).flatten()
         self.value_offsets = (decoder.value_base[:self.active] + value_at[:, None]).flatten()
         self.groups = []
+        if decoder.kernel is not None:  # each row's blocks in order and how many of their entries it reads
+            if decoder.sparse:
+                self.kernel_reads = (decoder.read_index.index_select(0, positions),
+                                     decoder.read_counts.index_select(0, positions))
+            else:
+                self.kernel_reads = (decoder.all_blocks, positions + 1)
+            return
         for first, end, length in reads:
             at = positions[first:end]
             bias = decoder.read_bias.index_select(0, at)[:, None, None, :length]
@@ -701,6 +709,10 @@ class DecodeContext:
         active = self.active
         self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k[:active].reshape(-1))
         self.decoder.flat_values[index].index_copy_(0, self.value_offsets, v[:active].reshape(-1, v.shape[-1]))
+        if self.decoder.kernel is not None:
+            attended = self.decoder.kernel(q[:active], self.decoder.keys[index], self.decoder.values[index],
+                                           *self.kernel_reads)
+            return pad_rows(attended, self.count)
         heads = []
         for rows, bias, read in self.groups:
             if self.decoder.sparse:
@@ -740,6 +752,12 @@ class RowDecoder:
         rows = self.tile * math.ceil(rows / self.tile)  # room for the last tile, beyond the rows admitted
         attn = self.model.attn_stack.attn_nets[0].attn
         self.sparse = c.attn_type == "sparse"
+        on_cpu = self.device.type == "cpu"
+        # On CPU a compiled kernel attends each row over its own blocks in one call a layer (row_attention.py):
+        # any precision then keeps its cache block by block, as the row reads below do.
+        kernel_block = c.sparse_block_size if self.sparse else next(
+            b for b in ROW_READ_BLOCKS if self.seq_len % b == 0)
+        self.kernel = row_attention(self.dtype, attn.d_k, attn.d_v, kernel_block) if on_cpu else None
         # Full attention: keys (layers, rows, heads, d_k, N) transposed, values (layers, rows, heads, N, d_v),
         # so a step reads a prefix. Sparse: the same block by block (layers, rows, blocks, heads, d_k, block)
         # and (layers, rows, blocks, heads, block, d_v), so a step reads whole blocks (index_select of
@@ -748,19 +766,20 @@ class RowDecoder:
         # reading its own first blocks, contiguous. torch's CPU bfloat16 batched products copy an operand
         # that is not contiguous, and a prefix of the whole-video layout is not: at 8 rows of bair-like
         # those copies were 58% of a step (AMD EPYC, 2 threads).
-        self.row_reads = not self.sparse and self.device.type == "cpu" and self.dtype != torch.float32
+        self.row_reads = not self.sparse and on_cpu and (self.kernel is not None or self.dtype != torch.float32)
         self.blocked = self.sparse or self.row_reads
-        self.block = c.sparse_block_size if self.sparse else next(
-            b for b in ROW_READ_BLOCKS if self.seq_len % b == 0) if self.row_reads else self.seq_len
+        self.block = kernel_block if self.blocked else self.seq_len
         # The read chunk: steps read a multiple of it. A CUDA graph's steps all read the same (full_read), so
-        # there only a sparse prior's padded read width depends on it: its blocks, no more.
-        if self.row_reads or (self.sparse and self.cuda_graph):
+        # there only a sparse prior's padded read width depends on it: its blocks, no more. The kernel reads
+        # each row's own entries whatever the chunk.
+        if self.row_reads or self.kernel is not None or (self.sparse and self.cuda_graph):
             self.chunk = self.block
         else:
             self.chunk = next((chunk for chunk in READ_CHUNKS if self.seq_len % chunk == 0 and reads_agree(
                 c.heads, attn.d_k, attn.d_v, self.seq_len, chunk, self.tile, self.dtype, self.device,
                 self.block if self.sparse else None)), self.seq_len)
         self.n_blocks = self.seq_len // self.block
+        self.all_blocks = torch.arange(self.n_blocks, device=self.device)[None]  # what a full-attention row reads
         per_layer = (c.layers, rows, c.heads) if not self.blocked else (c.layers, rows, self.n_blocks, c.heads)
         self.keys = torch.zeros(*per_layer, attn.d_k, self.block, device=self.device, dtype=self.dtype)
         self.values = torch.zeros(*per_layer, self.block, attn.d_v, device=self.device, dtype=self.dtype)
@@ -853,6 +872,8 @@ class RowDecoder:
         active rows in at most READ_GROUPS runs of places, each reading as far as its furthest row:
         rows are kept in the order they came in, so positions fall along the places and a few runs read
         little more than each row's own prefix (a run per read length would cost a call per run)."""
+        if self.kernel is not None:  # every row reads its own entries in the one call
+            return [(0, self.active, self.full_read)]
         positions = self.positions[:self.active]
         counts = self.read_counts[positions] if self.sparse else positions + 1
         lengths = (torch.ceil(counts / self.chunk) * self.chunk).clamp_(max=self.full_read).tolist()

@@ -1,0 +1,109 @@
+/* Attention of one query per row and head over that row's cached blocks, for decoding on CPU.
+
+   Compiled at load by models/row_attention.py for one prior's shapes: DK, DV and BLOCK (entries a block)
+   are constants, so the compiler keeps a block's scores and a head's output in vector registers. ELEM_BF16
+   selects bfloat16 cache and queries (else float32). Arithmetic is float32 throughout.
+
+   Each (row, head) is computed by one thread, in a fixed order: its result depends on nothing but its own
+   query and cache, not on the rows beside it, the thread count or how far other rows read. */
+#include <stdint.h>
+#include <stdlib.h>
+
+#if ELEM_BF16
+typedef uint16_t elem;
+static inline float load(elem x) { union { uint32_t u; float f; } v; v.u = (uint32_t)x << 16; return v.f; }
+static inline elem store(float f) {  /* round to nearest even, as torch rounds to bfloat16 */
+    union { uint32_t u; float f; } v; v.f = f;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (elem)((v.u >> 16) | 0x40);  /* NaN stays NaN */
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    return (elem)(v.u >> 16);
+}
+#else
+typedef float elem;
+static inline float load(elem x) { return x; }
+static inline elem store(float f) { return f; }
+#endif
+
+#define LANES 16  /* partial maxima and sums: a fixed order the compiler can vectorize */
+#define MASKED (-3.0e38f)
+
+/* exp(x) for x <= 0 without branches (so loops over it vectorize): 2^n * p(r), x = n ln 2 + r, with
+   Cephes' split of ln 2 and its polynomial (relative error ~1e-7); 0 below -87 (a masked entry). */
+static inline float exp_nonpositive(float x) {
+    float keep = x < -87.0f ? 0.0f : 1.0f;
+    x = x < -87.0f ? -87.0f : x;
+    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { uint32_t u; float f; } scale;
+    scale.u = (uint32_t)((int32_t)n + 127) << 23;
+    return p * scale.f * keep;
+}
+
+/* q (rows, heads, DK); keys of row r: keys + r * key_row, block b of it (heads, DK, BLOCK) (transposed
+   within a block); values likewise (heads, BLOCK, DV). Row r reads the blocks blocks[r * block_row + i]
+   in order, of which the first counts[r] entries count. out (rows, heads, DV). Returns 0, or -1 where
+   memory for the scores could not be had. */
+int attend_rows(const elem *q, const elem *keys, const elem *values, const int64_t *blocks,
+                const int64_t *counts, int64_t rows, int64_t heads, int64_t key_row, int64_t value_row,
+                int64_t block_row, float scale, elem *out)
+{
+    int failed = 0;
+    #pragma omp parallel for schedule(static)
+    for (int64_t item = 0; item < rows * heads; item++) {
+        int64_t r = item / heads, h = item % heads, count = counts[r];
+        int64_t n_blocks = (count + BLOCK - 1) / BLOCK, padded = n_blocks * BLOCK;
+        const int64_t *row_blocks = blocks + r * block_row;
+        float *scores = malloc(sizeof(float) * (size_t)(padded > 0 ? padded : 1));
+        if (scores == NULL) {
+            failed = 1;
+            continue;
+        }
+        float qs[DK], acc[DV];
+        for (int d = 0; d < DK; d++) qs[d] = load(q[item * DK + d]) * scale;
+        for (int64_t b = 0; b < n_blocks; b++) {
+            const elem *k = keys + r * key_row + (row_blocks[b] * heads + h) * DK * BLOCK;
+            float s[BLOCK] = {0};
+            for (int d = 0; d < DK; d++) {
+                float qd = qs[d];
+                for (int w = 0; w < BLOCK; w++) s[w] += qd * load(k[d * BLOCK + w]);
+            }
+            for (int w = 0; w < BLOCK; w++) scores[b * BLOCK + w] = s[w];
+        }
+        for (int64_t j = count; j < padded; j++) scores[j] = MASKED;
+        float lane[LANES];
+        for (int i = 0; i < LANES; i++) lane[i] = MASKED;
+        for (int64_t j = 0; j + LANES <= padded; j += LANES)
+            for (int i = 0; i < LANES; i++) lane[i] = scores[j + i] > lane[i] ? scores[j + i] : lane[i];
+        for (int64_t j = padded - padded % LANES; j < padded; j++)
+            lane[0] = scores[j] > lane[0] ? scores[j] : lane[0];
+        float top = lane[0];
+        for (int i = 1; i < LANES; i++) top = lane[i] > top ? lane[i] : top;
+        for (int64_t j = 0; j < padded; j++) scores[j] = exp_nonpositive(scores[j] - top);
+        for (int i = 0; i < LANES; i++) lane[i] = 0.0f;
+        for (int64_t j = 0; j + LANES <= padded; j += LANES)
+            for (int i = 0; i < LANES; i++) lane[i] += scores[j + i];
+        for (int64_t j = padded - padded % LANES; j < padded; j++) lane[0] += scores[j];
+        float total = 0.0f;
+        for (int i = 0; i < LANES; i++) total += lane[i];
+        for (int e = 0; e < DV; e++) acc[e] = 0.0f;
+        for (int64_t b = 0; b < n_blocks; b++) {
+            const elem *v = values + r * value_row + (row_blocks[b] * heads + h) * BLOCK * DV;
+            int64_t entries = count - b * BLOCK < BLOCK ? count - b * BLOCK : BLOCK;
+            for (int64_t w = 0; w < entries; w++) {
+                float p = scores[b * BLOCK + w];
+                for (int e = 0; e < DV; e++) acc[e] += p * load(v[w * DV + e]);
+            }
+        }
+        float inverse = 1.0f / total;
+        for (int e = 0; e < DV; e++) out[item * DV + e] = store(acc[e] * inverse);
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}
