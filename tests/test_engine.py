@@ -10,7 +10,7 @@ import torch
 from model_factory import random_gpt
 from test_generality import CASES, inputs_for
 
-from models import InputError, decoding, sample
+from models import InputError, decoding, row_attention, sample
 from models.decoding import RowDecoder
 from models.engine import DecodeEngine, EngineFull, SampleRequest
 
@@ -183,7 +183,8 @@ def test_prefill_then_steps_equal_teacher_forcing():
         decoder.set_tokens(torch.arange(2), flat[:, pos])
 
 
-FORCED = ("tiled-products", "onednn-products", "one-row-products", "bfloat16-row-reads")
+FORCED = ("tiled-products", "onednn-products", "one-row-products", "bfloat16-row-reads", "torch-attention",
+          "bfloat16-torch-row-reads")
 
 
 @pytest.mark.parametrize("case", [*sorted(CASES), *FORCED])
@@ -194,9 +195,12 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
     rows is exact, as for bfloat16 on some CPUs), forced on a full-attention case. onednn-products: float32
     products through oneDNN, taken as if faster. one-row-products: each row its own product, taken as if
     faster. bfloat16-row-reads: a full-attention prior in bfloat16 on
-    CPU, each row reading its own blocks of cache."""
-    precision = "bfloat16" if case == "bfloat16-row-reads" else "float32"
+    CPU, each row reading its own blocks of cache. torch-attention, bfloat16-torch-row-reads: the same with
+    torch's operations attending instead of the compiled kernel (a machine without a compiler)."""
+    precision = "bfloat16" if case.startswith("bfloat16") else "float32"
     forced = case
+    if case in ("torch-attention", "bfloat16-torch-row-reads"):
+        monkeypatch.setattr(row_attention, "ENABLED", False)
     if case == "tiled-products":
         monkeypatch.setattr(decoding, "PLAIN_ROWS", ())
         monkeypatch.setattr(decoding, "one_row_products_possible", lambda model: False)
