@@ -149,7 +149,11 @@ def time_positions(gpt: VideoGPT, rows: int, positions: int, steps: int, device:
     return total / positions
 
 
-def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidance: float) -> dict:
+def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidance: float,
+        attention: str = "kernel") -> dict:
+    from models import row_attention
+
+    row_attention.ENABLED = attention == "kernel"
     gpt = build(name, args.device)
     gpt.decode_precision = precision
     c = gpt.config
@@ -173,6 +177,7 @@ def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidanc
         "threads": torch.get_num_threads(), "steps": steps, "estimated_from_positions": args.positions or None,
         "ms_per_step": round(per_step * 1000, 3), "tokens_per_s": round(batch / per_step, 1),
         "mb_read_per_step": round(moved / 1e6, 1), "row_tile": decoder.tile, "read_chunk": decoder.chunk,
+        "attention": "kernel" if decoder.kernel is not None else "torch",
         "peak_memory_mb": round(peak_memory_mb(args.device), 1),
         "cuda_graph": decoder.cuda_graph if device_is_cuda else None,
         "params_m": round(sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("vqvae.")) / 1e6, 2),
@@ -276,6 +281,8 @@ def main() -> None:
     parser.add_argument("--alternate", type=int, default=0, metavar="ROUNDS",
                         help="with --against: whole videos of both in one process, in turn, this many rounds")
     parser.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="CUDA: capture the step or not")
+    parser.add_argument("--attention", nargs="+", default=["kernel"], choices=["kernel", "torch"],
+                        help="CPU: the compiled row attention (where it can be built) or torch's operations")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # what older checkouts' runs pass
     args = parser.parse_args()
@@ -296,36 +303,37 @@ def main() -> None:
             for batch in args.batches:
                 for precision in args.precisions:
                     for guidance in args.guidance:
-                        print(json.dumps(run(args, name, batch, precision, guidance)), flush=True)
+                        for attention in args.attention:
+                            print(json.dumps(run(args, name, batch, precision, guidance, attention)), flush=True)
         return
     results, floor = [], bandwidth_gb_s(args.device)
     for name in args.configs:
         for batch in args.batches:
             older = against(args, name, batch) if args.against else None
-            for precision in args.precisions:
-                for guidance in args.guidance:  # a fresh process per case, so peak memory is that case's
-                    done = subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches",
-                                           str(batch), "--device", args.device, "--precisions", precision,
-                                           "--threads", str(args.threads), "--guidance", str(guidance),
-                                           "--positions", str(args.positions), "--steps-per-position",
-                                           str(args.steps_per_position), "--cuda-graph", args.cuda_graph],
-                                          capture_output=True, text=True)
-                    if done.returncode != 0:  # report the case's failure and go on with the others
-                        failed = {"config": name, "batch": batch, "precision": precision, "guidance": guidance,
-                                  "error": done.stderr.strip()[-2000:]}
-                        results.append(failed)
-                        print(json.dumps(failed), flush=True)
-                        continue
-                    result = json.loads(done.stdout.strip().splitlines()[-1])
-                    result["floor_ms_per_step"] = round(result["mb_read_per_step"] / floor, 3)
-                    result["fraction_of_floor"] = round(result["floor_ms_per_step"] / result["ms_per_step"], 3)
-                    if older is not None:
-                        result["older_ms_per_step"] = older["ms_per_step"]
-                        result["x_older"] = round(older["ms_per_step"] / result["ms_per_step"], 3)
-                        if name == "bair-like" and batch in REFERENCE_OVER_BASELINE:
-                            result["x_reference"] = round(result["x_older"] * REFERENCE_OVER_BASELINE[batch], 2)
-                    results.append(result)
-                    print(json.dumps(result), flush=True)
+            cases = [(p, g, a) for p in args.precisions for g in args.guidance for a in args.attention]
+            for precision, guidance, attention in cases:  # a fresh process per case: peak memory is that case's
+                done = subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches",
+                                       str(batch), "--device", args.device, "--precisions", precision,
+                                       "--threads", str(args.threads), "--guidance", str(guidance),
+                                       "--positions", str(args.positions), "--steps-per-position",
+                                       str(args.steps_per_position), "--cuda-graph", args.cuda_graph,
+                                       "--attention", attention], capture_output=True, text=True)
+                if done.returncode != 0:  # report the case's failure and go on with the others
+                    failed = {"config": name, "batch": batch, "precision": precision, "guidance": guidance,
+                              "attention": attention, "error": done.stderr.strip()[-2000:]}
+                    results.append(failed)
+                    print(json.dumps(failed), flush=True)
+                    continue
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                result["floor_ms_per_step"] = round(result["mb_read_per_step"] / floor, 3)
+                result["fraction_of_floor"] = round(result["floor_ms_per_step"] / result["ms_per_step"], 3)
+                if older is not None:
+                    result["older_ms_per_step"] = older["ms_per_step"]
+                    result["x_older"] = round(older["ms_per_step"] / result["ms_per_step"], 3)
+                    if name == "bair-like" and batch in REFERENCE_OVER_BASELINE:
+                        result["x_reference"] = round(result["x_older"] * REFERENCE_OVER_BASELINE[batch], 2)
+                results.append(result)
+                print(json.dumps(result), flush=True)
     failures = sum("error" in r for r in results)
     print(json.dumps({"summary": True, "bandwidth_gb_s": round(floor, 1), "cases": len(results),
                       "failed": failures}), flush=True)

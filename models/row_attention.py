@@ -52,6 +52,15 @@ class RowAttention:
     def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, blocks: torch.Tensor,
                  counts: torch.Tensor) -> torch.Tensor:
         rows, heads = q.shape[0], q.shape[1]
+        # The kernel reads raw memory at offsets it computes from these shapes: what does not match them
+        # must not reach it.
+        if not (q.dtype == keys.dtype == values.dtype == self.dtype and keys.is_contiguous()
+                and values.is_contiguous() and keys.shape[-2:] == (self.d_k, self.block)
+                and values.shape[-2:] == (self.block, self.d_v) and q.shape[-1] == self.d_k
+                and blocks.dtype == counts.dtype == torch.int64 and counts.shape == (rows,)):
+            raise ValueError(f"row attention built for {self.dtype}, d_k {self.d_k}, d_v {self.d_v}, blocks of "
+                             f"{self.block}, given q {tuple(q.shape)} {q.dtype}, keys {tuple(keys.shape)}, values "
+                             f"{tuple(values.shape)}, counts {tuple(counts.shape)}")
         q = q.contiguous()
         out = torch.empty(rows, heads, 1, self.d_v, dtype=self.dtype)
         block_row = blocks.stride(0) if blocks.shape[0] > 1 else 0

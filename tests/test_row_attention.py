@@ -67,6 +67,17 @@ def test_a_row_s_result_depends_on_nothing_but_itself(dtype):
         assert torch.equal(alone[0], together[row]), f"row {row} changed beside the others"
 
 
+def test_tensors_that_do_not_fit_the_kernel_are_refused():
+    attend, (q, keys, values) = kernel_for(torch.float32), cache(torch.float32)
+    blocks, counts = torch.arange(5)[None], torch.full((4,), 10)
+    with pytest.raises(ValueError, match="built for torch.float32, d_k 24"):
+        attend(q.bfloat16(), keys, values, blocks, counts)
+    with pytest.raises(ValueError, match="given q"):
+        attend(q, keys.transpose(-1, -2), values, blocks, counts)  # not contiguous, shapes swapped
+    with pytest.raises(ValueError, match="counts"):
+        attend(q, keys, values, blocks, counts[:2])
+
+
 def test_blocks_are_read_in_the_order_the_table_gives():
     """Sparse priors read a few blocks, not a prefix: the table's order is the entries' order."""
     attend, (q, keys, values) = kernel_for(torch.float32), cache(torch.float32, rows=1)
