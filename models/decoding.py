@@ -16,6 +16,9 @@ softmax over the whole cache's length (the scores past what was read are -inf). 
 captured once as a CUDA graph over every row and the whole cache, so its shapes never change at all.
 A full-attention prior decoded in bfloat16 (or int8) on CPU keeps its cache block by block and each row
 reads only its own prefix of whole blocks (`row_reads`): its result then depends on nothing but itself.
+On CPU the attention is normally one compiled call a layer (models/row_attention.py) that reads each row's
+own entries, in any precision; the read chunks and groups above are for CUDA and for a machine where the
+kernel cannot be built.
 """
 
 from __future__ import annotations
@@ -429,10 +432,16 @@ def _tiles_by_speed(model: VideoGPT) -> list[int]:
                                            score[tile] > fastest * TILE_SLACK else tile))
 
 
+def full_attention_block(seq_len: int) -> int:
+    """Entries a block of a full-attention prior's block cache holds (row reads, the CPU kernel)."""
+    return next(b for b in ROW_READ_BLOCKS if seq_len % b == 0)
+
+
 class ProbeContext:
     """A decoding pass over random rows for row_tile: per-row norms, and attention outputs that are fixed
     random numbers per row (attention has its own check, reads_agree), or (reads > 0, for timing a step)
-    attention over that many random cached entries per row."""
+    attention over that many random cached entries per row, as the decoder attends (on CPU, the compiled
+    kernel where it can be had)."""
 
     def __init__(self, model: VideoGPT, rows: int, gen: torch.Generator, reads: int = 0):
         c, dtype, device = model.config, model.fc_in.weight.dtype, model.fc_in.weight.device
@@ -446,13 +455,21 @@ class ProbeContext:
         self.gate = rand(rows, 1, 1)
         self.reads_frames = c.frame_conditional
         self.rows = rows
-        d = c.hidden_dim // c.heads
-        self.cache = (rand(rows, c.heads, d, reads), rand(rows, c.heads, reads, d),
-                      torch.zeros(rows, 1, 1, reads, device=device, dtype=dtype)) if reads else None
+        d, block = c.hidden_dim // c.heads, full_attention_block(math.prod(model.latent_shape))
+        self.kernel = row_attention(dtype, d, d, block) if reads and device.type == "cpu" else None
+        if not reads:
+            self.cache = None
+        elif self.kernel is not None:  # each row's first blocks, of which it reads `reads` entries
+            blocks = math.ceil(reads / block)
+            self.cache = (rand(rows, blocks, c.heads, d, block), rand(rows, blocks, c.heads, block, d),
+                          torch.arange(blocks, device=device)[None], torch.full((rows,), reads, device=device))
+        else:
+            self.cache = (rand(rows, c.heads, d, reads), rand(rows, c.heads, reads, d),
+                          torch.zeros(rows, 1, 1, reads, device=device, dtype=dtype))
 
     def cut(self, rows: int) -> ProbeContext:
         cut = copy.copy(self)
-        cut.cache = None if self.cache is None else tuple(t[:rows] for t in self.cache)
+        cut.cache = None if self.cache is None else tuple(t if t.shape[0] == 1 else t[:rows] for t in self.cache)
         cut.norm = tuple(t[:rows] for t in self.norm)
         cut.heads, cut.gate = self.heads[:rows], self.gate[:rows]
         cut.cross = None if self.cross is None else self.cross[:rows]
@@ -463,7 +480,12 @@ class ProbeContext:
 
     def self_attention(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        dropout: float = 0.0) -> torch.Tensor:
-        heads = self.heads if self.cache is None else attend_cache(q, *self.cache)
+        if self.cache is None:
+            heads = self.heads
+        elif self.kernel is not None:
+            heads = self.kernel(q, *self.cache)
+        else:
+            heads = attend_cache(q, *self.cache)
         return heads + 0 * (q + k + v)  # keeps the projections' outputs in the computation
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
@@ -755,8 +777,7 @@ class RowDecoder:
         on_cpu = self.device.type == "cpu"
         # On CPU a compiled kernel attends each row over its own blocks in one call a layer (row_attention.py):
         # any precision then keeps its cache block by block, as the row reads below do.
-        kernel_block = c.sparse_block_size if self.sparse else next(
-            b for b in ROW_READ_BLOCKS if self.seq_len % b == 0)
+        kernel_block = c.sparse_block_size if self.sparse else full_attention_block(self.seq_len)
         self.kernel = row_attention(self.dtype, attn.d_k, attn.d_v, kernel_block) if on_cpu else None
         # Full attention: keys (layers, rows, heads, d_k, N) transposed, values (layers, rows, heads, N, d_v),
         # so a step reads a prefix. Sparse: the same block by block (layers, rows, blocks, heads, d_k, block)
