@@ -266,6 +266,15 @@ def test_one_video_per_mode_through_the_gateway_with_auth(stack, tmp_path):
         check_mp4(job["outputs"][0], tmp_path / f"{mode}.mp4", frames[job["model"]])
 
 
+def test_the_cpu_worker_decodes_with_its_compiled_attention(stack):
+    """The image's gcc builds the kernel at load, as the app user (whose home is not writable: the cache goes
+    to the temp folder)."""
+    done = podman("logs", stack.worker, check=False)
+    said = done.stdout + done.stderr
+    assert "row attention kernel for torch.float32" in said, said[-3000:]
+    assert "row attention kernel unavailable" not in said
+
+
 def test_healthchecks_pass_and_follow_the_configured_ports(stack):
     for image, role in ((GATEWAY_IMAGE, "gateway"), (WORKER_IMAGE, "worker")):
         assert json.loads(podman("image", "inspect", image).stdout)[0]["Healthcheck"]["Test"] == [
