@@ -152,8 +152,11 @@ def _cache_dir() -> Path:
 
 
 def _check(attend: RowAttention) -> float:
-    """The kernel's largest difference from torch's float32 arithmetic on random rows: reads that end inside
-    a block and at its edge, a row that shares its block table, and one with blocks out of order."""
+    """The kernel's largest difference from torch's float32 arithmetic (the decoder's own attend_blocks) on
+    random rows: reads that end inside a block and at its edge, a row that shares its block table, and one
+    with blocks out of order."""
+    from .decoding import attend_blocks  # here, not at the top: decoding imports this module
+
     gen = torch.Generator().manual_seed(0)
     heads, n_blocks, block = 3, 3, attend.block
     keys = torch.randn(2, n_blocks, heads, attend.d_k, block, generator=gen).to(attend.dtype)
@@ -166,9 +169,8 @@ def _check(attend: RowAttention) -> float:
             counts_t = torch.tensor(counts, dtype=torch.int64)
             got = attend(q, keys, values, blocks, counts_t).float()
             for row, count in enumerate(counts):
-                k = keys[row, order].float().permute(1, 0, 3, 2).flatten(1, 2)[:, :count]  # (H, count, d_k)
-                v = values[row, order].float().transpose(0, 1).flatten(1, 2)[:, :count]
-                scores = q[row].float() @ k.transpose(1, 2) / math.sqrt(attend.d_k)
-                expected = scores.softmax(-1) @ v
-                worst = max(worst, float((got[row] - expected).abs().max()))
+                read = order[:math.ceil(count / block)]
+                expected = attend_blocks(q[row:row + 1].float(), keys[row:row + 1, read].float(),
+                                         values[row:row + 1, read].float(), torch.zeros(1, 1, 1, count))
+                worst = max(worst, float((got[row] - expected[0]).abs().max()))
     return worst

@@ -1,6 +1,7 @@
 """The compiled CPU attention of a decoding step (models/row_attention.py): equal to torch's arithmetic, a row's
 result the same bits whatever rows share its call and whatever the thread count, and decoding that still works
-(with torch's operations) where the kernel cannot be built or fails its check."""
+(with torch's operations) where the kernel cannot be built or fails its check (test_sampling's teacher-forcing
+test runs both ways)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import math
 import pytest
 import torch
 from model_factory import random_gpt
-from test_generality import CASES, inputs_for
-from test_sampling import forced_step_logits
+from test_generality import CASES
 
 from models import row_attention
 from models.decoding import RowDecoder, attend_blocks
@@ -121,15 +121,3 @@ def test_a_failed_compile_and_a_kernel_that_disagrees_are_not_used(fresh_kernels
     with caplog.at_level(logging.WARNING, logger="models.row_attention"):
         assert row_attention.row_attention(torch.float32, 24, 24, 16) is None
     assert "differs from torch's arithmetic" in caplog.text
-
-
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_cached_decoding_with_torch_s_attention_equals_teacher_forcing(case, monkeypatch):
-    """The path a machine without a compiler takes (VGS_CPU_KERNELS=false too)."""
-    monkeypatch.setattr(row_attention, "ENABLED", False)
-    vq_config, gpt_config = CASES[case]
-    gpt = random_gpt(vq_config, gpt_config, seed=11)
-    codes, labels, frames = inputs_for(gpt, batch=3, seed=4)
-    with torch.no_grad():
-        expected = gpt.logits(codes, labels, frames)
-    assert (forced_step_logits(gpt, codes, labels, frames) - expected).abs().max() < 1e-4

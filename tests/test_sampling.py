@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from model_factory import random_gpt
 from test_generality import CASES, inputs_for
 
-from models import InputError, SamplingCancelled, convert_official_checkpoint, load_gpt, sample, sample_seed
+from models import (
+    InputError,
+    SamplingCancelled,
+    convert_official_checkpoint,
+    load_gpt,
+    row_attention,
+    sample,
+    sample_seed,
+)
 from models.controls import filter_logits
 from models.decoding import RowDecoder
 from models.sampling import SamplingControls
@@ -47,9 +55,13 @@ def test_cached_decoding_equals_the_golden_step_logits(fixture_models, fixtures_
     assert (got - g["step_logits"]).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("attention", ["kernel", "torch"], ids=["kernel", "torch-attention"])
 @pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_cached_decoding_equals_teacher_forcing(case, static):
+def test_cached_decoding_equals_teacher_forcing(case, static, attention, monkeypatch):
+    """attention: on CPU the compiled row attention, or torch's operations (the path a machine without a
+    compiler takes, or VGS_CPU_KERNELS=false)."""
+    monkeypatch.setattr(row_attention, "ENABLED", attention == "kernel")
     vq_config, gpt_config = CASES[case]
     gpt = random_gpt(vq_config, gpt_config, seed=11)
     codes, labels, frames = inputs_for(gpt, batch=3, seed=4)
