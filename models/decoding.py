@@ -39,7 +39,7 @@ from .gpt import Conditioning, VideoGPT
 from .layers import LayerNorm, MultiHeadAttention
 from .layout import causal_mask
 from .precision import DTYPES, Int8Linear, by_tiles, check_precision
-from .row_attention import row_attention
+from .row_attention import attend_blocks, row_attention
 
 log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
@@ -579,20 +579,6 @@ def attend_cache(q: torch.Tensor, keys_t: torch.Tensor, values: torch.Tensor, bi
     this machine's kernels then give a row the same bits whatever L its companions make it read)."""
     scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), keys_t)
     return torch.matmul(scores.add_(bias).softmax(dim=-1), values)
-
-
-def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """attend_cache over cached blocks as the sparse cache holds them: keys (R, n, H, d, block) (transposed
-    within a block) and values (R, n, H, block, d_v), of which the first L entries count (bias (R, 1, 1,
-    L)). Scores and weighted values are taken block by block and summed over blocks, so the blocks are
-    never copied into one sequence (that copy cost 5x the attention); reads_agree checks the read lengths."""
-    rows, n, heads, _, block = keys.shape
-    length = bias.shape[-1]
-    scores = torch.matmul((q * (1.0 / math.sqrt(q.shape[-1])))[:, None], keys)  # (R, n, H, 1, block)
-    scores = scores.permute(0, 2, 3, 1, 4).reshape(rows, heads, 1, n * block)[..., :length]
-    weights = F.pad(scores.add_(bias).softmax(dim=-1), (0, n * block - length))
-    weights = weights.view(rows, heads, 1, n, block).permute(0, 3, 1, 2, 4)
-    return torch.matmul(weights, values).sum(dim=1)
 
 
 def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""A decoding step's self-attention on CPU in one compiled call per layer (row_attention.c).
+"""A decoding step's self-attention on CPU in one compiled call per layer (row_attention.c), and torch's
+attention over the same block cache (attend_blocks), which the kernel is checked against and which the
+decoder uses where the kernel is not.
 
 torch computes a step's attention as a handful of small operations per row, or per group of rows (scale,
 scores, mask, softmax, weighted values), each a call with its own overhead and a pass over memory; for a
@@ -29,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 ENABLED = True
@@ -70,6 +73,21 @@ class RowAttention:
         if failed:
             raise MemoryError("row attention: no memory for a row's scores")
         return out
+
+
+def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Torch's attention over a block cache (decoding.attend_cache's arithmetic), the kernel's reference and the
+    decoder's path where the kernel is not used: keys (R, n, H, d, block) (transposed within a block) and
+    values (R, n, H, block, d_v), of which the first L entries count (bias (R, 1, 1, L)). Scores and weighted
+    values are taken block by block and summed over blocks, so the blocks are never copied into one sequence
+    (that copy cost 5x the attention); decoding.reads_agree checks the read lengths."""
+    rows, n, heads, _, block = keys.shape
+    length = bias.shape[-1]
+    scores = torch.matmul((q * (1.0 / math.sqrt(q.shape[-1])))[:, None], keys)  # (R, n, H, 1, block)
+    scores = scores.permute(0, 2, 3, 1, 4).reshape(rows, heads, 1, n * block)[..., :length]
+    weights = F.pad(scores.add_(bias).softmax(dim=-1), (0, n * block - length))
+    weights = weights.view(rows, heads, 1, n, block).permute(0, 3, 1, 2, 4)
+    return torch.matmul(weights, values).sum(dim=1)
 
 
 def row_attention(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention | None:
@@ -152,11 +170,9 @@ def _cache_dir() -> Path:
 
 
 def _check(attend: RowAttention) -> float:
-    """The kernel's largest difference from torch's float32 arithmetic (the decoder's own attend_blocks) on
+    """The kernel's largest difference from torch's float32 arithmetic (attend_blocks, the decoder's own) on
     random rows: reads that end inside a block and at its edge, a row that shares its block table, and one
     with blocks out of order."""
-    from .decoding import attend_blocks  # here, not at the top: decoding imports this module
-
     gen = torch.Generator().manual_seed(0)
     heads, n_blocks, block = 3, 3, attend.block
     keys = torch.randn(2, n_blocks, heads, attend.d_k, block, generator=gen).to(attend.dtype)

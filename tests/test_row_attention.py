@@ -14,7 +14,8 @@ from model_factory import random_gpt
 from test_generality import CASES
 
 from models import row_attention
-from models.decoding import RowDecoder, attend_blocks
+from models.decoding import RowDecoder
+from models.row_attention import attend_blocks
 
 
 def kernel_for(dtype: torch.dtype, d: int = 24, block: int = 16) -> row_attention.RowAttention:
