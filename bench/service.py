@@ -117,15 +117,18 @@ def bench_gateway(args: argparse.Namespace) -> dict:
             stop(procs)
 
 
+# One client (its connections kept) submits every job of a run: a client each cost ~28 ms of CPU a job (its
+# TLS context, built even for http), which on a 2-core host took a core from the worker's engine at every
+# arrival (each stalled a step by ~23 ms: measured in the worker's loop).
+SUBMIT_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+
+
 def run_jobs(url: str, count: int, body: dict) -> tuple[float, list[dict]]:
     """Submit `count` jobs at once; seconds until all are terminal, and the jobs."""
-    def one(i: int) -> str:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            return client.post("/v1/generate", json={**body, "seed": i}).json()["id"]
-
     started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        ids = list(pool.map(one, range(count)))
+    with httpx.Client(base_url=url, timeout=30, limits=SUBMIT_LIMITS) as client, \
+            concurrent.futures.ThreadPoolExecutor(count) as pool:
+        ids = list(pool.map(lambda i: client.post("/v1/generate", json={**body, "seed": i}).json()["id"], range(count)))
     jobs = []
     with httpx.Client(base_url=url, timeout=30) as client:
         for job_id in ids:
@@ -231,10 +234,10 @@ def poisson_level(url: str, metrics_url: str, rate: float, count: int, seed: int
 
     def submit(i: int) -> None:
         time.sleep(max(0.0, started + times[i] - time.perf_counter()))
-        with httpx.Client(base_url=url, timeout=30) as client:
-            ids[i] = client.post("/v1/generate", json={**LOAD_BODY, "class_label": i % 10, "seed": i}).json()["id"]
+        ids[i] = submitter.post("/v1/generate", json={**LOAD_BODY, "class_label": i % 10, "seed": i}).json()["id"]
 
-    with SlotSampler(metrics_url) as slots:
+    with SlotSampler(metrics_url) as slots, \
+            httpx.Client(base_url=url, timeout=30, limits=SUBMIT_LIMITS) as submitter:
         threads = [threading.Thread(target=submit, args=(i,)) for i in range(count)]
         for thread in threads:
             thread.start()

@@ -680,17 +680,18 @@ class DecodeContext:
         """What every layer of this step shares: where each row's new key and value go in each layer's cache
         (flat offsets), and per group of rows, which entries they read and the scores' bias over them."""
         positions = self.live.positions
-        key_at, value_at = decoder.entry_offsets(positions)
-        self.key_offsets = (decoder.key_base[:self.active] + key_at[:, None]).flatten()
-        self.value_offsets = (decoder.value_base[:self.active] + value_at[:, None]).flatten()
         self.groups = []
         if decoder.kernel is not None:  # each row's blocks in order and how many of their entries it reads
+            self.positions = positions  # where the kernel writes each row's new entry, before it reads
             if decoder.sparse:
                 self.kernel_reads = (decoder.read_index.index_select(0, positions),
                                      decoder.read_counts.index_select(0, positions))
             else:
                 self.kernel_reads = (decoder.all_blocks, positions + 1)
             return
+        key_at, value_at = decoder.entry_offsets(positions)
+        self.key_offsets = (decoder.key_base[:self.active] + key_at[:, None]).flatten()
+        self.value_offsets = (decoder.value_base[:self.active] + value_at[:, None]).flatten()
         for first, end, length in reads:
             at = positions[first:end]
             bias = decoder.read_bias.index_select(0, at)[:, None, None, :length]
@@ -715,12 +716,12 @@ class DecodeContext:
             self.decoder.write_prefix(index, self.rows, k, v)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self.decoder.mask[:length, :length])
         active = self.active
+        if self.decoder.kernel is not None:  # the cache write and the attention in one call
+            attended = self.decoder.kernel(q[:active], self.decoder.keys[index], self.decoder.values[index],
+                                           *self.kernel_reads, new=(k[:active], v[:active], self.positions))
+            return pad_rows(attended, self.count)
         self.decoder.flat_keys[index].index_copy_(0, self.key_offsets, k[:active].reshape(-1))
         self.decoder.flat_values[index].index_copy_(0, self.value_offsets, v[:active].reshape(-1, v.shape[-1]))
-        if self.decoder.kernel is not None:
-            attended = self.decoder.kernel(q[:active], self.decoder.keys[index], self.decoder.values[index],
-                                           *self.kernel_reads)
-            return pad_rows(attended, self.count)
         heads = []
         for rows, bias, read in self.groups:
             if self.decoder.sparse:

@@ -46,18 +46,34 @@ static inline float exp_nonpositive(float x) {
     return p * scale.f * keep;
 }
 
-/* q (rows, heads, DK); keys of row r: keys + r * key_row, block b of it (heads, DK, BLOCK) (transposed
+/* q (rows, heads, DK), row r at q + r * q_row (its heads contiguous); keys of row r: keys + r * key_row, block b of it (heads, DK, BLOCK) (transposed
    within a block); values likewise (heads, BLOCK, DV). Row r reads the blocks blocks[r * block_row + i]
-   in order, of which the first counts[r] entries count. out (rows, heads, DV). Returns 0, or -1 where
-   memory for the scores could not be had. */
-int attend_rows(const elem *q, const elem *keys, const elem *values, const int64_t *blocks,
+   in order, of which the first counts[r] entries count. out (rows, heads, DV).
+   Where positions is not NULL, row r's new key and value (new_keys, new_values: (rows, heads, DK) and
+   (rows, heads, DV), rows new_key_row and new_value_row apart) are first written to its cache at entry positions[r] (block positions[r] / BLOCK of
+   the row's cache), by the thread that then reads them: a decoding step's cache write and attention in
+   one call. Returns 0, or -1 where memory for the scores could not be had. */
+int attend_rows(const elem *q, elem *keys, elem *values, const int64_t *blocks,
                 const int64_t *counts, int64_t rows, int64_t heads, int64_t key_row, int64_t value_row,
-                int64_t block_row, float scale, elem *out)
+                int64_t block_row, float scale, elem *out,
+                const elem *new_keys, const elem *new_values, const int64_t *positions,
+                int64_t q_row, int64_t new_key_row, int64_t new_value_row)
 {
     int failed = 0;
     #pragma omp parallel for schedule(static)
     for (int64_t item = 0; item < rows * heads; item++) {
         int64_t r = item / heads, h = item % heads, count = counts[r];
+        if (positions != NULL) {
+            int64_t at = positions[r], block = at / BLOCK, within = at % BLOCK;
+            if (at < 0 || at >= key_row / (heads * DK)) {  /* beyond the row's cache: write nothing */
+                failed = 2;
+                continue;
+            }
+            elem *k = keys + r * key_row + (block * heads + h) * DK * BLOCK + within;
+            elem *v = values + r * value_row + ((block * heads + h) * BLOCK + within) * DV;
+            for (int d = 0; d < DK; d++) k[d * BLOCK] = new_keys[r * new_key_row + h * DK + d];
+            for (int e = 0; e < DV; e++) v[e] = new_values[r * new_value_row + h * DV + e];
+        }
         int64_t n_blocks = (count + BLOCK - 1) / BLOCK, padded = n_blocks * BLOCK;
         const int64_t *row_blocks = blocks + r * block_row;
         float *scores = malloc(sizeof(float) * (size_t)(padded > 0 ? padded : 1));
@@ -66,7 +82,7 @@ int attend_rows(const elem *q, const elem *keys, const elem *values, const int64
             continue;
         }
         float qs[DK], acc[DV];
-        for (int d = 0; d < DK; d++) qs[d] = load(q[item * DK + d]) * scale;
+        for (int d = 0; d < DK; d++) qs[d] = load(q[r * q_row + h * DK + d]) * scale;
         for (int64_t b = 0; b < n_blocks; b++) {
             const elem *k = keys + r * key_row + (row_blocks[b] * heads + h) * DK * BLOCK;
             float s[BLOCK] = {0};
@@ -105,5 +121,5 @@ int attend_rows(const elem *q, const elem *keys, const elem *values, const int64
         for (int e = 0; e < DV; e++) out[item * DV + e] = store(acc[e] * inverse);
         free(scores);
     }
-    return failed ? -1 : 0;
+    return failed == 1 ? -1 : failed;
 }

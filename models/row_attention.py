@@ -53,26 +53,53 @@ class RowAttention:
         self.scale = 1.0 / math.sqrt(d_k)
 
     def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, blocks: torch.Tensor,
-                 counts: torch.Tensor) -> torch.Tensor:
+                 counts: torch.Tensor, new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                 ) -> torch.Tensor:
+        """new: (k (R, H, 1, d_k), v (R, H, 1, d_v), positions (R,) int64): first write each row's new key and
+        value to its cache at its position (a step's cache write, in the same call)."""
         rows, heads = q.shape[0], q.shape[1]
-        # The kernel reads raw memory at offsets it computes from these shapes: what does not match them
-        # must not reach it.
+        # The kernel reads and writes raw memory at offsets it computes from these shapes: what does not
+        # match them must not reach it.
         if not (q.dtype == keys.dtype == values.dtype == self.dtype and keys.is_contiguous()
                 and values.is_contiguous() and keys.shape[-2:] == (self.d_k, self.block)
                 and values.shape[-2:] == (self.block, self.d_v) and q.shape[-1] == self.d_k
-                and blocks.dtype == counts.dtype == torch.int64 and counts.shape == (rows,)):
+                and blocks.dtype == counts.dtype == torch.int64 and counts.shape == (rows,) and rows <= keys.shape[0]
+                and (new is None or self._fits(new, rows, heads))):
             raise ValueError(f"row attention built for {self.dtype}, d_k {self.d_k}, d_v {self.d_v}, blocks of "
                              f"{self.block}, given q {tuple(q.shape)} {q.dtype}, keys {tuple(keys.shape)}, values "
-                             f"{tuple(values.shape)}, counts {tuple(counts.shape)}")
-        q = q.contiguous()
+                             f"{tuple(values.shape)}, counts {tuple(counts.shape)}"
+                             + ("" if new is None else f", new {[tuple(t.shape) for t in new]}"))
+        # Rows may lie apart (queries, keys and values split from one projection): each row's heads must be
+        # contiguous. Copies (kept alive through the call) where they are not.
+        q = _rows_of_heads(q)
         out = torch.empty(rows, heads, 1, self.d_v, dtype=self.dtype)
         block_row = blocks.stride(0) if blocks.shape[0] > 1 else 0
+        if new is None:
+            written = [None, None, None, 0, 0]
+        else:
+            k, v, positions = _rows_of_heads(new[0]), _rows_of_heads(new[1]), new[2].contiguous()
+            written = [k.data_ptr(), v.data_ptr(), positions.data_ptr(), k.stride(0), v.stride(0)]
         failed = self.function(q.data_ptr(), keys.data_ptr(), values.data_ptr(), blocks.data_ptr(),
                                counts.data_ptr(), rows, heads, keys.stride(0), values.stride(0), block_row,
-                               self.scale, out.data_ptr())
-        if failed:
+                               self.scale, out.data_ptr(), *written[:3], q.stride(0), *written[3:])
+        if failed == -1:
             raise MemoryError("row attention: no memory for a row's scores")
+        if failed:
+            raise ValueError(f"row attention: a position beyond the cache's {keys.shape[1] * self.block} entries")
         return out
+
+    def _fits(self, new: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: int, heads: int) -> bool:
+        k, v, positions = new
+        return (k.dtype == v.dtype == self.dtype and k.shape == (rows, heads, 1, self.d_k)
+                and v.shape == (rows, heads, 1, self.d_v) and positions.dtype == torch.int64
+                and positions.shape == (rows,))
+
+
+def _rows_of_heads(x: torch.Tensor) -> torch.Tensor:
+    """x (R, H, 1, d) with each row's heads contiguous (rows may lie any distance apart); a copy if not."""
+    if x.stride(-1) == 1 and x.stride(1) == x.shape[-1] and x.stride(0) >= x.shape[1] * x.shape[-1]:
+        return x
+    return x.contiguous()
 
 
 def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -107,7 +134,7 @@ def _checked(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention
         return None
     function = library.attend_rows
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_float, pointer]
+    function.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_float] + [pointer] * 4 + [size] * 3
     function.restype = ctypes.c_int
     attend = RowAttention(function, dtype, d_k, d_v, block)
     error = _check(attend)

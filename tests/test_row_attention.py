@@ -89,6 +89,38 @@ def test_blocks_are_read_in_the_order_the_table_gives():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_the_kernel_writes_each_row_s_new_entry_before_it_reads(dtype):
+    """new=(k, v, positions): each row's key and value land in its cache where the torch path writes them
+    (block position // block, entry position % block; keys transposed within a block) and are read in the
+    same call. Queries, keys and values split from one projection (rows apart, not contiguous) read as
+    copies of them do."""
+    attend, (_, keys, values) = kernel_for(dtype), cache(dtype)
+    heads, d = keys.shape[2], keys.shape[3]
+    fused = torch.randn(4, 1, 3 * heads * d, generator=torch.Generator().manual_seed(2)).to(dtype)
+    q, k, v = (part.view(4, 1, heads, d).transpose(1, 2) for part in fused.split(heads * d, dim=-1))
+    assert not q.is_contiguous()
+    positions = torch.tensor([0, 15, 16, 79])
+    written_keys, written_values = keys.clone(), values.clone()
+    got = attend(q, written_keys, written_values, torch.arange(5)[None], positions + 1, new=(k, v, positions))
+    expected_keys, expected_values = keys.clone(), values.clone()
+    for row, at in enumerate(positions.tolist()):
+        expected_keys[row, at // 16, :, :, at % 16] = k[row, :, 0]
+        expected_values[row, at // 16, :, at % 16] = v[row, :, 0]
+    assert torch.equal(written_keys, expected_keys) and torch.equal(written_values, expected_values)
+    copies = attend(q.contiguous(), expected_keys, expected_values, torch.arange(5)[None], positions + 1)
+    assert torch.equal(got, copies)
+
+
+def test_a_position_beyond_the_cache_is_refused():
+    attend, (q, keys, values) = kernel_for(torch.float32), cache(torch.float32)
+    k, v = torch.zeros(4, 3, 1, 24), torch.zeros(4, 3, 1, 24)
+    with pytest.raises(ValueError, match="beyond the cache's 80 entries"):
+        attend(q, keys, values, torch.arange(5)[None], torch.full((4,), 10), new=(k, v, torch.tensor([0, 1, 80, 2])))
+    with pytest.raises(ValueError, match="new"):
+        attend(q, keys, values, torch.arange(5)[None], torch.full((4,), 10), new=(k[:2], v, torch.tensor([0] * 4)))
+
+
 @pytest.fixture
 def fresh_kernels():
     """Kernels looked up again (the built ones are cached per process), and again after the test."""
