@@ -46,13 +46,16 @@ static inline float exp_nonpositive(float x) {
     return p * scale.f * keep;
 }
 
-/* q (rows, heads, DK), row r at q + r * q_row (its heads contiguous); keys of row r: keys + r * key_row, block b of it (heads, DK, BLOCK) (transposed
-   within a block); values likewise (heads, BLOCK, DV). Row r reads the blocks blocks[r * block_row + i]
-   in order, of which the first counts[r] entries count. out (rows, heads, DV).
-   Where positions is not NULL, row r's new key and value (new_keys, new_values: (rows, heads, DK) and
-   (rows, heads, DV), rows new_key_row and new_value_row apart) are first written to its cache at entry positions[r] (block positions[r] / BLOCK of
-   the row's cache), by the thread that then reads them: a decoding step's cache write and attention in
-   one call. Returns 0, or -1 where memory for the scores could not be had. */
+/* q (rows, heads, DK), row r at q + r * q_row (its heads contiguous); keys of row r: keys + r * key_row,
+   block b of it (heads, DK, BLOCK) (transposed within a block); values likewise (heads, BLOCK, DV). Row r
+   reads the blocks blocks[r * block_row + i] in order, of which the first counts[r] entries count. out
+   (rows, heads, DV).
+   Where positions is not NULL, row r's new key and value (new_keys (rows, heads, DK) and new_values (rows,
+   heads, DV), rows new_key_row and new_value_row apart) are first written to its cache at entry
+   positions[r] (in block positions[r] / BLOCK of the row's cache), by the thread that then reads them: a
+   decoding step's cache write and attention in one call.
+   Returns 0; -1 where memory for the scores could not be had; 2 where a position lies beyond its row's
+   cache (nothing is written for that row). */
 int attend_rows(const elem *q, elem *keys, elem *values, const int64_t *blocks,
                 const int64_t *counts, int64_t rows, int64_t heads, int64_t key_row, int64_t value_row,
                 int64_t block_row, float scale, elem *out,
