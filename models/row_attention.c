@@ -58,9 +58,9 @@ static inline float exp_nonpositive(float x) {
    cache (nothing is written for that row). */
 int attend_rows(const elem *q, elem *keys, elem *values, const int64_t *blocks,
                 const int64_t *counts, int64_t rows, int64_t heads, int64_t key_row, int64_t value_row,
-                int64_t block_row, float scale, elem *out,
-                const elem *new_keys, const elem *new_values, const int64_t *positions,
-                int64_t q_row, int64_t new_key_row, int64_t new_value_row)
+                int64_t block_row, float scale, elem *out, int64_t q_row,
+                const elem *new_keys, int64_t new_key_row, const elem *new_values, int64_t new_value_row,
+                const int64_t *positions)
 {
     int failed = 0;
     #pragma omp parallel for schedule(static)

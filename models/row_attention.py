@@ -75,13 +75,13 @@ class RowAttention:
         out = torch.empty(rows, heads, 1, self.d_v, dtype=self.dtype)
         block_row = blocks.stride(0) if blocks.shape[0] > 1 else 0
         if new is None:
-            written = [None, None, None, 0, 0]
+            written = (None, 0, None, 0, None)
         else:
             k, v, positions = _rows_of_heads(new[0]), _rows_of_heads(new[1]), new[2].contiguous()
-            written = [k.data_ptr(), v.data_ptr(), positions.data_ptr(), k.stride(0), v.stride(0)]
+            written = (k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), positions.data_ptr())
         failed = self.function(q.data_ptr(), keys.data_ptr(), values.data_ptr(), blocks.data_ptr(),
                                counts.data_ptr(), rows, heads, keys.stride(0), values.stride(0), block_row,
-                               self.scale, out.data_ptr(), *written[:3], q.stride(0), *written[3:])
+                               self.scale, out.data_ptr(), q.stride(0), *written)
         if failed == -1:
             raise MemoryError("row attention: no memory for a row's scores")
         if failed:
@@ -134,7 +134,7 @@ def _checked(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention
         return None
     function = library.attend_rows
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_float] + [pointer] * 4 + [size] * 3
+    function.argtypes = [pointer] * 5 + [size] * 5 + [ctypes.c_float, pointer, size] + [pointer, size] * 2 + [pointer]
     function.restype = ctypes.c_int
     attend = RowAttention(function, dtype, d_k, d_v, block)
     error = _check(attend)
