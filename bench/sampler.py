@@ -55,6 +55,7 @@ CONFIGS = {
 # The reference implementation's sample loop over the sampler of commit 93b7a0d, float32, bair-like (the
 # decoding-engine issue's measurement, both on the same checkpoint in one run): batch 1 and batch 8.
 REFERENCE_OVER_BASELINE = {1: 2.0, 8: 2.5}
+CPU_KERNELS = {"all": ("row_attention", "row_ops"), "attention": ("row_attention",), "none": ()}
 
 
 def build(name: str, device: str, dtype: torch.dtype = torch.float32, package=None) -> VideoGPT:
@@ -150,10 +151,10 @@ def time_positions(gpt: VideoGPT, rows: int, positions: int, steps: int, device:
 
 
 def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidance: float,
-        attention: str = "kernel") -> dict:
-    from models import row_attention
+        kernels: str = "all") -> dict:
+    from models import kernels as compiled
 
-    row_attention.ENABLED = attention == "kernel"
+    compiled.ENABLED = set(CPU_KERNELS[kernels])
     gpt = build(name, args.device)
     gpt.decode_precision = precision
     c = gpt.config
@@ -178,10 +179,22 @@ def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidanc
         "ms_per_step": round(per_step * 1000, 3), "tokens_per_s": round(batch / per_step, 1),
         "mb_read_per_step": round(moved / 1e6, 1), "row_tile": decoder.tile, "read_chunk": decoder.chunk,
         "attention": "kernel" if decoder.kernel is not None else "torch",
+        "products": products_of(decoder.model.decode_linears[0]),
         "peak_memory_mb": round(peak_memory_mb(args.device), 1),
         "cuda_graph": decoder.cuda_graph if device_is_cuda else None,
         "params_m": round(sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("vqvae.")) / 1e6, 2),
     }
+
+
+def products_of(linear) -> str:
+    """How a decoding linear multiplies a step's rows (models/decoding.py's Products)."""
+    if getattr(linear, "compiled", None) is not None:
+        return "compiled"
+    if getattr(linear, "one_row", False):
+        return "one-row"
+    if getattr(linear, "onednn", False):
+        return "onednn"
+    return f"tiles of {linear.tile}" if linear.tile else "one product"
 
 
 # The older sampler (commit 93b7a0d: models.sampling.CachedDecoder) timed at evenly spaced positions, run
@@ -281,8 +294,9 @@ def main() -> None:
     parser.add_argument("--alternate", type=int, default=0, metavar="ROUNDS",
                         help="with --against: whole videos of both in one process, in turn, this many rounds")
     parser.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="CUDA: capture the step or not")
-    parser.add_argument("--attention", nargs="+", default=["kernel"], choices=["kernel", "torch"],
-                        help="CPU: the compiled row attention (where it can be built) or torch's operations")
+    parser.add_argument("--kernels", nargs="+", default=["all"], choices=list(CPU_KERNELS),
+                        help="CPU: the compiled kernels the decoder may use (where they can be built): all, "
+                             "the row attention alone (products and norms through torch), or none")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # what older checkouts' runs pass
     args = parser.parse_args()
@@ -303,24 +317,24 @@ def main() -> None:
             for batch in args.batches:
                 for precision in args.precisions:
                     for guidance in args.guidance:
-                        for attention in args.attention:
-                            print(json.dumps(run(args, name, batch, precision, guidance, attention)), flush=True)
+                        for kernels in args.kernels:
+                            print(json.dumps(run(args, name, batch, precision, guidance, kernels)), flush=True)
         return
     results, floor = [], bandwidth_gb_s(args.device)
     for name in args.configs:
         for batch in args.batches:
             older = against(args, name, batch) if args.against else None
-            cases = [(p, g, a) for p in args.precisions for g in args.guidance for a in args.attention]
-            for precision, guidance, attention in cases:  # a fresh process per case: peak memory is that case's
+            cases = [(p, g, k) for p in args.precisions for g in args.guidance for k in args.kernels]
+            for precision, guidance, kernels in cases:  # a fresh process per case: peak memory is that case's
                 done = subprocess.run([sys.executable, __file__, "--in-process", "--configs", name, "--batches",
                                        str(batch), "--device", args.device, "--precisions", precision,
                                        "--threads", str(args.threads), "--guidance", str(guidance),
                                        "--positions", str(args.positions), "--steps-per-position",
                                        str(args.steps_per_position), "--cuda-graph", args.cuda_graph,
-                                       "--attention", attention], capture_output=True, text=True)
+                                       "--kernels", kernels], capture_output=True, text=True)
                 if done.returncode != 0:  # report the case's failure and go on with the others
                     failed = {"config": name, "batch": batch, "precision": precision, "guidance": guidance,
-                              "attention": attention, "error": done.stderr.strip()[-2000:]}
+                              "kernels": kernels, "error": done.stderr.strip()[-2000:]}
                     results.append(failed)
                     print(json.dumps(failed), flush=True)
                     continue

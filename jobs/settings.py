@@ -103,8 +103,9 @@ class ServiceSettings(BaseSettings):
                             "machine among those meeting the fidelity goal, measured at load; float32 when none is "
                             "faster)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads")
-    cpu_kernels: bool = Field(True, description="on CPU, attend with a kernel compiled at load by the machine's C "
-                                                "compiler (falls back to torch's operations where there is none)")
+    cpu_kernels: bool = Field(True, description="on CPU, attend and multiply with kernels compiled at load by the "
+                                                "machine's C compiler (falls back to torch's operations where there "
+                                                "is none)")
     metrics_port: int = Field(9100, ge=0, le=65535, description="worker: port of its /metrics (0: none)")
 
     _lists = field_validator("cors_origins", "webhook_allow", "bundles", mode="before")(list_setting)

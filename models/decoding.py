@@ -40,6 +40,7 @@ from .layers import LayerNorm, MultiHeadAttention
 from .layout import causal_mask
 from .precision import DTYPES, Int8Linear, by_tiles, check_precision
 from .row_attention import attend_blocks, row_attention
+from .row_ops import RowLinear, row_ops
 
 log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
@@ -51,9 +52,9 @@ PLAIN_ROWS = (1, 2, 4)  # the row multiples row_tile tries with one product over
 TILES = (1, 2, 4, 8, 16, 32)  # then the tiles of tiled products
 TIMED_ROWS = (1, 16)  # row_tile times a step for one row and for a busy engine (8 guided samples)
 TILE_SLACK = 1.1
-# row_tile keeps the first exact way (one-row products, then MKL's one product, then oneDNN's) unless
-# another scores better by more than this: on an AMD EPYC the ways' scores for small priors came 6-17%
-# apart from run to run, and a choice that flips changes a seed's last bits between starts.
+# row_tile keeps the first exact way (the compiled products, one-row products, then MKL's one product, then
+# oneDNN's) unless another scores better by more than this: on an AMD EPYC the ways' scores for small
+# priors came 6-17% apart from run to run, and a choice that flips changes a seed's last bits between starts.
 WAY_SLACK = 1.25
 K_CHUNK = 768  # decoding steps multiply inputs longer than this in chunks (DecodeLinear)
 # A step reads the cache up to its furthest row's position rounded up to the first of these that divides N
@@ -82,6 +83,8 @@ class DecodeLinear:
     `one_row`: each row its own product, all in one batched call over the same weights (any row count
     gives a row the same bits; a product of one row streams small weights 2-2.5x as fast as MKL's of 4,
     and costs 1.4-2x as much at 8-16 rows: row_tile weighs both).
+    `compiled` (float32 on CPU, where the kernel can be had): one compiled call over all rows
+    (models/row_ops.py), exact for any row count by construction, the weights read once per four rows.
     `onednn` (float32 on CPU, where row_tile finds it exact and faster): steps multiply through oneDNN
     instead of MKL, one product over all rows (on an AMD EPYC MKL's products of 4 rows read the weights
     at 60% of the speed of its one-row products; oneDNN's of 2-8 rows within 10% of them).
@@ -97,6 +100,7 @@ class DecodeLinear:
         self.tile = 0
         self.onednn = False
         self.one_row = False
+        self.compiled: RowLinear | None = None
         self._onednn_weights: tuple[torch.Tensor, torch.Tensor] | None = None
         width = self.in_features
         parts = next(p for p in range(1, width + 1) if width % p == 0 and width // p <= K_CHUNK)
@@ -110,6 +114,8 @@ class DecodeLinear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         step = x.dim() == 3 and x.shape[1] == 1  # a decoding step's rows, not a prefill
+        if step and self.compiled is not None:
+            return self.compiled(x)
         if step and self.onednn:
             return self._onednn_product(x)
         if step and self.one_row:
@@ -151,6 +157,12 @@ def one_row_products_possible(model: VideoGPT) -> bool:
         isinstance(linear, DecodeLinear) for linear in model.decode_linears)
 
 
+def compiled_products_possible(model: VideoGPT) -> bool:
+    """Whether the decoding linears can multiply through the compiled kernel (float32 on CPU, built here)."""
+    return (one_row_products_possible(model) and model.fc_in.weight.dtype == torch.float32
+            and row_ops() is not None)
+
+
 def onednn_products_possible(model: VideoGPT) -> bool:
     """Whether the decoding linears can multiply through oneDNN (float32 on a CPU torch built with it)."""
     return (one_row_products_possible(model) and model.fc_in.weight.dtype == torch.float32
@@ -169,6 +181,13 @@ def row_gelu2(x: torch.Tensor) -> torch.Tensor:
         padded = F.pad(x, (0, ROW_BLOCK - width % ROW_BLOCK))
         return ((1.702 * padded).sigmoid() * padded)[..., :width]
     return (1.702 * x).sigmoid() * x
+
+
+def mlp_hidden(linear: DecodeLinear | Int8Linear, h: torch.Tensor) -> torch.Tensor:
+    """GeLU2 of the MLP's first product: in the same compiled call where the step's products are compiled."""
+    if getattr(linear, "compiled", None) is not None and h.dim() == 3 and h.shape[1] == 1:
+        return linear.compiled(h, gelu=True)
+    return row_gelu2(linear(h))
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +230,7 @@ def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
         _plain(attn, "qkv", qkv)
         _plain(attn, "fc", out)
         mlp_in, mlp_out = linear(layer.fc_block[0]), linear(layer.fc_block[2])
-        _plain(layer, "fc_block", lambda h, a=mlp_in, b=mlp_out: b(row_gelu2(a(h))))
+        _plain(layer, "fc_block", lambda h, a=mlp_in, b=mlp_out: b(mlp_hidden(a, h)))
         linears += [qkv, out, mlp_in, mlp_out]
         if hasattr(layer, "enc_attn"):
             cross_q, cross_out = linear(layer.enc_attn.w_qs), linear(layer.enc_attn.fc)
@@ -278,15 +297,18 @@ _ROW_TILES: dict[tuple, object] = {}  # what row_tile and reads_agree measured, 
 class Products:
     """How a step's decoding linears multiply its rows (DecodeLinear): `rows`, the multiple a step's
     computed rows are of; `tile` > 0, one product per tile of that many rows; else one product over all
-    rows (through oneDNN if `onednn`), or (`one_row`) each row its own product."""
+    rows (through oneDNN if `onednn`), or (`one_row`) each row its own product, or (`compiled`) one call of
+    the compiled kernel over all rows."""
 
     rows: int
     tile: int = 0
     onednn: bool = False
     one_row: bool = False
+    compiled: bool = False
 
     def describe(self) -> str:
-        kind = ("one-row products" if self.one_row else "one oneDNN product" if self.onednn else
+        kind = ("compiled products" if self.compiled else "one-row products" if self.one_row else
+                "one oneDNN product" if self.onednn else
                 f"products of {self.tile} rows" if self.tile else "one product")
         return f"rows in multiples of {self.rows}, {kind}"
 
@@ -297,15 +319,15 @@ def row_tile(model: VideoGPT) -> int:
     float32 products of one row, or of fewer than 17 rows with a long input (DecodeLinear chunks those);
     oneDNN's bfloat16 ones at row counts scattered up to 60; a reduction over a short axis may vectorize
     across rows. Measured once per model shape and precision on this machine, on the model's layers over
-    random rows (ProbeContext). The exact ways: one-row products (any row count: a step computes only
-    its live rows), and the smallest multiple of rows for which one product over all of them (the
+    random rows (ProbeContext). The exact ways: the compiled products and one-row products (any row count:
+    a step computes only its live rows), and the smallest multiple of rows for which one product over all of them (the
     weights read once; MKL's, and oneDNN's where it can) gives every row the same bits. The first of
     those is kept unless another is faster by more than WAY_SLACK, for one row and for a busy engine
     (TIMED_ROWS). Where none is exact, the products per tile of rows (by_tiles) of the fastest exact
     tile. Set on the model's linears."""
     c = model.config
     key = ("rows", c, model.latent_shape, model.decode_precision, model.fc_in.weight.device.type,
-           torch.get_num_threads())
+           torch.get_num_threads(), row_ops() is not None)
     if key not in _ROW_TILES:
         _ROW_TILES[key] = _choose_products(model)
         log.info("decoding %s: %s", model.decode_precision, _ROW_TILES[key].describe())
@@ -318,7 +340,9 @@ def _choose_products(model: VideoGPT) -> Products:
     """The fastest exact way (see row_tile). Each way's smallest row multiple that the whole stack gives
     the same bits is timed first; the slow per-linear probe then runs in order of speed until one passes
     (a way that fails it tries its larger multiples), so it rarely runs for more than one way."""
-    ways = [[Products(1, one_row=True)]] if one_row_products_possible(model) else []
+    ways = [[Products(1, compiled=True)]] if compiled_products_possible(model) else []
+    if one_row_products_possible(model):
+        ways.append([Products(1, one_row=True)])
     ways.append([Products(rows) for rows in PLAIN_ROWS])
     if onednn_products_possible(model):
         ways.append([Products(rows, onednn=True) for rows in PLAIN_ROWS])
@@ -375,6 +399,7 @@ def _set_products(model: VideoGPT, products: Products) -> None:
         linear.tile = products.tile
         if isinstance(linear, DecodeLinear):
             linear.onednn, linear.one_row = products.onednn, products.one_row
+            linear.compiled = row_ops().bind(linear.weight_t, linear.bias) if products.compiled else None
             if not products.onednn:
                 linear._onednn_weights = None
 
@@ -707,6 +732,8 @@ class DecodeContext:
             self.groups.append((slice(first, end), bias, read))
 
     def normalize(self, norm: LayerNorm, x: torch.Tensor, index: int | None) -> torch.Tensor:
+        if self.decoder.ops is not None and not self.prefill:
+            return self.decoder.ops.norm(x, *self.views.norms[norm.table_key])
         return LayerNorm.normalize(x, *self.views.norms[norm.table_key])
 
     def self_attention(self, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -766,6 +793,8 @@ class RowDecoder:
         # any precision then keeps its cache block by block, as the row reads below do.
         kernel_block = c.sparse_block_size if self.sparse else full_attention_block(self.seq_len)
         self.kernel = row_attention(self.dtype, attn.d_k, attn.d_v, kernel_block) if on_cpu else None
+        # And its steps' norms in one compiled call each (row_ops.py), float32.
+        self.ops = row_ops() if on_cpu and self.dtype == torch.float32 else None
         # Full attention: keys (layers, rows, heads, d_k, N) transposed, values (layers, rows, heads, N, d_v),
         # so a step reads a prefix. Sparse: the same block by block (layers, rows, blocks, heads, d_k, block)
         # and (layers, rows, blocks, heads, block, d_v), so a step reads whole blocks (index_select of

@@ -8,38 +8,30 @@ bfloat16 cache its batched products copy operands that are not contiguous. One c
 each row's cached blocks once, in place, reads them at close to the memory's bandwidth (2.6-3.4x torch's
 operations for bair-like's shapes on a 2-core AMD EPYC).
 
-The kernel is compiled at load with the machine's C compiler (`$CC`, else gcc) for the prior's shapes and
-this CPU (-march=native), once per machine: the library is kept under $XDG_CACHE_HOME (or ~/.cache)
-/videogpt-serve/kernels, named by a hash of everything that went into it. Where there is no compiler, the
-compile fails, or the compiled kernel's results disagree with torch's on a check at load, `row_attention`
-returns None and the decoder attends with torch's operations (and logs why once). ENABLED = False (the
-worker's VGS_CPU_KERNELS=false) turns it off.
+The kernel is compiled at load for the prior's shapes and this CPU (models/kernels.py). Where there is no
+compiler, the compile fails, or the compiled kernel's results disagree with torch's on a check at load,
+`row_attention` returns None and the decoder attends with torch's operations (and logs why once).
+kernels.ENABLED without it (the worker's VGS_CPU_KERNELS=false) turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import math
-import os
-import platform
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+
 log = logging.getLogger(__name__)
-ENABLED = True
 SOURCE = Path(__file__).with_name("row_attention.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 ELEMENTS = {torch.float32: 0, torch.bfloat16: 1}  # ELEM_BF16
 CHECK_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # against torch's float32 arithmetic
-COMPILE_TIMEOUT_S = 120
 
 
 class RowAttention:
@@ -120,7 +112,7 @@ def attend_blocks(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bia
 def row_attention(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention | None:
     """The compiled attention for these shapes, or None where it is off, cannot be built here or fails its
     check (the decoder then uses torch's operations)."""
-    if not ENABLED or dtype not in ELEMENTS:
+    if "row_attention" not in kernels.ENABLED or dtype not in ELEMENTS:
         return None
     return _checked(dtype, d_k, d_v, block)
 
@@ -128,8 +120,9 @@ def row_attention(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAtte
 @functools.cache
 def _checked(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention | None:
     try:
-        library = ctypes.CDLL(str(_build(ELEMENTS[dtype], d_k, d_v, block)))
-    except (OSError, subprocess.SubprocessError, BuildError) as error:
+        defines = (f"-DELEM_BF16={ELEMENTS[dtype]}", f"-DDK={d_k}", f"-DDV={d_v}", f"-DBLOCK={block}")
+        library = ctypes.CDLL(str(kernels.build(SOURCE, defines)))
+    except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
         log.warning("row attention kernel unavailable (%s); decoding attends with torch's operations", error)
         return None
     function = library.attend_rows
@@ -144,56 +137,6 @@ def _checked(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention
     log.info("row attention kernel for %s, d_k %d, d_v %d, blocks of %d (largest difference from torch %.2g)",
              dtype, d_k, d_v, block, error)
     return attend
-
-
-class BuildError(RuntimeError):
-    pass
-
-
-def _build(bf16: int, d_k: int, d_v: int, block: int) -> Path:
-    """The library for these shapes, compiled unless this machine has it already."""
-    compiler = shutil.which(os.environ.get("CC", "gcc"))
-    if compiler is None:
-        raise BuildError(f"no C compiler ({os.environ.get('CC', 'gcc')}) on PATH")
-    defines = (f"-DELEM_BF16={bf16}", f"-DDK={d_k}", f"-DDV={d_v}", f"-DBLOCK={block}")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *defines, compiler, version, _cpu()]).encode())
-    folder = _cache_dir()
-    target = folder / f"row_attention-{key.hexdigest()[:20]}.so"
-    if target.exists():
-        return target
-    # Built under a name of its own and renamed: processes that build at once each see a whole library.
-    partial = folder / f".{target.name}.{os.getpid()}"
-    command = [compiler, *FLAGS, *defines, str(SOURCE), "-o", str(partial)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise BuildError(f"{' '.join(command)} failed: {done.stderr.strip()[-400:]}")
-    partial.replace(target)
-    return target
-
-
-def _cpu() -> str:
-    """What -march=native compiles for: the CPU's name and flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
-    return "\n".join(dict.fromkeys(wanted))
-
-
-def _cache_dir() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    for folder in (base / "videogpt-serve" / "kernels",
-                   Path(tempfile.gettempdir()) / f"videogpt-serve-kernels-{os.getuid()}"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder
-    raise BuildError("no writable folder for compiled kernels")
 
 
 def _check(attend: RowAttention) -> float:

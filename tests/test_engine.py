@@ -10,7 +10,7 @@ import torch
 from model_factory import random_gpt
 from test_generality import CASES, inputs_for
 
-from models import InputError, decoding, row_attention, sample
+from models import InputError, decoding, kernels, sample
 from models.decoding import RowDecoder
 from models.engine import DecodeEngine, EngineFull, SampleRequest
 
@@ -183,8 +183,8 @@ def test_prefill_then_steps_equal_teacher_forcing():
         decoder.set_tokens(torch.arange(2), flat[:, pos])
 
 
-FORCED = ("tiled-products", "onednn-products", "one-row-products", "bfloat16-row-reads", "torch-attention",
-          "bfloat16-torch-row-reads")
+FORCED = ("tiled-products", "onednn-products", "one-row-products", "compiled-products", "bfloat16-row-reads",
+          "torch-attention", "bfloat16-torch-row-reads")
 
 
 @pytest.mark.parametrize("case", [*sorted(CASES), *FORCED])
@@ -194,13 +194,14 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
     tiled-products: the linears multiply tile by tile (what row_tile takes where no one product over all
     rows is exact, as for bfloat16 on some CPUs), forced on a full-attention case. onednn-products: float32
     products through oneDNN, taken as if faster. one-row-products: each row its own product, taken as if
-    faster. bfloat16-row-reads: a full-attention prior in bfloat16 on
-    CPU, each row reading its own blocks of cache. torch-attention, bfloat16-torch-row-reads: the same with
-    torch's operations attending instead of the compiled kernel (a machine without a compiler)."""
+    faster. compiled-products: the compiled kernel's products (row_ops.py), the first choice where it
+    can be built. bfloat16-row-reads: a full-attention prior in bfloat16 on CPU, each row reading its own
+    blocks of cache. torch-attention, bfloat16-torch-row-reads: the same with torch's operations attending
+    and multiplying instead of the compiled kernels (a machine without a compiler)."""
     precision = "bfloat16" if case.startswith("bfloat16") else "float32"
     forced = case
     if case in ("torch-attention", "bfloat16-torch-row-reads"):
-        monkeypatch.setattr(row_attention, "ENABLED", False)
+        monkeypatch.setattr(kernels, "ENABLED", set())
     if case == "tiled-products":
         monkeypatch.setattr(decoding, "PLAIN_ROWS", ())
         monkeypatch.setattr(decoding, "one_row_products_possible", lambda model: False)
@@ -223,6 +224,8 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
         pytest.skip("oneDNN's products are not exact on this machine: row_tile keeps MKL's")
     if forced == "one-row-products":
         assert RowDecoder(gpt, rows=8).model.decode_linears[0].one_row, "one-row products found inexact"
+    if forced == "compiled-products":
+        assert RowDecoder(gpt, rows=8).model.decode_linears[0].compiled is not None, "compiled products not chosen"
     codes, labels, frames = inputs_for(gpt, batch=6, seed=3)
     cond, flat = gpt.condition(labels, frames, 6), codes.flatten(1)
     steps = flat.shape[1]

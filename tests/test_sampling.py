@@ -14,8 +14,8 @@ from models import (
     InputError,
     SamplingCancelled,
     convert_official_checkpoint,
+    kernels,
     load_gpt,
-    row_attention,
     sample,
     sample_seed,
 )
@@ -55,13 +55,13 @@ def test_cached_decoding_equals_the_golden_step_logits(fixture_models, fixtures_
     assert (got - g["step_logits"]).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("attention", ["kernel", "torch"], ids=["kernel", "torch-attention"])
+@pytest.mark.parametrize("attention", ["kernel", "torch"], ids=["kernels", "torch"])
 @pytest.mark.parametrize("static", [False, True], ids=["prefix-step", "static-step"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_cached_decoding_equals_teacher_forcing(case, static, attention, monkeypatch):
-    """attention: on CPU the compiled row attention, or torch's operations (the path a machine without a
-    compiler takes, or VGS_CPU_KERNELS=false)."""
-    monkeypatch.setattr(row_attention, "ENABLED", attention == "kernel")
+    """attention: on CPU the compiled kernels (row attention and products), or torch's operations (the path a
+    machine without a compiler takes, or VGS_CPU_KERNELS=false)."""
+    monkeypatch.setattr(kernels, "ENABLED", set(kernels.KERNELS) if attention == "kernel" else set())
     vq_config, gpt_config = CASES[case]
     gpt = random_gpt(vq_config, gpt_config, seed=11)
     codes, labels, frames = inputs_for(gpt, batch=3, seed=4)

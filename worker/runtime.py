@@ -23,7 +23,7 @@ from jobs.backend import Backend
 from jobs.settings import ServiceSettings
 from jobs.storage import S3Storage
 from jobs.store import TERMINAL, now_iso
-from models import VideoGPT, row_attention
+from models import VideoGPT, kernels
 
 from . import encoder, metrics
 from .batch import output_writer, run_batch
@@ -46,7 +46,7 @@ class WorkerRuntime:
             self.backend.storage.ensure_bucket()
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        row_attention.ENABLED = settings.cpu_kernels
+        kernels.ENABLED = set(kernels.KERNELS) if settings.cpu_kernels else set()
         self.device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.models: dict[str, VideoGPT] = {}
         self.presence = Presence(self.backend, [])
