@@ -47,7 +47,7 @@ CMD ["videogpt-serve", "gateway", "--host", "0.0.0.0", "--port", "8000", "--work
 # For CPU-only hosts: --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 FROM base AS torch
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# A C compiler: a CPU worker compiles its attention kernel at load (models/row_attention.py; without one it
+# A C compiler: a CPU worker compiles its decoding kernels at load (models/kernels.py; without one it
 # decodes with torch's operations, 1.2-2.8x slower). Debian's current packages, as the base image is.
 # hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \

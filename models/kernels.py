@@ -19,6 +19,7 @@ KERNELS = ("row_attention", "row_ops")
 ENABLED = set(KERNELS)  # the kernels the decoder may use (a benchmark or test takes some out)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 COMPILE_TIMEOUT_S = 120
+SHARED_HEADER = Path(__file__).with_name("kernel_math.h")  # what the sources #include: part of every key
 
 
 class BuildError(RuntimeError):
@@ -31,7 +32,8 @@ def build(source: Path, defines: tuple[str, ...] = ()) -> Path:
     if compiler is None:
         raise BuildError(f"no C compiler ({os.environ.get('CC', 'gcc')}) on PATH")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), *FLAGS, *defines, compiler, version, _cpu()]).encode())
+    texts = [source.read_text(), SHARED_HEADER.read_text()]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, *defines, compiler, version, _cpu()]).encode())
     folder = _cache_dir()
     target = folder / f"{source.stem}-{key.hexdigest()[:20]}.so"
     if target.exists():

@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "kernel_math.h"
+
 #if ELEM_BF16
 typedef uint16_t elem;
 static inline float load(elem x) { union { uint32_t u; float f; } v; v.u = (uint32_t)x << 16; return v.f; }
@@ -27,23 +29,10 @@ static inline elem store(float f) { return f; }
 #define LANES 16  /* partial maxima and sums: a fixed order the compiler can vectorize */
 #define MASKED (-3.0e38f)
 
-/* exp(x) for x <= 0 without branches (so loops over it vectorize): 2^n * p(r), x = n ln 2 + r, with
-   Cephes' split of ln 2 and its polynomial (relative error ~1e-7); 0 below -87 (a masked entry). */
+/* exp(x) for x <= 0 (kernel_math.h); 0 below -87 (a masked entry). */
 static inline float exp_nonpositive(float x) {
     float keep = x < -87.0f ? 0.0f : 1.0f;
-    x = x < -87.0f ? -87.0f : x;
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { uint32_t u; float f; } scale;
-    scale.u = (uint32_t)((int32_t)n + 127) << 23;
-    return p * scale.f * keep;
+    return exp_in_range(x < -87.0f ? -87.0f : x) * keep;
 }
 
 /* q (rows, heads, DK), row r at q + r * q_row (its heads contiguous); keys of row r: keys + r * key_row,

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "kernel_math.h"
+
 typedef float v8 __attribute__((vector_size(32)));
 #define RB 4
 #define LANES 8
@@ -24,22 +26,9 @@ typedef float v8 __attribute__((vector_size(32)));
 static inline v8 load8(const float *p) { v8 v; __builtin_memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
 
-/* exp(x) for x in float range without branches (so loops over it vectorize): 2^n * p(r), x = n ln 2 + r,
-   with Cephes' split of ln 2 and its polynomial (relative error ~1e-7); x is clamped to [-87, 88]. */
+/* exp(x) (kernel_math.h), x clamped to [-87, 88]. */
 static inline float exp_clamped(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union { uint32_t u; float f; } scale;
-    scale.u = (uint32_t)((int32_t)n + 127) << 23;
-    return p * scale.f;
+    return exp_in_range(x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x);
 }
 
 /* GeLU2, x * sigmoid(1.702 x), on 8 values. */
