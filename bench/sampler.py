@@ -179,22 +179,11 @@ def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidanc
         "ms_per_step": round(per_step * 1000, 3), "tokens_per_s": round(batch / per_step, 1),
         "mb_read_per_step": round(moved / 1e6, 1), "row_tile": decoder.tile, "read_chunk": decoder.chunk,
         "attention": "kernel" if decoder.kernel is not None else "torch",
-        "products": products_of(decoder.model.decode_linears[0]),
+        "products": products.describe() if (products := getattr(decoder.model, "decode_products", None)) else None,
         "peak_memory_mb": round(peak_memory_mb(args.device), 1),
         "cuda_graph": decoder.cuda_graph if device_is_cuda else None,
         "params_m": round(sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("vqvae.")) / 1e6, 2),
     }
-
-
-def products_of(linear) -> str:
-    """How a decoding linear multiplies a step's rows (models/decoding.py's Products)."""
-    if getattr(linear, "compiled", None) is not None:
-        return "compiled"
-    if getattr(linear, "one_row", False):
-        return "one-row"
-    if getattr(linear, "onednn", False):
-        return "onednn"
-    return f"tiles of {linear.tile}" if linear.tile else "one product"
 
 
 # The older sampler (commit 93b7a0d: models.sampling.CachedDecoder) timed at evenly spaced positions, run

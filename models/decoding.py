@@ -394,7 +394,8 @@ def _trunk_seconds(model: VideoGPT, x: torch.Tensor, probe: ProbeContext, count:
 
 def _set_products(model: VideoGPT, products: Products) -> None:
     """Make the decoding linears multiply as `products` says (oneDNN's copies of the weights are dropped
-    when it is off)."""
+    when it is off); the model keeps it as `decode_products`."""
+    model.decode_products = products
     for linear in model.decode_linears:
         linear.tile = products.tile
         if isinstance(linear, DecodeLinear):
