@@ -121,14 +121,6 @@ def test_a_position_beyond_the_cache_is_refused():
         attend(q, keys, values, torch.arange(5)[None], torch.full((4,), 10), new=(k[:2], v, torch.tensor([0] * 4)))
 
 
-@pytest.fixture
-def fresh_kernels():
-    """Kernels looked up again (the built ones are cached per process), and again after the test."""
-    row_attention._checked.cache_clear()
-    yield
-    row_attention._checked.cache_clear()
-
-
 def test_without_a_compiler_decoding_uses_torch_and_says_why(fresh_kernels, monkeypatch, caplog):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     with caplog.at_level(logging.WARNING, logger="models.row_attention"):

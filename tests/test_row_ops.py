@@ -94,14 +94,6 @@ def test_shapes_and_types_the_kernels_were_not_made_for_are_refused():
         ops().norm(x.bfloat16(), torch.ones(16), torch.zeros(16))
 
 
-@pytest.fixture
-def fresh_kernels():
-    """Kernels looked up again (the built ones are cached per process), and again after the test."""
-    row_ops._checked.cache_clear()
-    yield
-    row_ops._checked.cache_clear()
-
-
 def test_without_a_compiler_decoding_multiplies_and_normalizes_with_torch(fresh_kernels, monkeypatch, caplog):
     monkeypatch.setenv("CC", "no-such-compiler-here")
     with caplog.at_level(logging.WARNING, logger="models.row_ops"):
