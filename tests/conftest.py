@@ -30,3 +30,18 @@ def fresh_kernels():
     forget()
     yield
     forget()
+
+
+
+@pytest.fixture
+def favour_products(monkeypatch):
+    """favour_products(way): row_tile chooses afresh, timing the ways it finds exact as if the products with
+    `way` set (a Products flag) were the fastest, so that a test of that way does not depend on this
+    machine's timing (on a small prior another way may be faster by more than WAY_SLACK)."""
+    from models import decoding
+
+    def favour(way: str) -> None:
+        monkeypatch.setattr(decoding, "_ROW_TILES", {})
+        monkeypatch.setattr(decoding, "_step_times", lambda model, products: {
+            timed: 1.0 if getattr(products, way) else 2.0 for timed in decoding.TIMED_ROWS})
+    return favour
