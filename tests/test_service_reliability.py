@@ -209,3 +209,56 @@ def test_out_of_memory_splits_the_batch_and_fails_only_what_cannot_fit(tmp_path,
         assert "3 samples" in failed["error"]["message"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_a_job_claimed_as_redis_fails_is_left_to_its_lease_and_runs_later(tmp_path, monkeypatch, batching):
+    """Redis fails right after a job moved to running, before the worker has read it back (the chaos test's
+    Redis restart once landed there): the worker must stop renewing that job's lease, or the job stays
+    running, run by nobody, for as long as the worker lives. The failure is injected at that moment; Redis
+    is real."""
+    import redis as redis_module
+
+    from worker.runtime import WorkerRuntime
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        bundle = write_bundle(tmp_path / "bundles", "tiny")
+        settings = ServiceSettings(redis_url=server.url, storage_dir=tmp_path / "out", batching=batching,
+                                   lease_s=0.5, max_attempts=3)
+        runtime = WorkerRuntime(settings)
+        runtime.load([bundle])
+        runtime.jobs.create("j1", request())
+        runtime.jobs.queue.take("tiny")  # RQ handed it to this worker
+        real_get = runtime.jobs.get
+
+        def get_failing_once_it_runs(job_id: str):
+            record = real_get(job_id)
+            if record is not None and record["status"] == "running":
+                raise redis_module.exceptions.ConnectionError("Connection reset by peer (injected)")
+            return record
+
+        monkeypatch.setattr(runtime.jobs, "get", get_failing_once_it_runs)
+        try:
+            runtime.run("j1", "tiny")
+        except redis_module.exceptions.ConnectionError:
+            pass  # a leader's claim: RQ records the error; the job's own record is left to its lease
+        assert real_get("j1")["status"] == "running", "the claim itself went through"
+        assert "j1" not in runtime.presence.running, "the worker would renew the lease of a job it does not run"
+        runtime.jobs.extend_leases(list(runtime.presence.running), settings.lease_s)  # a heartbeat
+        monkeypatch.setattr(runtime.jobs, "get", real_get)  # Redis is back
+        time.sleep(settings.lease_s + 0.1)
+        assert Reaper(runtime.jobs, settings).reap()["requeued"] == 1
+        assert real_get("j1")["status"] == "queued" and real_get("j1")["attempts"] == 1
+        runtime.jobs.queue.take("tiny")
+        runtime.run("j1", "tiny")
+        deadline = time.monotonic() + 60  # continuous: the finisher encodes and stores it on its own thread
+        while real_get("j1")["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        record = real_get("j1")
+        assert record["status"] == "succeeded" and record["attempts"] == 2
+        assert not runtime.presence.running
+    finally:
+        if runtime.server is not None:
+            runtime.server.close()
+        server.stop()

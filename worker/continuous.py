@@ -42,6 +42,8 @@ class Host(Protocol):
 
     def claim(self, job_id: str) -> dict[str, Any] | None: ...
 
+    def release(self, job_id: str) -> None: ...
+
     def count_outcomes(self, model: str, job_ids: list[str]) -> None: ...
 
 log = logging.getLogger(__name__)
@@ -150,6 +152,9 @@ class ContinuousServer:
         except ValueError as exc:
             self._end(model, job_id, "failed", "frames_expired", str(exc))
             return True
+        except redis.exceptions.RedisError:
+            self.runtime.release(job_id)  # its lease lapses: the reaper requeues it
+            raise
         if model not in self.lanes:
             self._end(model, job_id, "failed", "internal", f"this worker does not serve model {model!r}")
             return True

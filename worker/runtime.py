@@ -117,7 +117,20 @@ class WorkerRuntime:
                 worker=self.worker_id, attempts=record.get("attempts", 0) + 1):
             return None
         self.presence.running.add(job_id)
-        return self.jobs.get(job_id)
+        try:
+            record = self.jobs.get(job_id)
+        except redis.exceptions.RedisError:
+            self.release(job_id)
+            raise
+        if record is None:
+            self.release(job_id)
+        return record
+
+    def release(self, job_id: str) -> None:
+        """Stop renewing the lease of a job claimed but not run (Redis failed while it was being taken on):
+        the lease lapses and the reaper requeues it. Left in `running`, its lease would be renewed for as
+        long as this worker lives, with nothing running it."""
+        self.presence.running.discard(job_id)
 
     def run(self, leader: str, model: str) -> None:
         """Run the job RQ handed over (and what queues up meanwhile); every claimed job ends terminal."""
@@ -133,7 +146,18 @@ class WorkerRuntime:
         except redis.exceptions.RedisError:
             log.exception("gathering a batch behind %s failed; it runs alone", leader)
             ids = [leader]
-        claimed = [record for record in map(self.claim, ids) if record is not None]
+        claimed = []
+        try:
+            for job_id in ids:
+                record = self.claim(job_id)
+                if record is not None:
+                    claimed.append(record)
+        except redis.exceptions.RedisError:
+            log.exception("claiming the batch behind %s failed; its claimed jobs are retried once their leases "
+                          "end", leader)
+            for record in claimed:
+                self.release(record["id"])
+            return
         if not claimed:
             return
         self.presence.state = "busy"
