@@ -6,10 +6,13 @@
    (row_ops.py checks this at load).
 
    row_linear: y = x @ W + bias (then GeLU2 where asked), W (K, N) row-major (DecodeLinear's weight_t).
-   Each output is summed over k in order, one multiply-add at a time (fused where the CPU has FMA: the
-   compiler contracts every one alike), then its bias added. Rows go RB at a time (what is left in blocks
-   of 2 and 1) against 16 columns (two 8-float vectors) at a time, so each weight read serves RB rows and
-   the RB x 2 sums keep the multiply-add units busy; columns past the last multiple of 16 go one at a time.
+   Each output is summed over k in order, then its bias added: in the vector blocks by fused multiply-adds
+   where the CPU has FMA, in the columns past the last whole vector by a multiply then an add (as the
+   compiler leaves that loop). Which a column gets depends on its index alone, never on the rows. GeLU2
+   (kernel_math.h's exp) goes 16 outputs at a time in vector code, the same arithmetic as one at a time.
+   Rows go RB at a time (what is left in blocks of smaller powers of two) against two vectors of columns
+   at a time (then one), so each weight read serves RB rows and the RB x 2 sums, held in registers, keep
+   the multiply-add units busy.
 
    row_norm: the reference's layer norm, (x - mean) * (1 / sqrt(var) + 1e-5) * g + b, with a gain and bias
    per row (the class-conditional norms' tables). */
@@ -19,42 +22,100 @@
 
 #include "kernel_math.h"
 
-typedef float v8 __attribute__((vector_size(32)));
+/* Vectors as wide as the CPU's: 16 floats with AVX-512 (32 vector registers hold 8 rows x 2 vectors of
+   sums), else 8 (16 registers hold 4 x 2). The width changes which outputs go together, never an
+   output's own arithmetic. */
+#if defined(__AVX512F__)
+#define VL 16
+#define RB 8
+#else
+#define VL 8
 #define RB 4
+#endif
+typedef float vec __attribute__((vector_size(VL * 4)));
 #define LANES 8
 
-static inline v8 load8(const float *p) { v8 v; __builtin_memcpy(&v, p, sizeof v); return v; }
-static inline void store8(float *p, v8 v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline vec loadv(const float *p) { vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void storev(float *p, vec v) { __builtin_memcpy(p, &v, sizeof v); }
 
 /* exp(x) (kernel_math.h), x clamped to [-87, 88]. */
 static inline float exp_clamped(float x) {
     return exp_in_range(x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x);
 }
 
-/* GeLU2, x * sigmoid(1.702 x), on 8 values. */
-static inline v8 gelu2_8(v8 x) {
-    float out[8];
-    for (int i = 0; i < 8; i++) out[i] = x[i] / (1.0f + exp_clamped(-1.702f * x[i]));
-    return load8(out);
+static inline float gelu2(float x) { return x / (1.0f + exp_clamped(-1.702f * x)); }  /* x * sigmoid(1.702 x) */
+
+/* GeLU2 of n floats in place: 16 at a time in vector code (the same arithmetic as gelu2), then one by one. */
+static void gelu2_span(float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        vfloat16 x = load16(out + i), zero = {0}, e = -1.702f * x;
+        e = select16(e < -87.0f, zero - 87.0f, e);
+        e = select16(e > 88.0f, zero + 88.0f, e);
+        store16(out + i, x / (1.0f + exp_in_range16(e)));
+    }
+    for (; i < n; i++) out[i] = gelu2(out[i]);
 }
 
-/* Rows xs[0..ROWS) times 16 columns from c, each sum in the same order whatever ROWS is. */
-#define COLUMNS16(ROWS)                                                                                      \
-    static void columns16_##ROWS(const float *const *xs, const float *w, int64_t k_dim, int64_t n_dim,       \
-                                 int64_t c, v8 sums[][2]) {                                                  \
-        for (int r = 0; r < ROWS; r++) sums[r][0] = sums[r][1] = (v8){0};                                    \
+/* Rows xs[0..ROWS) times NV vectors of columns from c, each sum in the same order whatever ROWS and NV. */
+#define COLUMNS(ROWS, NV)                                                                                    \
+    static void columns_##ROWS##_##NV(const float *const *xs, const float *w, int64_t k_dim, int64_t n_dim,  \
+                                      int64_t c, vec sums[][2]) {                                            \
+        vec acc[ROWS][NV]; /* local, so that the compiler keeps them in registers */                         \
+        const float *rows[ROWS];                                                                             \
+        for (int r = 0; r < ROWS; r++) {                                                                     \
+            rows[r] = xs[r];                                                                                 \
+            for (int v = 0; v < NV; v++) acc[r][v] = (vec){0};                                               \
+        }                                                                                                    \
         for (int64_t k = 0; k < k_dim; k++) {                                                                \
-            v8 w0 = load8(w + k * n_dim + c), w1 = load8(w + k * n_dim + c + 8);                             \
+            vec ws[NV];                                                                                      \
+            for (int v = 0; v < NV; v++) ws[v] = loadv(w + k * n_dim + c + v * VL);                          \
             for (int r = 0; r < ROWS; r++) {                                                                 \
-                v8 x = (v8){0} + xs[r][k];                                                                   \
-                sums[r][0] += x * w0;                                                                        \
-                sums[r][1] += x * w1;                                                                        \
+                vec x = rows[r][k] - (vec){0}; /* a broadcast: x - 0 is x */                                 \
+                for (int v = 0; v < NV; v++) acc[r][v] += x * ws[v];                                         \
             }                                                                                                \
         }                                                                                                    \
+        for (int r = 0; r < ROWS; r++)                                                                       \
+            for (int v = 0; v < NV; v++) sums[r][v] = acc[r][v];                                             \
     }
-COLUMNS16(4)
-COLUMNS16(2)
-COLUMNS16(1)
+COLUMNS(RB, 2)
+COLUMNS(RB, 1)
+#if RB == 8
+COLUMNS(4, 2)
+COLUMNS(4, 1)
+#endif
+COLUMNS(2, 2)
+COLUMNS(2, 1)
+COLUMNS(1, 2)
+COLUMNS(1, 1)
+
+static void columns(int rows, int nv, const float *const *xs, const float *w, int64_t k_dim, int64_t n_dim,
+                    int64_t c, vec sums[][2]) {
+    if (rows == RB) (nv == 2 ? columns_RB_2 : columns_RB_1)(xs, w, k_dim, n_dim, c, sums);
+#if RB == 8
+    else if (rows == 4) (nv == 2 ? columns_4_2 : columns_4_1)(xs, w, k_dim, n_dim, c, sums);
+#endif
+    else if (rows == 2) (nv == 2 ? columns_2_2 : columns_2_1)(xs, w, k_dim, n_dim, c, sums);
+    else (nv == 2 ? columns_1_2 : columns_1_1)(xs, w, k_dim, n_dim, c, sums);
+}
+
+/* Row block rb: whole blocks of RB rows, then one of each smaller power of two that is left. */
+static void row_block(int64_t rb, int64_t rows, int64_t *first, int *count) {
+    int64_t whole = rows / RB, at = whole * RB;
+    *first = rb * RB;
+    *count = RB;
+    if (rb < whole) return;
+    for (int size = RB / 2; size >= 1; size /= 2)
+        if ((rows % RB) & size) {
+            if (rb == whole) {
+                *first = at;
+                *count = size;
+                return;
+            }
+            rb--;
+            at += size;
+        }
+}
 
 static float column(const float *x, const float *w, int64_t k_dim, int64_t n_dim, int64_t c) {
     float sum = 0.0f;
@@ -66,36 +127,36 @@ static float column(const float *x, const float *w, int64_t k_dim, int64_t n_dim
    y_row apart; gelu: apply GeLU2 to each output. */
 void row_linear(const float *x, int64_t x_row, const float *w, const float *bias, float *y, int64_t y_row,
                 int64_t rows, int64_t k_dim, int64_t n_dim, int gelu) {
-    int64_t wide = n_dim / 16, whole = rows / RB, left = rows % RB;
-    int64_t row_blocks = whole + (left >= 2) + (left % 2), tail = n_dim - wide * 16;
+    /* column blocks: 2 vectors each, then one of 1 vector where one is left; then columns one at a time */
+    int64_t pairs = n_dim / (2 * VL), col_blocks = pairs + (n_dim % (2 * VL) >= VL);
+    int64_t vector_cols = pairs * 2 * VL + (col_blocks > pairs ? VL : 0);
+    int64_t row_blocks = rows / RB + __builtin_popcount((unsigned)(rows % RB));
     #pragma omp parallel for schedule(static) collapse(2)
-    for (int64_t cb = 0; cb < wide; cb++) {
+    for (int64_t cb = 0; cb < col_blocks; cb++) {
         for (int64_t rb = 0; rb < row_blocks; rb++) {
-            /* whole blocks of RB rows, then one of 2 where 2 or 3 are left, then one of 1 */
-            int64_t r0 = rb < whole ? rb * RB : whole * RB + (rb == whole && left >= 2 ? 0 : left & 2);
-            int count = rb < whole ? RB : (rb == whole && left >= 2 ? 2 : 1);
-            int64_t c = cb * 16;
+            int64_t first, c = cb * 2 * VL;
+            int count, nv = cb < pairs ? 2 : 1;
+            row_block(rb, rows, &first, &count);
             const float *xs[RB];
-            for (int r = 0; r < count; r++) xs[r] = x + (r0 + r) * x_row;
-            v8 sums[RB][2];
-            if (count == RB) columns16_4(xs, w, k_dim, n_dim, c, sums);
-            else if (count == 2) columns16_2(xs, w, k_dim, n_dim, c, sums);
-            else columns16_1(xs, w, k_dim, n_dim, c, sums);
-            v8 b0 = bias ? load8(bias + c) : (v8){0}, b1 = bias ? load8(bias + c + 8) : (v8){0};
-            for (int r = 0; r < count; r++) {
-                v8 y0 = bias ? sums[r][0] + b0 : sums[r][0], y1 = bias ? sums[r][1] + b1 : sums[r][1];
-                store8(y + (r0 + r) * y_row + c, gelu ? gelu2_8(y0) : y0);
-                store8(y + (r0 + r) * y_row + c + 8, gelu ? gelu2_8(y1) : y1);
+            for (int r = 0; r < count; r++) xs[r] = x + (first + r) * x_row;
+            vec sums[RB][2];
+            columns(count, nv, xs, w, k_dim, n_dim, c, sums);
+            for (int v = 0; v < nv; v++) {
+                vec b = bias ? loadv(bias + c + v * VL) : (vec){0};
+                for (int r = 0; r < count; r++)
+                    storev(y + (first + r) * y_row + c + v * VL, bias ? sums[r][v] + b : sums[r][v]);
             }
+            if (gelu)
+                for (int r = 0; r < count; r++) gelu2_span(y + (first + r) * y_row + c, nv * VL);
         }
     }
-    if (tail) {
+    if (vector_cols < n_dim) {
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = wide * 16; c < n_dim; c++) {
+            for (int64_t c = vector_cols; c < n_dim; c++) {
                 float sum = column(x + r * x_row, w, k_dim, n_dim, c);
                 sum = bias ? sum + bias[c] : sum;
-                y[r * y_row + c] = gelu ? sum / (1.0f + exp_clamped(-1.702f * sum)) : sum;
+                y[r * y_row + c] = gelu ? gelu2(sum) : sum;
             }
     }
 }

@@ -29,7 +29,8 @@ def linear_inputs(rows: int, k_dim: int, n_dim: int, seed: int = 0):
             torch.randn(n_dim, generator=gen))
 
 
-@pytest.mark.parametrize("n_dim", [16, 144, 37], ids=["one-block", "shipped-width", "with-tail-columns"])
+@pytest.mark.parametrize("n_dim", [16, 144, 37, 56], ids=["one-block", "shipped-width", "with-tail-columns",
+                                                      "blocks-of-two-and-one-vectors-and-a-tail"])
 @pytest.mark.parametrize("gelu", [False, True], ids=["plain", "gelu2"])
 def test_products_equal_torch_and_a_row_keeps_its_bits_whatever_its_companions(n_dim, gelu):
     x, weight_t, bias = linear_inputs(13, 40, n_dim)
@@ -37,7 +38,7 @@ def test_products_equal_torch_and_a_row_keeps_its_bits_whatever_its_companions(n
     got = linear(x, gelu)
     expected = x @ weight_t + bias
     assert (got - (row_gelu2(expected) if gelu else expected)).abs().max() < 1e-5
-    for count in range(1, 14):  # every split into blocks of 4, 2 and 1 rows, and every place in them
+    for count in range(1, 14):  # every split into blocks of 8 (AVX-512) or 4, then 2 and 1 rows, at each place
         for first in range(0, 13 - count + 1, 3):
             part = linear(x[first:first + count], gelu)
             assert torch.equal(part, got[first:first + count]), f"rows {first}..{first + count} changed"
