@@ -4,6 +4,18 @@
 #define KERNEL_MATH_H
 #include <stdint.h>
 
+/* Cephes' polynomial for exp(r), r in [-ln 2 / 2, ln 2 / 2], p holding its first coefficient: written once
+   for the scalar and the vector exp, so that both do the same operations. */
+#define EXP_POLYNOMIAL(p, r)                 \
+    do {                                     \
+        p = p * r + 1.3981999507e-3f;        \
+        p = p * r + 8.3334519073e-3f;        \
+        p = p * r + 4.1665795894e-2f;        \
+        p = p * r + 1.6666665459e-1f;        \
+        p = p * r + 5.0000001201e-1f;        \
+        p = p * r * r + r + 1.0f;            \
+    } while (0)
+
 /* floor(x) for |x| < 2^31, through an integer conversion the compiler vectorizes (floorf it keeps scalar). */
 static inline float floor_small(float x) {
     float t = (float)(int32_t)x;  /* x rounded toward zero */
@@ -16,12 +28,7 @@ static inline float exp_in_range(float x) {
     float n = floor_small(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    EXP_POLYNOMIAL(p, r);
     union { uint32_t u; float f; } scale;
     scale.u = (uint32_t)((int32_t)n + 127) << 23;
     return p * scale.f;
@@ -43,12 +50,7 @@ static inline vfloat16 exp_in_range16(vfloat16 x) {
     vfloat16 n = t - select16(t > m, zero + 1.0f, zero);
     vfloat16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
     vfloat16 p = zero + 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+    EXP_POLYNOMIAL(p, r);
     return p * (vfloat16)((__builtin_convertvector(n, vint16) + 127) << 23);
 }
 
