@@ -32,7 +32,6 @@ def fresh_kernels():
     forget()
 
 
-
 @pytest.fixture
 def favour_products(monkeypatch):
     """favour_products(way): row_tile chooses afresh, timing the ways it finds exact as if the products with
