@@ -55,7 +55,8 @@ CONFIGS = {
 # The reference implementation's sample loop over the sampler of commit 93b7a0d, float32, bair-like (the
 # decoding-engine issue's measurement, both on the same checkpoint in one run): batch 1 and batch 8.
 REFERENCE_OVER_BASELINE = {1: 2.0, 8: 2.5}
-CPU_KERNELS = {"all": ("row_attention", "row_ops"), "attention": ("row_attention",), "none": ()}
+CPU_KERNELS = {"all": ("row_attention", "row_ops", "row_step"), "layered": ("row_attention", "row_ops"),
+               "attention": ("row_attention",), "none": ()}
 
 
 def build(name: str, device: str, dtype: torch.dtype = torch.float32, package=None) -> VideoGPT:

@@ -41,6 +41,7 @@ from .layout import causal_mask
 from .precision import DTYPES, Int8Linear, by_tiles, check_precision
 from .row_attention import attend_blocks, row_attention
 from .row_ops import RowLinear, row_ops
+from .row_step import RowStep, row_step
 
 log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
@@ -231,6 +232,7 @@ def prepare_decoding(gpt: VideoGPT, precision: str = "float32") -> VideoGPT:
         _plain(attn, "fc", out)
         mlp_in, mlp_out = linear(layer.fc_block[0]), linear(layer.fc_block[2])
         _plain(layer, "fc_block", lambda h, a=mlp_in, b=mlp_out: b(mlp_hidden(a, h)))
+        layer.mlp_linears = (mlp_in, mlp_out)  # for the compiled step (row_step.py)
         linears += [qkv, out, mlp_in, mlp_out]
         if hasattr(layer, "enc_attn"):
             cross_q, cross_out = linear(layer.enc_attn.w_qs), linear(layer.enc_attn.fc)
@@ -854,6 +856,8 @@ class RowDecoder:
         self.ids: list[int] = []  # the id of the row at each active place
         self._next_id = 0
         self._graph: Callable[[], torch.Tensor] | None = None
+        # On CPU, a step's layers in one compiled call where they are all compiled kernels (row_step.py).
+        self.compiled_step = row_step(self, lambda rows: self._step(rows, self.read_groups(), rows))
 
     def _sparse_reads(self) -> None:
         """Sparse attention reads a few blocks (the local window and the strided ones), not the prefix: each
@@ -1036,8 +1040,33 @@ class RowDecoder:
             if self._graph is None:
                 self._graph = self._capture()
             return self._graph()[:self.active]
+        if self.compiled_step is not None:
+            return self.fused_step(self.compiled_step)
         count = self.tile * math.ceil(self.active / self.tile)
         return self._step(count, self.read_groups(), self.active)[:self.active]
+
+    def fused_step(self, step: RowStep) -> torch.Tensor:
+        """`step` through the compiled step: the active rows' input features, then their layers in one call."""
+        active = self.active
+        positions = self.positions[:active]
+        x = self.token_features[self.tokens[:active]] + self.position_features[positions]
+        if self.tables.aligned is not None:
+            x = x + self.tables.aligned[torch.arange(active, device=self.device), positions]
+        if self.sparse:
+            blocks, counts = self.read_index.index_select(0, positions), self.read_counts.index_select(0, positions)
+        else:
+            blocks, counts = self.all_blocks, positions + 1
+        logits = step(x, blocks, counts, positions)
+        self.positions[:active] = (positions + 1).clamp_(max=self.seq_len - 1)
+        return logits
+
+    def reset_rows(self, rows: int) -> None:
+        """Rows [0, rows) as a fresh decoder has them (no conditioning, empty caches, position 0); none active."""
+        for gain, bias in self.tables.norms.values():
+            gain[:rows], bias[:rows] = 1, 0
+        self.keys[:, :rows], self.values[:, :rows] = 0, 0
+        self.positions[:rows], self.tokens[:rows] = 0, self.sos
+        self.active = 0
 
     @torch.no_grad()
     def step_full(self) -> torch.Tensor:

@@ -1,0 +1,70 @@
+/* A decoding step's layers on CPU, float32, in one call: the compiled kernels (row_ops.c's products and
+   norms, row_attention.c's attention) chained in the order AttentionBlock.forward states, with the
+   residual sums between them, so a step crosses from Python into C once instead of some thirty times.
+
+   Nothing is computed here but the residual sums (one float add each, as torch adds): every product,
+   norm and attention is the kernel's own call, through the pointers the plan holds (the kernels live in
+   their own libraries, compiled for their shapes). So a row gets the bits the layer-by-layer step gives
+   it, which row_step.py checks when a decoder takes this path. */
+#include <stdint.h>
+#include <stddef.h>
+
+typedef void (*linear_fn)(const float *x, int64_t x_row, const float *w, const float *bias, float *y,
+                          int64_t y_row, int64_t rows, int64_t k_dim, int64_t n_dim, int gelu);
+typedef void (*norm_fn)(const float *x, int64_t x_row, const float *g, int64_t g_row, const float *b,
+                        int64_t b_row, float *y, int64_t y_row, int64_t rows, int64_t dim);
+typedef int (*attend_fn)(const float *q, float *keys, float *values, const int64_t *blocks,
+                         const int64_t *counts, int64_t rows, int64_t heads, int64_t key_row, int64_t value_row,
+                         int64_t block_row, float scale, float *out, int64_t q_row, const float *new_keys,
+                         int64_t new_key_row, const float *new_values, int64_t new_value_row,
+                         const int64_t *positions);
+
+/* One layer: its norms' per-row gains and biases (rows `dim` apart), its products' weights (K, N) and
+   biases (NULL: none), its cache (row r at keys + r * key_row). */
+typedef struct {
+    const float *attn_g, *attn_b, *fc_g, *fc_b;
+    const float *qkv_w, *qkv_b, *out_w, *out_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    float *keys, *values;
+} StepLayer;
+
+typedef struct {
+    linear_fn linear;
+    norm_fn norm;
+    attend_fn attend;
+    int64_t layers, dim, heads, d_k, d_v, hidden, n_codes, key_row, value_row;
+    float scale;
+    const StepLayer *layer;
+    const float *final_g, *final_b, *logits_w, *logits_b;
+    float *h, *qkv, *att, *proj, *mlp;  /* scratch, room for every row of the decoder */
+} StepPlan;
+
+static void add_rows(float *x, const float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] + y[i];
+}
+
+/* x (rows, dim): the rows' input features, overwritten by the last layer's output; row r reads the blocks
+   blocks[r * block_row + i] of its cache, the first counts[r] entries, after writing its new key and value
+   at positions[r]; logits (rows, n_codes). Returns row_attention.c's code (0: done). */
+int step_rows(const StepPlan *p, float *x, int64_t rows, const int64_t *blocks, int64_t block_row,
+              const int64_t *counts, const int64_t *positions, float *logits) {
+    int64_t dim = p->dim, keys_width = p->heads * p->d_k, heads_width = p->heads * p->d_v;
+    int64_t qkv_width = 2 * keys_width + heads_width;
+    for (int64_t i = 0; i < p->layers; i++) {
+        const StepLayer *l = &p->layer[i];
+        p->norm(x, dim, l->attn_g, dim, l->attn_b, dim, p->h, dim, rows, dim);
+        p->linear(p->h, dim, l->qkv_w, l->qkv_b, p->qkv, qkv_width, rows, dim, qkv_width, 0);
+        int failed = p->attend(p->qkv, l->keys, l->values, blocks, counts, rows, p->heads, p->key_row,
+                               p->value_row, block_row, p->scale, p->att, qkv_width, p->qkv + keys_width,
+                               qkv_width, p->qkv + 2 * keys_width, qkv_width, positions);
+        if (failed) return failed;
+        p->linear(p->att, heads_width, l->out_w, l->out_b, p->proj, dim, rows, heads_width, dim, 0);
+        add_rows(x, p->proj, rows * dim);
+        p->norm(x, dim, l->fc_g, dim, l->fc_b, dim, p->h, dim, rows, dim);
+        p->linear(p->h, dim, l->fc1_w, l->fc1_b, p->mlp, p->hidden, rows, dim, p->hidden, 1);
+        p->linear(p->mlp, p->hidden, l->fc2_w, l->fc2_b, p->proj, dim, rows, p->hidden, dim, 0);
+        add_rows(x, p->proj, rows * dim);
+    }
+    p->norm(x, dim, p->final_g, dim, p->final_b, dim, p->h, dim, rows, dim);
+    p->linear(p->h, dim, p->logits_w, p->logits_b, logits, p->n_codes, rows, dim, p->n_codes, 0);
+    return 0;
+}

@@ -1,0 +1,189 @@
+"""A decoding step's layers on CPU in one compiled call (row_step.c), where the step's products, norms and
+attention are all compiled kernels (float32, a prior without frame cross-attention).
+
+The layer-by-layer step calls some thirty kernels from Python, each behind a few microseconds of
+Python, ctypes and tensor allocation, and puts residual sums, views and head splits between them in
+torch: at one guided sample of the shipped prior that glue was most of the step, not the arithmetic.
+row_step.c makes the same kernel calls in the same order from C, through a plan built once per decoder
+(its weights, gains, caches and scratch memory, by address).
+
+A plan is only used after it gave bit for bit the logits and cache entries of the layer-by-layer step on
+the decoder it serves (steps of random rows at positions across blocks, each conditioned its own way):
+it holds raw addresses, and a shape it does not expect must not reach the kernels. Where that check
+fails, or the library cannot be built, the decoder steps layer by layer (and logs why once).
+kernels.ENABLED without "row_step" (a benchmark's comparison; the worker's VGS_CPU_KERNELS=false takes
+every kernel out) turns it off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import kernels
+
+if TYPE_CHECKING:
+    from .decoding import RowDecoder
+
+log = logging.getLogger(__name__)
+SOURCE = Path(__file__).with_name("row_step.c")
+CHECK_STEPS = 3
+
+_pointer, _size = ctypes.c_void_p, ctypes.c_int64
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _pointer) for name in ("attn_g", "attn_b", "fc_g", "fc_b", "qkv_w", "qkv_b", "out_w",
+                                              "out_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "keys", "values")]
+
+
+class _Plan(ctypes.Structure):
+    _fields_ = [("linear", _pointer), ("norm", _pointer), ("attend", _pointer),
+                *[(name, _size) for name in ("layers", "dim", "heads", "d_k", "d_v", "hidden", "n_codes",
+                                             "key_row", "value_row")],
+                ("scale", ctypes.c_float), ("layer", ctypes.POINTER(_Layer)),
+                *[(name, _pointer) for name in ("final_g", "final_b", "logits_w", "logits_b", "h", "qkv", "att",
+                                                "proj", "mlp")]]
+
+
+class RowStep:
+    """A decoder's step through row_step.c: call(x, blocks, counts, positions) with x (R, D) the rows'
+    input features (contiguous float32, overwritten), blocks (R, b) or (1, b) and counts (R,) what each
+    row reads (as RowAttention takes them), positions (R,) where each writes; the logits (R, n_codes)."""
+
+    def __init__(self, function: ctypes._CFuncPtr, decoder: RowDecoder):
+        model, tables = decoder.model, decoder.tables
+        layers = model.attn_stack.attn_nets
+        attn = layers[0].attn
+        capacity, dim = decoder.positions.shape[0], model.config.hidden_dim
+        hidden = layers[0].mlp_linears[0].weight_t.shape[1]
+        self.function, self.n_codes, self.dim = function, model.fc_out.weight_t.shape[1], dim
+        heads_width = attn.n_head * attn.d_v
+        self._scratch = [torch.empty(capacity, width) for width in
+                         (dim, 2 * attn.n_head * attn.d_k + heads_width, heads_width, dim, hidden)]
+
+        def address(t: torch.Tensor | None) -> int | None:
+            return None if t is None else t.data_ptr()
+
+        def products(linear) -> tuple[int, int | None]:
+            return address(linear.compiled.weight_t), address(linear.compiled.bias)
+
+        self._layers = (_Layer * len(layers))()
+        for index, (layer, entry) in enumerate(zip(layers, self._layers)):
+            entry.attn_g, entry.attn_b = map(address, tables.norms[index, "pre_attn_norm"])
+            entry.fc_g, entry.fc_b = map(address, tables.norms[index, "pre_fc_norm"])
+            entry.qkv_w, entry.qkv_b = products(layer.attn.qkv)
+            entry.out_w, entry.out_b = products(layer.attn.fc)
+            (entry.fc1_w, entry.fc1_b), (entry.fc2_w, entry.fc2_b) = map(products, layer.mlp_linears)
+            entry.keys, entry.values = address(decoder.keys[index]), address(decoder.values[index])
+        ops = decoder.ops
+        plan = self._plan = _Plan()
+        plan.linear, plan.norm = (ctypes.cast(f, _pointer).value for f in (ops.linear, ops._norm))
+        plan.attend = ctypes.cast(decoder.kernel.function, _pointer).value
+        plan.layers, plan.dim, plan.heads, plan.d_k, plan.d_v = len(layers), dim, attn.n_head, attn.d_k, attn.d_v
+        plan.hidden, plan.n_codes = hidden, self.n_codes
+        plan.key_row, plan.value_row = decoder.keys[0].stride(0), decoder.values[0].stride(0)
+        plan.scale, plan.layer = decoder.kernel.scale, self._layers
+        plan.final_g, plan.final_b = map(address, tables.norms[None, "norm"])
+        plan.logits_w, plan.logits_b = products(model.fc_out)
+        plan.h, plan.qkv, plan.att, plan.proj, plan.mlp = map(address, self._scratch)
+        self._capacity = capacity
+        self._plan_ref = ctypes.byref(plan)
+
+    def __call__(self, x: torch.Tensor, blocks: torch.Tensor, counts: torch.Tensor,
+                 positions: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        # The kernels read and write raw memory at offsets computed from these: what does not match them
+        # must not reach them.
+        if not (x.dtype == torch.float32 and x.shape == (rows, self.dim) and x.is_contiguous()
+                and rows <= self._capacity and blocks.dtype == counts.dtype == positions.dtype == torch.int64
+                and blocks.dim() == 2 and blocks.shape[0] in (1, rows) and blocks.stride(1) == 1
+                and counts.shape == positions.shape == (rows,) and counts.is_contiguous()
+                and positions.is_contiguous()):
+            raise ValueError(f"row step takes x ({rows} <= {self._capacity}, {self.dim}) float32 contiguous and "
+                             f"int64 reads, given x {tuple(x.shape)} {x.dtype}, blocks {tuple(blocks.shape)}, "
+                             f"counts {tuple(counts.shape)}, positions {tuple(positions.shape)}")
+        logits = torch.empty(rows, self.n_codes)
+        block_row = blocks.stride(0) if blocks.shape[0] > 1 else 0
+        failed = self.function(self._plan_ref, x.data_ptr(), rows, blocks.data_ptr(), block_row,
+                               counts.data_ptr(), positions.data_ptr(), logits.data_ptr())
+        if failed == -1:
+            raise MemoryError("row step: no memory for a row's scores")
+        if failed:
+            raise ValueError("row step: a position beyond the cache")
+        return logits
+
+
+def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -> RowStep | None:
+    """The decoder's compiled step, or None where its step is not all compiled kernels, the library cannot
+    be built, or the plan's step differs from layered_step(rows) (the decoder's layer-by-layer step of its
+    first rows) on the check. The check runs on the decoder itself, before it holds any row, and leaves it
+    as it found it."""
+    model = decoder.model
+    if "row_step" not in kernels.ENABLED or not (
+            decoder.ops is not None and decoder.kernel is not None and decoder.kernel.dtype == torch.float32
+            and decoder.tile == 1 and not decoder.cuda_graph and decoder.tables.gate is None
+            and getattr(model, "decode_products", None) is not None and model.decode_products.compiled):
+        return None
+    function = _library()
+    if function is None:
+        return None
+    step = RowStep(function, decoder)
+    if not _agrees(decoder, step, layered_step):
+        log.warning("the compiled step differs from the layer-by-layer step for this prior; not used")
+        return None
+    return step
+
+
+@functools.cache
+def _library() -> ctypes._CFuncPtr | None:
+    try:
+        library = ctypes.CDLL(str(kernels.build(SOURCE)))
+    except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
+        log.warning("row step library unavailable (%s); decoding steps layer by layer", error)
+        return None
+    function = library.step_rows
+    function.argtypes = [_pointer, _pointer, _size, _pointer, _size, _pointer, _pointer, _pointer]
+    function.restype = ctypes.c_int
+    return function
+
+
+@torch.no_grad()
+def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], torch.Tensor]) -> bool:
+    """Whether the plan's steps give the logits and cache entries of the layer-by-layer steps, bit for bit,
+    for up to four rows at positions across the cache's blocks (each with its own norms' gains and biases);
+    the decoder is put back as it was (fresh) either way."""
+    rows = min(4, decoder.positions.shape[0])
+    gen = torch.Generator().manual_seed(0)
+    seq_len = decoder.seq_len
+    start = torch.tensor([0, decoder.block - 1, seq_len // 2, seq_len - CHECK_STEPS])[:rows].clamp(0, seq_len - 1)
+    tokens = torch.randint(0, decoder.sos + 1, (CHECK_STEPS, rows), generator=gen)
+    for gain, bias in decoder.tables.norms.values():
+        gain[:rows] = 1 + 0.1 * torch.randn(gain[:rows].shape, generator=gen)
+        bias[:rows] = 0.1 * torch.randn(bias[:rows].shape, generator=gen)
+    for cache in (decoder.keys, decoder.values):  # earlier entries to read
+        cache[:, :rows] = torch.randn(cache[:, :rows].shape, generator=gen)
+    caches = (decoder.keys[:, :rows].clone(), decoder.values[:, :rows].clone())
+
+    def run(compiled: bool) -> list[torch.Tensor]:
+        decoder.keys[:, :rows], decoder.values[:, :rows] = caches
+        decoder.positions[:rows] = start
+        decoder.active = rows
+        found = []
+        for codes in tokens:
+            decoder.tokens[:rows] = codes
+            found.append(decoder.fused_step(step) if compiled else layered_step(rows))
+        return [*found, decoder.keys[:, :rows].clone(), decoder.values[:, :rows].clone()]
+
+    try:
+        same = all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+    finally:
+        decoder.reset_rows(rows)
+    return same

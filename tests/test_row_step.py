@@ -1,0 +1,113 @@
+"""The compiled step (models/row_step.py): a step's layers in one call give the logits and cache entries of
+the layer-by-layer step bit for bit, for rows joining and leaving at any step, and a row the same bits
+alone as beside others; a plan that would differ is
+not used, and its check leaves the decoder as it found it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from model_factory import random_gpt
+from test_generality import CASES, inputs_for
+
+from models import GPTConfig, VQVAEConfig, kernels, row_step
+from models.decoding import RowDecoder
+
+SMALL_VQ = VQVAEConfig(embedding_dim=8, n_codes=32, n_hiddens=16, n_res_layers=1, downsample=(2, 4, 4),
+                       sequence_length=8, resolution=32)  # latent 4x8x8: 256 positions, blocks of 128
+STEP_CASES = {
+    "class-full": (SMALL_VQ, GPTConfig(hidden_dim=48, heads=3, layers=2, attn_type="full", class_cond_dim=4)),
+    "class-sparse": (SMALL_VQ, GPTConfig(hidden_dim=36, heads=2, layers=2, attn_type="sparse", class_cond_dim=3,
+                                         sparse_block_size=16)),
+    "uncond-sparse": CASES["stride1x2x2-uncond-sparse"],
+}
+
+
+CROWDED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 5, 5: 9}  # row: the step it joins at
+
+
+def decoded_logits(gpt, compiled: bool, monkeypatch, starts: dict[int, int] = CROWDED,
+                   rows: int = 8) -> dict[int, list[torch.Tensor]]:
+    """Rows (of six) forced through their codes, joining one decoder at the given steps (and leaving as they
+    end); each row's logits."""
+    monkeypatch.setattr(kernels, "ENABLED", set(kernels.KERNELS) - (set() if compiled else {"row_step"}))
+    decoder = RowDecoder(gpt, rows=rows)
+    assert (decoder.compiled_step is not None) == compiled
+    codes, labels, frames = inputs_for(gpt, batch=6, seed=3)
+    cond, flat = gpt.condition(labels, frames, 6), codes.flatten(1)
+    steps = flat.shape[1]
+    ids, logits, step = {}, {row: [] for row in starts}, 0
+    while any(len(v) < steps for v in logits.values()):
+        for row, at in starts.items():
+            if step == at:
+                ids[row] = decoder.admit(cond.row(row), 1)[0]
+        out = decoder.step()
+        live = [r for r in ids if len(logits[r]) < steps]
+        for row in live:
+            place = decoder.place(ids[row])
+            logits[row].append(out[place])
+            decoder.set_tokens(torch.tensor([place]), flat[row, len(logits[row]) - 1:len(logits[row])])
+        decoder.release([ids[r] for r in live if len(logits[r]) == steps])
+        step += 1
+    return logits
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASES))
+def test_the_compiled_step_gives_the_layer_by_layer_logits_bit_for_bit(case, monkeypatch, favour_products):
+    favour_products("compiled")
+    gpt = random_gpt(*STEP_CASES[case], seed=5)
+    layered = decoded_logits(gpt, compiled=False, monkeypatch=monkeypatch)
+    compiled = decoded_logits(gpt, compiled=True, monkeypatch=monkeypatch)
+    for row in layered:
+        assert all(torch.equal(a, b) for a, b in zip(layered[row], compiled[row])), f"row {row} differs"
+    for row in layered:  # and alone, a row's bits are the ones it had beside the others
+        alone = decoded_logits(gpt, compiled=True, monkeypatch=monkeypatch, starts={row: 0}, rows=1)[row]
+        assert all(torch.equal(a, b) for a, b in zip(alone, compiled[row])), f"row {row} changed alone"
+
+
+def test_a_prior_that_reads_frames_steps_layer_by_layer(favour_products):
+    favour_products("compiled")
+    gpt = random_gpt(*CASES["class-frames-sparse"], seed=5)
+    assert RowDecoder(gpt, rows=4).compiled_step is None
+
+
+def test_a_plan_that_differs_is_not_used_and_the_check_leaves_the_decoder_fresh(monkeypatch, favour_products,
+                                                                                caplog):
+    favour_products("compiled")
+    gpt = random_gpt(*STEP_CASES["class-full"], seed=5)
+    checked = RowDecoder(gpt, rows=4)
+    assert checked.compiled_step is not None
+    fresh = {"positions": 0, "tokens": checked.sos, "keys": 0, "values": 0}
+    for name, value in fresh.items():
+        assert bool((getattr(checked, name) == value).all()), f"the check left {name} changed"
+    for gain, bias in checked.tables.norms.values():
+        assert bool((gain == 1).all()) and bool((bias == 0).all())
+    assert checked.active == 0
+
+    original = row_step.RowStep.__call__
+
+    def off_by_a_bit(self, x, blocks, counts, positions):
+        logits = original(self, x, blocks, counts, positions)
+        logits[-1, -1] = torch.nextafter(logits[-1, -1], torch.tensor(float("inf")))
+        return logits
+
+    monkeypatch.setattr(row_step.RowStep, "__call__", off_by_a_bit)
+    with caplog.at_level(logging.WARNING, logger="models.row_step"):
+        assert RowDecoder(gpt, rows=4).compiled_step is None
+    assert "differs from the layer-by-layer step" in caplog.text
+
+
+def test_the_compiled_step_refuses_inputs_it_was_not_planned_for(favour_products):
+    favour_products("compiled")
+    gpt = random_gpt(*STEP_CASES["class-full"], seed=5)
+    decoder = RowDecoder(gpt, rows=2)
+    step, dim = decoder.compiled_step, gpt.config.hidden_dim
+    reads = (decoder.all_blocks, torch.ones(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="row step takes"):
+        step(torch.zeros(3, dim), *reads)  # more rows than the decoder holds
+    with pytest.raises(ValueError, match="row step takes"):
+        step(torch.zeros(2, dim + 1), decoder.all_blocks, *(t[:2] for t in reads[1:]))
+    with pytest.raises(ValueError, match="row step takes"):
+        step(torch.zeros(2, dim, dtype=torch.float64), decoder.all_blocks, *(t[:2] for t in reads[1:]))
