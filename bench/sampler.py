@@ -286,7 +286,8 @@ def main() -> None:
     parser.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="CUDA: capture the step or not")
     parser.add_argument("--kernels", nargs="+", default=["all"], choices=list(CPU_KERNELS),
                         help="CPU: the compiled kernels the decoder may use (where they can be built): all, "
-                             "the row attention alone (products and norms through torch), or none")
+                             "layered (all but the compiled step: the kernels called layer by layer), the row "
+                             "attention alone (products and norms through torch), or none")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # what older checkouts' runs pass
     args = parser.parse_args()

@@ -158,29 +158,29 @@ def _library() -> ctypes._CFuncPtr | None:
 @torch.no_grad()
 def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], torch.Tensor]) -> bool:
     """Whether the plan's steps give the logits and cache entries of the layer-by-layer steps, bit for bit,
-    for up to four rows at positions across the cache's blocks (each with its own norms' gains and biases);
-    the decoder is put back as it was (fresh) either way."""
-    rows = min(4, decoder.positions.shape[0])
+    for up to four rows at positions in and across the cache's first blocks (each row with its own norms'
+    gains and biases); the decoder is put back as it was (fresh) either way. Only the blocks those rows
+    read are filled and kept: a large prior's whole cache is hundreds of MB."""
+    rows, block = min(4, decoder.positions.shape[0]), decoder.block
     gen = torch.Generator().manual_seed(0)
-    seq_len = decoder.seq_len
-    start = torch.tensor([0, decoder.block - 1, seq_len // 2, seq_len - CHECK_STEPS])[:rows].clamp(0, seq_len - 1)
+    last = max(decoder.seq_len - CHECK_STEPS, 0)
+    start = torch.tensor([0, block - 1, block + 1, 2 * block + 1])[:rows].clamp(0, last)
+    read = slice(0, min(decoder.n_blocks, -(-(int(start.max()) + CHECK_STEPS) // block)))
     tokens = torch.randint(0, decoder.sos + 1, (CHECK_STEPS, rows), generator=gen)
     for gain, bias in decoder.tables.norms.values():
         gain[:rows] = 1 + 0.1 * torch.randn(gain[:rows].shape, generator=gen)
         bias[:rows] = 0.1 * torch.randn(bias[:rows].shape, generator=gen)
-    for cache in (decoder.keys, decoder.values):  # earlier entries to read
-        cache[:, :rows] = torch.randn(cache[:, :rows].shape, generator=gen)
-    caches = (decoder.keys[:, :rows].clone(), decoder.values[:, :rows].clone())
+    caches = [torch.randn(cache[:, :rows, read].shape, generator=gen) for cache in (decoder.keys, decoder.values)]
 
     def run(compiled: bool) -> list[torch.Tensor]:
-        decoder.keys[:, :rows], decoder.values[:, :rows] = caches
+        decoder.keys[:, :rows, read], decoder.values[:, :rows, read] = caches  # earlier entries to read
         decoder.positions[:rows] = start
         decoder.active = rows
         found = []
         for codes in tokens:
             decoder.tokens[:rows] = codes
             found.append(decoder.fused_step(step) if compiled else layered_step(rows))
-        return [*found, decoder.keys[:, :rows].clone(), decoder.values[:, :rows].clone()]
+        return [*found, decoder.keys[:, :rows, read].clone(), decoder.values[:, :rows, read].clone()]
 
     try:
         same = all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
