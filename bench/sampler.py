@@ -181,6 +181,7 @@ def run(args: argparse.Namespace, name: str, batch: int, precision: str, guidanc
         "mb_read_per_step": round(moved / 1e6, 1), "row_tile": decoder.tile, "read_chunk": decoder.chunk,
         "attention": "kernel" if decoder.kernel is not None else "torch",
         "products": products.describe() if (products := getattr(decoder.model, "decode_products", None)) else None,
+        "step": "compiled" if decoder.compiled_step is not None else "layer by layer",
         "peak_memory_mb": round(peak_memory_mb(args.device), 1),
         "cuda_graph": decoder.cuda_graph if device_is_cuda else None,
         "params_m": round(sum(p.numel() for n, p in gpt.named_parameters() if not n.startswith("vqvae.")) / 1e6, 2),
