@@ -80,9 +80,9 @@ class RowOps:
         self.linear = library.row_linear
         self.linear.argtypes = [pointer, size, pointer, pointer, pointer, size, size, size, size, ctypes.c_int]
         self.linear.restype = None
-        self._norm = library.row_norm
-        self._norm.argtypes = [pointer, size] * 4 + [size, size]
-        self._norm.restype = None
+        self.row_norm = library.row_norm
+        self.row_norm.argtypes = [pointer, size] * 4 + [size, size]
+        self.row_norm.restype = None
 
     def bind(self, weight_t: torch.Tensor, bias: torch.Tensor | None) -> RowLinear:
         return RowLinear(self.linear, weight_t, bias)
@@ -96,7 +96,7 @@ class RowOps:
                              f"biases (R, 1, D) or (D,), given x {tuple(x.shape)} {x.dtype}, g {tuple(g.shape)}, "
                              f"b {tuple(b.shape)}")
         y = torch.empty(rows, 1, dim, dtype=torch.float32)
-        self._norm(x.data_ptr(), x.stride(0), g.data_ptr(), _row_stride(g), b.data_ptr(), _row_stride(b),
+        self.row_norm(x.data_ptr(), x.stride(0), g.data_ptr(), _row_stride(g), b.data_ptr(), _row_stride(b),
                    y.data_ptr(), dim, rows, dim)
         return y
 

@@ -23,14 +23,13 @@ import logging
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from . import kernels
 
-if TYPE_CHECKING:
-    from .decoding import RowDecoder
+RowDecoder = Any  # models.decoding.RowDecoder, which imports this module
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("row_step.c")
@@ -85,7 +84,7 @@ class RowStep:
             entry.keys, entry.values = address(decoder.keys[index]), address(decoder.values[index])
         ops = decoder.ops
         plan = self._plan = _Plan()
-        plan.linear, plan.norm = (ctypes.cast(f, _pointer).value for f in (ops.linear, ops._norm))
+        plan.linear, plan.norm = (ctypes.cast(f, _pointer).value for f in (ops.linear, ops.row_norm))
         plan.attend = ctypes.cast(decoder.kernel.function, _pointer).value
         plan.layers, plan.dim, plan.heads, plan.d_k, plan.d_v = len(layers), dim, attn.n_head, attn.d_k, attn.d_v
         plan.hidden, plan.n_codes = hidden, self.n_codes

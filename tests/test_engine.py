@@ -183,6 +183,32 @@ def test_prefill_then_steps_equal_teacher_forcing():
         decoder.set_tokens(torch.arange(2), flat[:, pos])
 
 
+CROWDED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 5, 5: 9}  # row (of six): the step it joins at
+
+
+def forced_logits(gpt, starts: dict[int, int], rows: int) -> dict[int, list[torch.Tensor]]:
+    """Rows (of six samples' conditioning and codes) join one decoder of `rows` rows at the given steps and
+    are forced through their codes, leaving as they end; each row's logits."""
+    codes, labels, frames = inputs_for(gpt, batch=6, seed=3)
+    cond, flat = gpt.condition(labels, frames, 6), codes.flatten(1)
+    steps = flat.shape[1]
+    decoder, ids, logits = RowDecoder(gpt, rows=rows), {}, {row: [] for row in starts}
+    step = 0
+    while any(len(v) < steps for v in logits.values()):
+        for row, at in starts.items():
+            if step == at:
+                ids[row] = decoder.admit(cond.row(row), 1)[0]
+        out = decoder.step()
+        live = [r for r in ids if len(logits[r]) < steps]
+        for row in live:
+            place = decoder.place(ids[row])
+            logits[row].append(out[place])
+            decoder.set_tokens(torch.tensor([place]), flat[row, len(logits[row]) - 1:len(logits[row])])
+        decoder.release([ids[r] for r in live if len(logits[r]) == steps])  # places move: after reading
+        step += 1
+    return logits
+
+
 FORCED = ("tiled-products", "onednn-products", "one-row-products", "compiled-products", "bfloat16-row-reads",
           "torch-attention", "bfloat16-torch-row-reads")
 
@@ -226,30 +252,8 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
         assert RowDecoder(gpt, rows=8).model.decode_linears[0].one_row, "one-row products found inexact"
     if forced == "compiled-products":
         assert RowDecoder(gpt, rows=8).model.decode_linears[0].compiled is not None, "compiled products not chosen"
-    codes, labels, frames = inputs_for(gpt, batch=6, seed=3)
-    cond, flat = gpt.condition(labels, frames, 6), codes.flatten(1)
-    steps = flat.shape[1]
-
-    def decode(starts: dict[int, int], rows: int) -> dict[int, list[torch.Tensor]]:
-        """Rows join at the given steps and are forced through their codes; each row's logits."""
-        decoder, ids, logits = RowDecoder(gpt, rows=rows), {}, {row: [] for row in starts}
-        step = 0
-        while any(len(v) < steps for v in logits.values()):
-            for row, at in starts.items():
-                if step == at:
-                    ids[row] = decoder.admit(cond.row(row), 1)[0]
-            out = decoder.step()
-            live = [r for r in ids if len(logits[r]) < steps]
-            for row in live:
-                place = decoder.place(ids[row])
-                logits[row].append(out[place])
-                decoder.set_tokens(torch.tensor([place]), flat[row, len(logits[row]) - 1:len(logits[row])])
-            decoder.release([ids[r] for r in live if len(logits[r]) == steps])  # places move: after reading
-            step += 1
-        return logits
-
-    alone = {row: decode({row: 0}, rows=1)[row] for row in range(6)}
-    crowded = decode({0: 0, 1: 0, 2: 1, 3: 2, 4: 5, 5: 9}, rows=8)
+    alone = {row: forced_logits(gpt, {row: 0}, rows=1)[row] for row in range(6)}
+    crowded = forced_logits(gpt, CROWDED, rows=8)
     if not decoding.PLAIN_ROWS:
         assert RowDecoder(gpt, rows=8).model.decode_linears[0].tile > 0
     for row in range(6):

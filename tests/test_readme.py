@@ -23,7 +23,10 @@ def test_first_lines_give_make_run_and_make_test():
     assert any(line.strip().startswith("make test") for line in head)
 
 
-@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))])
+DOCS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md"))
+
+
+@pytest.mark.parametrize("page", ["README.md", *DOCS])
 def test_relative_links_lead_to_files(page):
     text = (REPO / page).read_text()
     targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]

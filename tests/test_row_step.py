@@ -10,7 +10,8 @@ import logging
 import pytest
 import torch
 from model_factory import random_gpt
-from test_generality import CASES, inputs_for
+from test_engine import CROWDED, forced_logits
+from test_generality import CASES
 
 from models import GPTConfig, VQVAEConfig, kernels, row_step
 from models.decoding import RowDecoder
@@ -25,33 +26,12 @@ STEP_CASES = {
 }
 
 
-CROWDED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 5, 5: 9}  # row: the step it joins at
-
-
 def decoded_logits(gpt, compiled: bool, monkeypatch, starts: dict[int, int] = CROWDED,
                    rows: int = 8) -> dict[int, list[torch.Tensor]]:
-    """Rows (of six) forced through their codes, joining one decoder at the given steps (and leaving as they
-    end); each row's logits."""
+    """forced_logits with the compiled step or without it (and checking which the decoder took)."""
     monkeypatch.setattr(kernels, "ENABLED", set(kernels.KERNELS) - (set() if compiled else {"row_step"}))
-    decoder = RowDecoder(gpt, rows=rows)
-    assert (decoder.compiled_step is not None) == compiled
-    codes, labels, frames = inputs_for(gpt, batch=6, seed=3)
-    cond, flat = gpt.condition(labels, frames, 6), codes.flatten(1)
-    steps = flat.shape[1]
-    ids, logits, step = {}, {row: [] for row in starts}, 0
-    while any(len(v) < steps for v in logits.values()):
-        for row, at in starts.items():
-            if step == at:
-                ids[row] = decoder.admit(cond.row(row), 1)[0]
-        out = decoder.step()
-        live = [r for r in ids if len(logits[r]) < steps]
-        for row in live:
-            place = decoder.place(ids[row])
-            logits[row].append(out[place])
-            decoder.set_tokens(torch.tensor([place]), flat[row, len(logits[row]) - 1:len(logits[row])])
-        decoder.release([ids[r] for r in live if len(logits[r]) == steps])
-        step += 1
-    return logits
+    assert (RowDecoder(gpt, rows=rows).compiled_step is not None) == compiled
+    return forced_logits(gpt, starts, rows)
 
 
 @pytest.mark.parametrize("case", sorted(STEP_CASES))
