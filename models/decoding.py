@@ -1040,7 +1040,9 @@ class RowDecoder:
             if self._graph is None:
                 self._graph = self._capture()
             return self._graph()[:self.active]
-        if self.compiled_step is not None:
+        # (while the prior's products are the compiled ones: another decoder of it, chosen at another thread
+        # count, may have set others, and a seed must give the same codes in both)
+        if self.compiled_step is not None and self.model.decode_products.compiled:
             return self.fused_step(self.compiled_step)
         count = self.tile * math.ceil(self.active / self.tile)
         return self._step(count, self.read_groups(), self.active)[:self.active]
