@@ -1048,7 +1048,8 @@ class RowDecoder:
         return self._step(count, self.read_groups(), self.active)[:self.active]
 
     def fused_step(self, step: RowStep) -> torch.Tensor:
-        """`step` through the compiled step: the active rows' input features, then their layers in one call."""
+        """`step` through the compiled step: the active rows' input features, then their layers in one call
+        (a frames prior's: two a layer, its frame cross-attention between them)."""
         active = self.active
         positions = self.positions[:active]
         x = self.token_features[self.tokens[:active]] + self.position_features[positions]
@@ -1058,7 +1059,14 @@ class RowDecoder:
             blocks, counts = self.read_index.index_select(0, positions), self.read_counts.index_select(0, positions)
         else:
             blocks, counts = self.all_blocks, positions + 1
-        logits = step(x, blocks, counts, positions)
+        frames = None
+        if self.tables.gate is not None:  # each layer's frame cross-attention, between the compiled halves
+            context, layers = DecodeContext(self, slice(0, active), self.read_groups(), active=active), \
+                self.model.attn_stack.attn_nets
+
+            def frames(index: int, h: torch.Tensor) -> torch.Tensor:
+                return layers[index].read_frames(h[:, None], context, index)[:, 0]
+        logits = step(x, blocks, counts, positions, frames)
         self.positions[:active] = (positions + 1).clamp_(max=self.seq_len - 1)
         return logits
 
@@ -1066,6 +1074,9 @@ class RowDecoder:
         """Rows [0, rows) as a fresh decoder has them (no conditioning, empty caches, position 0); none active."""
         for gain, bias in self.tables.norms.values():
             gain[:rows], bias[:rows] = 1, 0
+        for table in self.tables.tensors():
+            if not any(table is t for pair in self.tables.norms.values() for t in pair):
+                table[:rows] = 0  # frames: cross-attention keys and values, gate, aligned features
         self.keys[:, :rows], self.values[:, :rows] = 0, 0
         self.positions[:rows], self.tokens[:rows] = 0, self.sos
         self.active = 0

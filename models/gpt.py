@@ -195,11 +195,16 @@ class AttentionBlock(nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
         x = x + self.post_attn_dp(self.attn.combine(ctx.self_attention(index, q, k, v, dropout)))
         if ctx.reads_frames:
-            h = ctx.normalize(self.pre_enc_norm, x, index)
-            heads = ctx.cross_attention(index, self.enc_attn.queries(h), self.enc_attn)
-            x = x + ctx.gate_frames(self.post_enc_dp(self.enc_attn.combine(heads)))
+            x = self.read_frames(x, ctx, index)
         h = ctx.normalize(self.pre_fc_norm, x, index)
         return x + self.post_fc_dp(self.fc_block(h))
+
+    def read_frames(self, x: torch.Tensor, ctx: SequenceContext, index: int) -> torch.Tensor:
+        """x after the frame cross-attention and its residual (a frames prior's layer, between its
+        self-attention and its MLP; the compiled step, models/row_step.py, calls it between its halves)."""
+        h = ctx.normalize(self.pre_enc_norm, x, index)
+        heads = ctx.cross_attention(index, self.enc_attn.queries(h), self.enc_attn)
+        return x + ctx.gate_frames(self.post_enc_dp(self.enc_attn.combine(heads)))
 
 
 class SequenceContext:

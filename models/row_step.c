@@ -1,6 +1,7 @@
 /* A decoding step's layers on CPU, float32, in one call: the compiled kernels (row_ops.c's products and
    norms, row_attention.c's attention) chained in the order AttentionBlock.forward states, with the
-   residual sums between them, so a step crosses from Python into C once instead of some thirty times.
+   residual sums between them, so a step crosses from Python into C once instead of some thirty times
+   (a frames prior's step: twice a layer, its frame cross-attention between the halves in torch).
 
    Nothing is computed here but the residual sums (one float add each, as torch adds): every product,
    norm and attention is the kernel's own call, through the pointers the plan holds (the kernels live in
@@ -42,29 +43,51 @@ static void add_rows(float *x, const float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = x[i] + y[i];
 }
 
-/* x (rows, dim): the rows' input features, overwritten by the last layer's output; row r reads the blocks
-   blocks[r * block_row + i] of its cache, the first counts[r] entries, after writing its new key and value
-   at positions[r]; logits (rows, n_codes). Returns row_attention.c's code (0: done). */
-int step_rows(const StepPlan *p, float *x, int64_t rows, const int64_t *blocks, int64_t block_row,
-              const int64_t *counts, const int64_t *positions, float *logits) {
+/* Layer i's self-attention and its residual: x (rows, dim) in place. Row r reads the blocks
+   blocks[r * block_row + j] of its cache, the first counts[r] entries, after writing its new key and value
+   at positions[r]. Returns row_attention.c's code (0: done). */
+int attend_half(const StepPlan *p, int64_t i, float *x, int64_t rows, const int64_t *blocks,
+                int64_t block_row, const int64_t *counts, const int64_t *positions) {
+    const StepLayer *l = &p->layer[i];
     int64_t dim = p->dim, keys_width = p->heads * p->d_k, heads_width = p->heads * p->d_v;
     int64_t qkv_width = 2 * keys_width + heads_width;
+    p->norm(x, dim, l->attn_g, dim, l->attn_b, dim, p->h, dim, rows, dim);
+    p->linear(p->h, dim, l->qkv_w, l->qkv_b, p->qkv, qkv_width, rows, dim, qkv_width, 0);
+    int failed = p->attend(p->qkv, l->keys, l->values, blocks, counts, rows, p->heads, p->key_row,
+                           p->value_row, block_row, p->scale, p->att, qkv_width, p->qkv + keys_width,
+                           qkv_width, p->qkv + 2 * keys_width, qkv_width, positions);
+    if (failed) return failed;
+    p->linear(p->att, heads_width, l->out_w, l->out_b, p->proj, dim, rows, heads_width, dim, 0);
+    add_rows(x, p->proj, rows * dim);
+    return 0;
+}
+
+/* Layer i's MLP and its residual: x (rows, dim) in place. */
+void mlp_half(const StepPlan *p, int64_t i, float *x, int64_t rows) {
+    const StepLayer *l = &p->layer[i];
+    int64_t dim = p->dim;
+    p->norm(x, dim, l->fc_g, dim, l->fc_b, dim, p->h, dim, rows, dim);
+    p->linear(p->h, dim, l->fc1_w, l->fc1_b, p->mlp, p->hidden, rows, dim, p->hidden, 1);
+    p->linear(p->mlp, p->hidden, l->fc2_w, l->fc2_b, p->proj, dim, rows, p->hidden, dim, 0);
+    add_rows(x, p->proj, rows * dim);
+}
+
+/* The final norm and the output projection: logits (rows, n_codes) of x (rows, dim). */
+void logits_out(const StepPlan *p, const float *x, int64_t rows, float *logits) {
+    p->norm(x, p->dim, p->final_g, p->dim, p->final_b, p->dim, p->h, p->dim, rows, p->dim);
+    p->linear(p->h, p->dim, p->logits_w, p->logits_b, logits, p->n_codes, rows, p->dim, p->n_codes, 0);
+}
+
+/* A whole step of a prior without frame cross-attention: x (rows, dim) the rows' input features,
+   overwritten by the last layer's output; reads as attend_half takes them; logits (rows, n_codes).
+   (A frames prior's step calls the halves, its cross-attention between them in torch.) */
+int step_rows(const StepPlan *p, float *x, int64_t rows, const int64_t *blocks, int64_t block_row,
+              const int64_t *counts, const int64_t *positions, float *logits) {
     for (int64_t i = 0; i < p->layers; i++) {
-        const StepLayer *l = &p->layer[i];
-        p->norm(x, dim, l->attn_g, dim, l->attn_b, dim, p->h, dim, rows, dim);
-        p->linear(p->h, dim, l->qkv_w, l->qkv_b, p->qkv, qkv_width, rows, dim, qkv_width, 0);
-        int failed = p->attend(p->qkv, l->keys, l->values, blocks, counts, rows, p->heads, p->key_row,
-                               p->value_row, block_row, p->scale, p->att, qkv_width, p->qkv + keys_width,
-                               qkv_width, p->qkv + 2 * keys_width, qkv_width, positions);
+        int failed = attend_half(p, i, x, rows, blocks, block_row, counts, positions);
         if (failed) return failed;
-        p->linear(p->att, heads_width, l->out_w, l->out_b, p->proj, dim, rows, heads_width, dim, 0);
-        add_rows(x, p->proj, rows * dim);
-        p->norm(x, dim, l->fc_g, dim, l->fc_b, dim, p->h, dim, rows, dim);
-        p->linear(p->h, dim, l->fc1_w, l->fc1_b, p->mlp, p->hidden, rows, dim, p->hidden, 1);
-        p->linear(p->mlp, p->hidden, l->fc2_w, l->fc2_b, p->proj, dim, rows, p->hidden, dim, 0);
-        add_rows(x, p->proj, rows * dim);
+        mlp_half(p, i, x, rows);
     }
-    p->norm(x, dim, p->final_g, dim, p->final_b, dim, p->h, dim, rows, dim);
-    p->linear(p->h, dim, p->logits_w, p->logits_b, logits, p->n_codes, rows, dim, p->n_codes, 0);
+    logits_out(p, x, rows, logits);
     return 0;
 }

@@ -1,5 +1,6 @@
 """A decoding step's layers on CPU in one compiled call (row_step.c), where the step's products, norms and
-attention are all compiled kernels (float32, a prior without frame cross-attention).
+self-attention are all compiled kernels (float32). A frames prior's step calls C twice a layer, its
+frame cross-attention between the halves as AttentionBlock.read_frames computes it.
 
 The layer-by-layer step calls some thirty kernels from Python, each behind a few microseconds of
 Python, ctypes and tensor allocation, and puts residual sums, views and head splits between them in
@@ -53,17 +54,18 @@ class _Plan(ctypes.Structure):
 
 
 class RowStep:
-    """A decoder's step through row_step.c: call(x, blocks, counts, positions) with x (R, D) the rows'
-    input features (contiguous float32, overwritten), blocks (R, b) or (1, b) and counts (R,) what each
-    row reads (as RowAttention takes them), positions (R,) where each writes; the logits (R, n_codes)."""
+    """A decoder's step through row_step.c: call(x, blocks, counts, positions, frames) with x (R, D) the
+    rows' input features (contiguous float32, overwritten), blocks (R, b) or (1, b) and counts (R,) what
+    each row reads (as RowAttention takes them), positions (R,) where each writes, and for a frames prior
+    frames(index, x) -> x, layer index's cross-attention block; the logits (R, n_codes)."""
 
-    def __init__(self, function: ctypes._CFuncPtr, decoder: RowDecoder):
+    def __init__(self, library: ctypes.CDLL, decoder: RowDecoder):
         model, tables = decoder.model, decoder.tables
         layers = model.attn_stack.attn_nets
         attn = layers[0].attn
         capacity, dim = decoder.positions.shape[0], model.config.hidden_dim
         hidden = layers[0].mlp_linears[0].weight_t.shape[1]
-        self.function, self.n_codes, self.dim = function, model.fc_out.weight_t.shape[1], dim
+        self.library, self.n_codes, self.dim = library, model.fc_out.weight_t.shape[1], dim
         heads_width = attn.n_head * attn.d_v
         self._scratch = [torch.empty(capacity, width) for width in
                          (dim, 2 * attn.n_head * attn.d_k + heads_width, heads_width, dim, hidden)]
@@ -96,8 +98,8 @@ class RowStep:
         self._capacity = capacity
         self._plan_ref = ctypes.byref(plan)
 
-    def __call__(self, x: torch.Tensor, blocks: torch.Tensor, counts: torch.Tensor,
-                 positions: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, blocks: torch.Tensor, counts: torch.Tensor, positions: torch.Tensor,
+                 frames: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         rows = x.shape[0]
         # The kernels read and write raw memory at offsets computed from these: what does not match them
         # must not reach them.
@@ -110,14 +112,28 @@ class RowStep:
                              f"int64 reads, given x {tuple(x.shape)} {x.dtype}, blocks {tuple(blocks.shape)}, "
                              f"counts {tuple(counts.shape)}, positions {tuple(positions.shape)}")
         logits = torch.empty(rows, self.n_codes)
-        block_row = blocks.stride(0) if blocks.shape[0] > 1 else 0
-        failed = self.function(self._plan_ref, x.data_ptr(), rows, blocks.data_ptr(), block_row,
-                               counts.data_ptr(), positions.data_ptr(), logits.data_ptr())
-        if failed == -1:
-            raise MemoryError("row step: no memory for a row's scores")
-        if failed:
-            raise ValueError("row step: a position beyond the cache")
+        reads = (blocks.data_ptr(), blocks.stride(0) if blocks.shape[0] > 1 else 0, counts.data_ptr(),
+                 positions.data_ptr())
+        library, plan = self.library, self._plan_ref
+        if frames is None:
+            _raise_for(library.step_rows(plan, x.data_ptr(), rows, *reads, logits.data_ptr()))
+            return logits
+        for index in range(self._plan.layers):
+            _raise_for(library.attend_half(plan, index, x.data_ptr(), rows, *reads))
+            x = frames(index, x)
+            if not (x.dtype == torch.float32 and x.shape == (rows, self.dim) and x.is_contiguous()):
+                raise ValueError(f"row step: the frames block gave {tuple(x.shape)} {x.dtype}, not contiguous "
+                                 f"float32 ({rows}, {self.dim})")
+            library.mlp_half(plan, index, x.data_ptr(), rows)
+        library.logits_out(plan, x.data_ptr(), rows, logits.data_ptr())
         return logits
+
+
+def _raise_for(failed: int) -> None:
+    if failed == -1:
+        raise MemoryError("row step: no memory for a row's scores")
+    if failed:
+        raise ValueError("row step: a position beyond the cache")
 
 
 def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -> RowStep | None:
@@ -128,13 +144,13 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
     model = decoder.model
     if "row_step" not in kernels.ENABLED or not (
             decoder.ops is not None and decoder.kernel is not None and decoder.kernel.dtype == torch.float32
-            and decoder.tile == 1 and not decoder.cuda_graph and decoder.tables.gate is None
+            and decoder.tile == 1 and not decoder.cuda_graph
             and getattr(model, "decode_products", None) is not None and model.decode_products.compiled):
         return None
-    function = _library()
-    if function is None:
+    library = _library()
+    if library is None:
         return None
-    step = RowStep(function, decoder)
+    step = RowStep(library, decoder)
     if not _agrees(decoder, step, layered_step):
         log.warning("the compiled step differs from the layer-by-layer step for this prior; not used")
         return None
@@ -142,23 +158,27 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
 
 
 @functools.cache
-def _library() -> ctypes._CFuncPtr | None:
+def _library() -> ctypes.CDLL | None:
     try:
         library = ctypes.CDLL(str(kernels.build(SOURCE)))
     except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
         log.warning("row step library unavailable (%s); decoding steps layer by layer", error)
         return None
-    function = library.step_rows
-    function.argtypes = [_pointer, _pointer, _size, _pointer, _size, _pointer, _pointer, _pointer]
-    function.restype = ctypes.c_int
-    return function
+    reads = [_pointer, _size, _pointer, _pointer]  # blocks, block_row, counts, positions
+    for name, argtypes, restype in (("step_rows", [_pointer, _pointer, _size, *reads, _pointer], ctypes.c_int),
+                                    ("attend_half", [_pointer, _size, _pointer, _size, *reads], ctypes.c_int),
+                                    ("mlp_half", [_pointer, _size, _pointer, _size], None),
+                                    ("logits_out", [_pointer, _pointer, _size, _pointer], None)):
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, restype
+    return library
 
 
 @torch.no_grad()
 def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], torch.Tensor]) -> bool:
     """Whether the plan's steps give the logits and cache entries of the layer-by-layer steps, bit for bit,
     for up to four rows at positions in and across the cache's first blocks (each row with its own norms'
-    gains and biases); the decoder is put back as it was (fresh) either way. Only the blocks those rows
+    gains and biases, and frames); the decoder is put back as it was (fresh) either way. Only the blocks those rows
     read are filled and kept: a large prior's whole cache is hundreds of MB."""
     rows, block = min(4, decoder.positions.shape[0]), decoder.block
     gen = torch.Generator().manual_seed(0)
@@ -166,9 +186,14 @@ def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], to
     start = torch.tensor([0, block - 1, block + 1, 2 * block + 1])[:rows].clamp(0, last)
     read = slice(0, min(decoder.n_blocks, -(-(int(start.max()) + CHECK_STEPS) // block)))
     tokens = torch.randint(0, decoder.sos + 1, (CHECK_STEPS, rows), generator=gen)
-    for gain, bias in decoder.tables.norms.values():
+    tables = decoder.tables
+    for gain, bias in tables.norms.values():
         gain[:rows] = 1 + 0.1 * torch.randn(gain[:rows].shape, generator=gen)
         bias[:rows] = 0.1 * torch.randn(bias[:rows].shape, generator=gen)
+    for table in [t for pair in tables.cross for t in pair] + [t for t in (tables.aligned,) if t is not None]:
+        table[:rows] = torch.randn(table[:rows].shape, generator=gen)
+    if tables.gate is not None:
+        tables.gate[:rows] = 1
     caches = [torch.randn(cache[:, :rows, read].shape, generator=gen) for cache in (decoder.keys, decoder.values)]
 
     def run(compiled: bool) -> list[torch.Tensor]:

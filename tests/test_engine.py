@@ -251,7 +251,9 @@ def test_a_row_s_logits_are_the_same_bits_whatever_rows_share_its_steps(case, mo
     if forced == "one-row-products":
         assert RowDecoder(gpt, rows=8).model.decode_linears[0].one_row, "one-row products found inexact"
     if forced == "compiled-products":
-        assert RowDecoder(gpt, rows=8).model.decode_linears[0].compiled is not None, "compiled products not chosen"
+        decoder = RowDecoder(gpt, rows=8)
+        assert decoder.model.decode_linears[0].compiled is not None, "compiled products not chosen"
+        assert decoder.compiled_step is not None, "the compiled step (row_step.py) not taken"
     alone = {row: forced_logits(gpt, {row: 0}, rows=1)[row] for row in range(6)}
     crowded = forced_logits(gpt, CROWDED, rows=8)
     if not decoding.PLAIN_ROWS:
