@@ -642,8 +642,12 @@ class RowTables:
         self.aligned = torch.zeros(rows, seq_len, dim, device=device, dtype=dtype) if c.aligned_frames else None
 
     def tensors(self) -> list[torch.Tensor]:
-        found = [t for pair in self.norms.values() for t in pair] + [t for pair in self.cross for t in pair]
-        return found + [t for t in (self.gate, self.aligned) if t is not None]
+        return [t for pair in self.norms.values() for t in pair] + self.frames_tensors()
+
+    def frames_tensors(self) -> list[torch.Tensor]:
+        """The frames' tables (zero for a row without frames): cross-attention keys and values, gate, aligned
+        features."""
+        return [t for pair in self.cross for t in pair] + [t for t in (self.gate, self.aligned) if t is not None]
 
     @torch.no_grad()
     def write(self, model: VideoGPT, rows: slice, cond: Conditioning) -> None:
@@ -1043,11 +1047,11 @@ class RowDecoder:
         # (while the prior's products are the compiled ones: another decoder of it, chosen at another thread
         # count, may have set others, and a seed must give the same codes in both)
         if self.compiled_step is not None and self.model.decode_products.compiled:
-            return self.fused_step(self.compiled_step)
+            return self.step_compiled(self.compiled_step)
         count = self.tile * math.ceil(self.active / self.tile)
         return self._step(count, self.read_groups(), self.active)[:self.active]
 
-    def fused_step(self, step: RowStep) -> torch.Tensor:
+    def step_compiled(self, step: RowStep) -> torch.Tensor:
         """`step` through the compiled step: the active rows' input features, then their layers in one call
         (a frames prior's: two a layer, its frame cross-attention between them)."""
         active = self.active
@@ -1059,24 +1063,24 @@ class RowDecoder:
             blocks, counts = self.read_index.index_select(0, positions), self.read_counts.index_select(0, positions)
         else:
             blocks, counts = self.all_blocks, positions + 1
-        frames = None
-        if self.tables.gate is not None:  # each layer's frame cross-attention, between the compiled halves
-            context, layers = DecodeContext(self, slice(0, active), self.read_groups(), active=active), \
-                self.model.attn_stack.attn_nets
-
-            def frames(index: int, h: torch.Tensor) -> torch.Tensor:
-                return layers[index].read_frames(h[:, None], context, index)[:, 0]
+        frames = self._frames_block(active) if self.tables.gate is not None else None
         logits = step(x, blocks, counts, positions, frames)
         self.positions[:active] = (positions + 1).clamp_(max=self.seq_len - 1)
         return logits
+
+    def _frames_block(self, active: int) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        """frames(index, x): layer index's frame cross-attention block over the active rows' x (active, D),
+        as the layer-by-layer step computes it (what the compiled step calls between its halves)."""
+        context = DecodeContext(self, slice(0, active), self.read_groups(), active=active)
+        layers = self.model.attn_stack.attn_nets
+        return lambda index, x: layers[index].read_frames(x[:, None], context, index)[:, 0]
 
     def reset_rows(self, rows: int) -> None:
         """Rows [0, rows) as a fresh decoder has them (no conditioning, empty caches, position 0); none active."""
         for gain, bias in self.tables.norms.values():
             gain[:rows], bias[:rows] = 1, 0
-        for table in self.tables.tensors():
-            if not any(table is t for pair in self.tables.norms.values() for t in pair):
-                table[:rows] = 0  # frames: cross-attention keys and values, gate, aligned features
+        for table in self.tables.frames_tensors():
+            table[:rows] = 0
         self.keys[:, :rows], self.values[:, :rows] = 0, 0
         self.positions[:rows], self.tokens[:rows] = 0, self.sos
         self.active = 0

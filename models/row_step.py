@@ -190,10 +190,8 @@ def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], to
     for gain, bias in tables.norms.values():
         gain[:rows] = 1 + 0.1 * torch.randn(gain[:rows].shape, generator=gen)
         bias[:rows] = 0.1 * torch.randn(bias[:rows].shape, generator=gen)
-    for table in [t for pair in tables.cross for t in pair] + [t for t in (tables.aligned,) if t is not None]:
-        table[:rows] = torch.randn(table[:rows].shape, generator=gen)
-    if tables.gate is not None:
-        tables.gate[:rows] = 1
+    for table in tables.frames_tensors():  # each row with frames (a gate of 1)
+        table[:rows] = 1 if table is tables.gate else torch.randn(table[:rows].shape, generator=gen)
     caches = [torch.randn(cache[:, :rows, read].shape, generator=gen) for cache in (decoder.keys, decoder.values)]
 
     def run(compiled: bool) -> list[torch.Tensor]:
@@ -203,7 +201,7 @@ def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], to
         found = []
         for codes in tokens:
             decoder.tokens[:rows] = codes
-            found.append(decoder.fused_step(step) if compiled else layered_step(rows))
+            found.append(decoder.step_compiled(step) if compiled else layered_step(rows))
         return [*found, decoder.keys[:, :rows, read].clone(), decoder.values[:, :rows, read].clone()]
 
     try:
