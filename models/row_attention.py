@@ -74,10 +74,7 @@ class RowAttention:
         failed = self.function(q.data_ptr(), keys.data_ptr(), values.data_ptr(), blocks.data_ptr(),
                                counts.data_ptr(), rows, heads, keys.stride(0), values.stride(0), block_row,
                                self.scale, out.data_ptr(), q.stride(0), *written)
-        if failed == -1:
-            raise MemoryError("row attention: no memory for a row's scores")
-        if failed:
-            raise ValueError(f"row attention: a position beyond the cache's {keys.shape[1] * self.block} entries")
+        raise_for_failure(failed, keys.shape[1] * self.block)
         return out
 
     def _fits(self, new: tuple[torch.Tensor, torch.Tensor, torch.Tensor], rows: int, heads: int) -> bool:
@@ -85,6 +82,14 @@ class RowAttention:
         return (k.dtype == v.dtype == self.dtype and k.shape == (rows, heads, 1, self.d_k)
                 and v.shape == (rows, heads, 1, self.d_v) and positions.dtype == torch.int64
                 and positions.shape == (rows,))
+
+
+def raise_for_failure(failed: int, entries: int) -> None:
+    """attend_rows' return code (row_attention.c) as the error it means, for a cache of `entries` a row."""
+    if failed == -1:
+        raise MemoryError("row attention: no memory for a row's scores")
+    if failed:
+        raise ValueError(f"row attention: a position beyond the cache's {entries} entries")
 
 
 def _rows_of_heads(x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from . import kernels
+from .row_attention import raise_for_failure
 
 RowDecoder = Any  # models.decoding.RowDecoder, which imports this module
 
@@ -95,7 +96,7 @@ class RowStep:
         plan.final_g, plan.final_b = map(address, tables.norms[None, "norm"])
         plan.logits_w, plan.logits_b = products(model.fc_out)
         plan.h, plan.qkv, plan.att, plan.proj, plan.mlp = map(address, self._scratch)
-        self._capacity = capacity
+        self._capacity, self._entries = capacity, decoder.n_blocks * decoder.block
         self._plan_ref = ctypes.byref(plan)
 
     def __call__(self, x: torch.Tensor, blocks: torch.Tensor, counts: torch.Tensor, positions: torch.Tensor,
@@ -116,10 +117,10 @@ class RowStep:
                  positions.data_ptr())
         library, plan = self.library, self._plan_ref
         if frames is None:
-            _raise_for(library.step_rows(plan, x.data_ptr(), rows, *reads, logits.data_ptr()))
+            raise_for_failure(library.step_rows(plan, x.data_ptr(), rows, *reads, logits.data_ptr()), self._entries)
             return logits
         for index in range(self._plan.layers):
-            _raise_for(library.attend_half(plan, index, x.data_ptr(), rows, *reads))
+            raise_for_failure(library.attend_half(plan, index, x.data_ptr(), rows, *reads), self._entries)
             x = frames(index, x)
             if not (x.dtype == torch.float32 and x.shape == (rows, self.dim) and x.is_contiguous()):
                 raise ValueError(f"row step: the frames block gave {tuple(x.shape)} {x.dtype}, not contiguous "
@@ -127,13 +128,6 @@ class RowStep:
             library.mlp_half(plan, index, x.data_ptr(), rows)
         library.logits_out(plan, x.data_ptr(), rows, logits.data_ptr())
         return logits
-
-
-def _raise_for(failed: int) -> None:
-    if failed == -1:
-        raise MemoryError("row step: no memory for a row's scores")
-    if failed:
-        raise ValueError("row step: a position beyond the cache")
 
 
 def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -> RowStep | None:
