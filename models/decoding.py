@@ -677,6 +677,13 @@ class RowTables:
         for t in self.tensors():
             t[target] = t[source]
 
+    def clear(self, rows: slice) -> None:
+        """Rows as the tables start them: plain norms (gain 1, bias 0), no frames."""
+        for gain, bias in self.norms.values():
+            gain[rows], bias[rows] = 1, 0
+        for table in self.frames_tensors():
+            table[rows] = 0
+
 
 class RowViews:
     """The row tables and caches cut to rows [start, stop), made once per range and kept (views share the
@@ -1077,10 +1084,7 @@ class RowDecoder:
 
     def reset_rows(self, rows: int) -> None:
         """Rows [0, rows) as a fresh decoder has them (no conditioning, empty caches, position 0); none active."""
-        for gain, bias in self.tables.norms.values():
-            gain[:rows], bias[:rows] = 1, 0
-        for table in self.tables.frames_tensors():
-            table[:rows] = 0
+        self.tables.clear(slice(0, rows))
         self.keys[:, :rows], self.values[:, :rows] = 0, 0
         self.positions[:rows], self.tokens[:rows] = 0, self.sos
         self.active = 0
