@@ -22,6 +22,7 @@ import ctypes
 import functools
 import logging
 import subprocess
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ SOURCE = Path(__file__).with_name("row_step.c")
 CHECK_STEPS = 3
 
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
+# The check's verdict per decoding copy and row count: every decoder of both makes the same calls over the
+# same shapes and strides, only at other addresses, so a static batch's or a `sample` call's decoder does
+# not check again (about 15 ms for the shipped prior, mostly filling caches with random entries).
+_AGREED: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, bool]] = weakref.WeakKeyDictionary()
 
 
 class _Layer(ctypes.Structure):
@@ -133,8 +138,8 @@ class RowStep:
 def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -> RowStep | None:
     """The decoder's compiled step, or None where its step is not all compiled kernels, the library cannot
     be built, or the plan's step differs from layered_step(rows) (the decoder's layer-by-layer step of its
-    first rows) on the check. The check runs on the decoder itself, before it holds any row, and leaves it
-    as it found it."""
+    first rows) on the check. The check runs on the first decoder of each decoding copy and row count,
+    before it holds any row, and leaves it as it found it."""
     model = decoder.model
     if "row_step" not in kernels.ENABLED or not (
             decoder.ops is not None and decoder.kernel is not None and decoder.kernel.dtype == torch.float32
@@ -145,10 +150,13 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
     if library is None:
         return None
     step = RowStep(library, decoder)
-    if not _agrees(decoder, step, layered_step):
-        log.warning("the compiled step differs from the layer-by-layer step for this prior; not used")
-        return None
-    return step
+    verdicts = _AGREED.setdefault(model, {})
+    capacity = decoder.positions.shape[0]
+    if capacity not in verdicts:
+        verdicts[capacity] = _agrees(decoder, step, layered_step)
+        if not verdicts[capacity]:
+            log.warning("the compiled step differs from the layer-by-layer step for this prior; not used")
+    return step if verdicts[capacity] else None
 
 
 @functools.cache
@@ -172,8 +180,8 @@ def _library() -> ctypes.CDLL | None:
 def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], torch.Tensor]) -> bool:
     """Whether the plan's steps give the logits and cache entries of the layer-by-layer steps, bit for bit,
     for up to four rows at positions in and across the cache's first blocks (each row with its own norms'
-    gains and biases, and frames); the decoder is put back as it was (fresh) either way. Only the blocks those rows
-    read are filled and kept: a large prior's whole cache is hundreds of MB."""
+    gains and biases, and frames); the decoder is put back as it was (fresh) either way. Only the blocks
+    those rows read are filled and kept: a large prior's whole cache is hundreds of MB."""
     rows, block = min(4, decoder.positions.shape[0]), decoder.block
     gen = torch.Generator().manual_seed(0)
     last = max(decoder.seq_len - CHECK_STEPS, 0)

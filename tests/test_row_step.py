@@ -1,7 +1,7 @@
 """The compiled step (models/row_step.py): a step's layers in one call give the logits and cache entries of
 the layer-by-layer step bit for bit, for rows joining and leaving at any step, and a row the same bits
-alone as beside others; a plan that would differ is
-not used, and its check leaves the decoder as it found it."""
+alone as beside others; a plan that would differ is not used, its check leaves the decoder as it found
+it, and it runs once a prior and row count."""
 
 from __future__ import annotations
 
@@ -70,9 +70,21 @@ def test_a_plan_that_differs_is_not_used_and_the_check_leaves_the_decoder_fresh(
         return logits
 
     monkeypatch.setattr(row_step.RowStep, "__call__", off_by_a_bit)
+    other = random_gpt(*STEP_CASES["class-full"], seed=6)  # a prior whose plan has not been checked yet
     with caplog.at_level(logging.WARNING, logger="models.row_step"):
-        assert RowDecoder(gpt, rows=4).compiled_step is None
+        assert RowDecoder(other, rows=4).compiled_step is None
     assert "differs from the layer-by-layer step" in caplog.text
+
+
+def test_the_check_runs_once_for_a_prior_and_row_count(monkeypatch, favour_products):
+    favour_products("compiled")
+    checks = []
+    real = row_step._agrees
+    monkeypatch.setattr(row_step, "_agrees", lambda *args: checks.append(args[0]) or real(*args))
+    gpt = random_gpt(*STEP_CASES["class-full"], seed=7)
+    decoders = [RowDecoder(gpt, rows=rows) for rows in (4, 4, 2)]
+    assert all(decoder.compiled_step is not None for decoder in decoders)
+    assert checks == [decoders[0], decoders[2]]
 
 
 def test_the_compiled_step_refuses_inputs_it_was_not_planned_for(favour_products):
