@@ -1062,6 +1062,8 @@ class RowDecoder:
         """`step` through the compiled step: the active rows' input features, then their layers in one call
         (a frames prior's: two a layer, its frame cross-attention between them)."""
         active = self.active
+        if self.tables.gate is None and self.tables.aligned is None:
+            return step.from_tokens(active)
         positions = self.positions[:active]
         x = self.token_features[self.tokens[:active]] + self.position_features[positions]
         if self.tables.aligned is not None:

@@ -37,6 +37,14 @@ typedef struct {
     const StepLayer *layer;
     const float *final_g, *final_b, *logits_w, *logits_b;
     float *h, *qkv, *att, *proj, *mlp;  /* scratch, room for every row of the decoder */
+    /* step_tokens: the input features of each code (the last: start of sequence) and of each position; what
+       a position reads (sparse: read_index (seq_len, read_width) and read_counts (seq_len,), NULL for full
+       attention, which reads its first n_blocks blocks up to itself); scratch for the rows' inputs and reads */
+    const float *token_features, *position_features;
+    int64_t n_tokens, seq_len, n_blocks, read_width;
+    const int64_t *read_index, *read_counts;
+    float *x;
+    int64_t *blocks, *counts;
 } StepPlan;
 
 static void add_rows(float *x, const float *y, int64_t n) {
@@ -89,5 +97,33 @@ int step_rows(const StepPlan *p, float *x, int64_t rows, const int64_t *blocks, 
         mlp_half(p, i, x, rows);
     }
     logits_out(p, x, rows, logits);
+    return 0;
+}
+
+/* A whole step from the rows' codes: row r's input is its code's feature plus its position's, its reads
+   are its position's, and its position moves on by one after the step (staying at the last). Returns
+   STEP_BAD_TOKEN for a code that has no feature (nothing computed), else step_rows' code. */
+#define STEP_BAD_TOKEN (-3)
+int step_tokens(const StepPlan *p, const int64_t *tokens, int64_t *positions, int64_t rows, float *logits) {
+    int64_t dim = p->dim, width = p->read_index ? p->read_width : p->n_blocks;
+    for (int64_t r = 0; r < rows; r++) {
+        if (tokens[r] < 0 || tokens[r] >= p->n_tokens || positions[r] < 0 || positions[r] >= p->seq_len)
+            return STEP_BAD_TOKEN;
+        const float *token = p->token_features + tokens[r] * dim, *place = p->position_features + positions[r] * dim;
+        float *x = p->x + r * dim;
+        for (int64_t i = 0; i < dim; i++) x[i] = token[i] + place[i];
+        if (p->read_index) {
+            const int64_t *read = p->read_index + positions[r] * width;
+            for (int64_t j = 0; j < width; j++) p->blocks[r * width + j] = read[j];
+            p->counts[r] = p->read_counts[positions[r]];
+        } else {
+            p->counts[r] = positions[r] + 1;
+        }
+    }
+    if (!p->read_index)
+        for (int64_t j = 0; j < width; j++) p->blocks[j] = j;
+    int failed = step_rows(p, p->x, rows, p->blocks, p->read_index ? width : 0, p->counts, positions, logits);
+    if (failed) return failed;
+    for (int64_t r = 0; r < rows; r++) positions[r] = positions[r] + 1 < p->seq_len ? positions[r] + 1 : p->seq_len - 1;
     return 0;
 }

@@ -56,7 +56,11 @@ class _Plan(ctypes.Structure):
                                              "key_row", "value_row")],
                 ("scale", ctypes.c_float), ("layer", ctypes.POINTER(_Layer)),
                 *[(name, _pointer) for name in ("final_g", "final_b", "logits_w", "logits_b", "h", "qkv", "att",
-                                                "proj", "mlp")]]
+                                                "proj", "mlp", "token_features", "position_features")],
+                *[(name, _size) for name in ("n_tokens", "seq_len", "n_blocks", "read_width")],
+                *[(name, _pointer) for name in ("read_index", "read_counts", "x", "blocks", "counts")]]
+
+BAD_TOKEN = -3  # step_tokens' code for a code or position without a feature
 
 
 class RowStep:
@@ -101,8 +105,34 @@ class RowStep:
         plan.final_g, plan.final_b = map(address, tables.norms[None, "norm"])
         plan.logits_w, plan.logits_b = products(model.fc_out)
         plan.h, plan.qkv, plan.att, plan.proj, plan.mlp = map(address, self._scratch)
+        # step_tokens' inputs: what RowDecoder.step_compiled gathers in torch otherwise
+        self._features = (decoder.token_features.contiguous(), decoder.position_features.contiguous())
+        plan.token_features, plan.position_features = map(address, self._features)
+        plan.n_tokens, plan.seq_len, plan.n_blocks = decoder.token_features.shape[0], decoder.seq_len, decoder.n_blocks
+        width = decoder.read_index.shape[1] if decoder.sparse else decoder.n_blocks
+        plan.read_width = width
+        plan.read_index, plan.read_counts = ((address(decoder.read_index), address(decoder.read_counts))
+                                             if decoder.sparse else (None, None))
+        self._reads = (torch.empty(capacity, dim), torch.empty(capacity, width, dtype=torch.int64),
+                       torch.empty(capacity, dtype=torch.int64))
+        plan.x, plan.blocks, plan.counts = map(address, self._reads)
+        self._tokens, self._positions = decoder.tokens, decoder.positions
         self._capacity, self._entries = capacity, decoder.n_blocks * decoder.block
         self._plan_ref = ctypes.byref(plan)
+
+    def from_tokens(self, rows: int) -> torch.Tensor:
+        """The step of the decoder's first `rows` rows from their codes and positions (a prior without frames
+        or aligned frames): their logits (rows, n_codes); their positions move on by one."""
+        if not 0 < rows <= self._capacity:
+            raise ValueError(f"row step takes 1 to {self._capacity} rows, given {rows}")
+        logits = torch.empty(rows, self.n_codes)
+        failed = self.library.step_tokens(self._plan_ref, self._tokens.data_ptr(), self._positions.data_ptr(), rows,
+                                          logits.data_ptr())
+        if failed == BAD_TOKEN:
+            raise ValueError(f"row step: a code beyond {self._plan.n_tokens - 1} or a position beyond "
+                             f"{self._plan.seq_len - 1}")
+        raise_for_failure(failed, self._entries)
+        return logits
 
     def __call__(self, x: torch.Tensor, blocks: torch.Tensor, counts: torch.Tensor, positions: torch.Tensor,
                  frames: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
@@ -170,7 +200,8 @@ def _library() -> ctypes.CDLL | None:
     for name, argtypes, restype in (("step_rows", [_pointer, _pointer, _size, *reads, _pointer], ctypes.c_int),
                                     ("attend_half", [_pointer, _size, _pointer, _size, *reads], ctypes.c_int),
                                     ("mlp_half", [_pointer, _size, _pointer, _size], None),
-                                    ("logits_out", [_pointer, _pointer, _size, _pointer], None)):
+                                    ("logits_out", [_pointer, _pointer, _size, _pointer], None),
+                                    ("step_tokens", [_pointer, _pointer, _pointer, _size, _pointer], ctypes.c_int)):
         function = getattr(library, name)
         function.argtypes, function.restype = argtypes, restype
     return library

@@ -62,14 +62,15 @@ def test_a_plan_that_differs_is_not_used_and_the_check_leaves_the_decoder_fresh(
         assert bool((gain == 1).all()) and bool((bias == 0).all())
     assert checked.active == 0
 
-    original = row_step.RowStep.__call__
+    def off_by_a_bit(original):
+        def step(self, *args):
+            logits = original(self, *args)
+            logits[-1, -1] = torch.nextafter(logits[-1, -1], torch.tensor(float("inf")))
+            return logits
+        return step
 
-    def off_by_a_bit(self, *args):
-        logits = original(self, *args)
-        logits[-1, -1] = torch.nextafter(logits[-1, -1], torch.tensor(float("inf")))
-        return logits
-
-    monkeypatch.setattr(row_step.RowStep, "__call__", off_by_a_bit)
+    for name in ("__call__", "from_tokens"):  # from_tokens: a prior without frames
+        monkeypatch.setattr(row_step.RowStep, name, off_by_a_bit(getattr(row_step.RowStep, name)))
     other = random_gpt(*STEP_CASES["class-full"], seed=6)  # a prior whose plan has not been checked yet
     with caplog.at_level(logging.WARNING, logger="models.row_step"):
         assert RowDecoder(other, rows=4).compiled_step is None
