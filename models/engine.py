@@ -34,6 +34,7 @@ from .decoding import RowDecoder
 from .errors import InputError
 from .gpt import Conditioning, VideoGPT
 from .limits import MAX_GUIDANCE, is_guidance_scale
+from .row_draw import RowDraw, row_draw
 
 
 class EngineFull(RuntimeError):
@@ -95,6 +96,8 @@ class _Plan:
     main_rows: torch.Tensor  # (rows,) places of every main row, and which sample each belongs to
     main_owner: torch.Tensor
     truncated: bool = False  # whether any sample has a top-k or top-p
+    compiled: RowDraw | None = None  # the draw in one compiled call (CPU)
+    filtered: torch.Tensor | None = None  # (f,) with compiled: the samples with a top-k or top-p, torch draws
     guided: torch.Tensor | None = None  # (g,) which samples the class guide steers
     guide_class: torch.Tensor | None = None  # (g,) guide places of their class and no-class rows
     guide_none: torch.Tensor | None = None
@@ -138,6 +141,9 @@ class DecodeEngine:
         self.guide = RowDecoder(guide.prior, 2 * slots, cuda_graph, guide_precision) \
             if guide is not None else None
         self.live: dict[int, _Live] = {}
+        # On CPU with float32 logits, every step's draw in one compiled call (row_draw.py)
+        self._draw_library = row_draw() if self.device.type == "cpu" and all(
+            decoder.dtype == torch.float32 for decoder in (self.main, self.guide) if decoder is not None) else None
         self._next = 0
         self._plan: _Plan | None = None
         self._pending: list[torch.Tensor] = []  # (n,) codes of the plan's samples, per step not yet fetched
@@ -257,22 +263,11 @@ class DecodeEngine:
         plan = self._plan or self._build_plan()
         self._plan = plan
         logits = self.main.step()
-        chosen = logits.index_select(0, plan.main)
-        if plan.companion is not None:
-            unconditioned = logits.index_select(0, plan.companion)
-            chosen = torch.where(plan.scales[:, None] == 1, chosen,
-                                 torch.lerp(unconditioned.float(), chosen.float(), plan.scales[:, None]))
-        if plan.guided is not None:
-            guide_logits = self.guide.step().float()
-            steer = plan.guide_scales[:, None] * (guide_logits.index_select(0, plan.guide_class)
-                                                  - guide_logits.index_select(0, plan.guide_none))
-            chosen = chosen.float().index_add(0, plan.guided, steer)
-        uniforms = plan.uniforms.gather(1, plan.drawn[:, None])[:, 0]
-        codes = draw(chosen, plan.temperature, plan.top_k, plan.top_p, uniforms, plan.truncated)
-        plan.drawn += 1
-        self.main.set_tokens(plan.main_rows, codes.index_select(0, plan.main_owner))
-        if plan.guided is not None:
-            self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner))
+        guide_logits = self.guide.step() if plan.guided is not None else None
+        if plan.compiled is not None:
+            codes = self._draw_compiled(plan, logits, guide_logits)
+        else:
+            codes = self._draw(plan, logits, guide_logits)
         self._pending.append(codes)
         self.steps += 1
         self.samples_stepped += len(plan.live)
@@ -292,6 +287,46 @@ class DecodeEngine:
             elif live.window_pos == self.seq_len:
                 self._next_window(live)
         return finished
+
+    def _draw(self, plan: _Plan, logits: torch.Tensor, guide_logits: torch.Tensor | None) -> torch.Tensor:
+        """The step's codes (n,) drawn with torch's operations, written as the rows' next inputs."""
+        codes = draw(self._mix(plan, logits, guide_logits), plan.temperature, plan.top_k, plan.top_p,
+                     plan.uniforms.gather(1, plan.drawn[:, None])[:, 0], plan.truncated)
+        plan.drawn += 1
+        self._set_tokens(plan, codes)
+        return codes
+
+    @staticmethod
+    def _mix(plan: _Plan, logits: torch.Tensor, guide_logits: torch.Tensor | None) -> torch.Tensor:
+        """Each sample's logits (n, K) as it draws from them: its guidance mix, its class guide's steer."""
+        chosen = logits.index_select(0, plan.main)
+        if plan.companion is not None:
+            unconditioned = logits.index_select(0, plan.companion)
+            chosen = torch.where(plan.scales[:, None] == 1, chosen,
+                                 torch.lerp(unconditioned.float(), chosen.float(), plan.scales[:, None]))
+        if plan.guided is not None:
+            guide_logits = guide_logits.float()
+            steer = plan.guide_scales[:, None] * (guide_logits.index_select(0, plan.guide_class)
+                                                  - guide_logits.index_select(0, plan.guide_none))
+            chosen = chosen.float().index_add(0, plan.guided, steer)
+        return chosen
+
+    def _set_tokens(self, plan: _Plan, codes: torch.Tensor) -> None:
+        self.main.set_tokens(plan.main_rows, codes.index_select(0, plan.main_owner))
+        if plan.guided is not None:
+            self.guide.set_tokens(plan.guide_rows, codes.index_select(0, plan.guide_owner))
+
+    def _draw_compiled(self, plan: _Plan, logits: torch.Tensor, guide_logits: torch.Tensor | None) -> torch.Tensor:
+        """The step's codes through the compiled draw; samples with a top-k or top-p mixed there, drawn by
+        torch (from their uniforms before the call moved them on)."""
+        if plan.filtered is None:
+            return plan.compiled(logits, guide_logits)
+        f = plan.filtered
+        uniforms = plan.uniforms[f].gather(1, plan.drawn[f, None])[:, 0]
+        codes = plan.compiled(logits, guide_logits, write_tokens=False)
+        codes[f] = draw(plan.compiled.chosen[f], plan.temperature[f], plan.top_k[f], plan.top_p[f], uniforms, True)
+        self._set_tokens(plan, codes)
+        return codes
 
     def _fetch(self) -> None:
         """Bring the codes drawn in the steps since the last fetch to the host, into each sample's lists
@@ -365,7 +400,24 @@ class DecodeEngine:
             guide_rows = [(self.guide.place(r), i) for i in steered for r in live[i].guide_rows]
             plan.guide_rows = tensor([p for p, _ in guide_rows], torch.long)
             plan.guide_owner = tensor([i for _, i in guide_rows], torch.long)
+        if self._draw_library is not None:
+            self._compile_draw(plan)
         return plan
+
+    def _compile_draw(self, plan: _Plan) -> None:
+        """Give the plan its compiled draw (every CPU plan of float32 logits: which way a sample is drawn
+        must not depend on what shares its steps)."""
+        filtered = [i for i, s in enumerate(plan.live) if s.request.top_k is not None
+                    or s.request.top_p not in (None, 1, 1.0)]
+        plan.filtered = torch.tensor(filtered, dtype=torch.long) if filtered else None
+        guide = None if plan.guided is None else {
+            "guided": plan.guided, "class": plan.guide_class, "none": plan.guide_none, "rows": plan.guide_rows,
+            "owner": plan.guide_owner, "tokens": self.guide.tokens, "scales": plan.guide_scales}
+        drawn_here = torch.ones(len(plan.live), dtype=torch.bool)
+        drawn_here[filtered] = False
+        plan.compiled = RowDraw(self._draw_library, self.gpt.n_codes, plan.main, plan.companion, plan.scales,
+                                plan.temperature, drawn_here, plan.uniforms, plan.drawn, self.main.tokens,
+                                plan.main_rows, plan.main_owner, guide)
 
 
 def check_class_guidance(gpt: VideoGPT, class_guidance: object) -> None:

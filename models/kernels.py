@@ -1,6 +1,6 @@
-"""Compiling the decoder's C kernels for this machine (row_attention.c, row_ops.c, row_step.c): with the
-machine's C compiler (`$CC`, else gcc) for this CPU (-march=native), once per machine and source: a library
-is kept under $XDG_CACHE_HOME (or ~/.cache)/videogpt-serve/kernels, named by a hash of everything that went
+"""Compiling the decoder's C kernels for this machine (row_attention.c, row_ops.c, row_step.c, row_draw.c):
+with the machine's C compiler (`$CC`, else gcc) for this CPU (-march=native), once per machine and source: a
+library is kept under $XDG_CACHE_HOME (or ~/.cache)/videogpt-serve/kernels, named by a hash of everything that went
 into it.
 A kernel not in ENABLED is not used (the worker's VGS_CPU_KERNELS=false empties it): the decoder then uses
 torch's operations.
@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-KERNELS = ("row_attention", "row_ops", "row_step")
+KERNELS = ("row_attention", "row_ops", "row_step", "row_draw")
 ENABLED = set(KERNELS)  # the kernels the decoder may use (a benchmark or test takes some out)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-Wno-psabi")
 COMPILE_TIMEOUT_S = 120
