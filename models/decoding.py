@@ -41,7 +41,7 @@ from .layout import causal_mask
 from .precision import DTYPES, Int8Linear, by_tiles, check_precision
 from .row_attention import attend_blocks, row_attention
 from .row_ops import RowLinear, row_ops
-from .row_step import RowStep, row_step
+from .row_step import row_step
 
 log = logging.getLogger(__name__)
 CUDA_GRAPHS = True  # on CUDA, capture the step as a graph (a benchmark can turn it off)
@@ -775,6 +775,12 @@ class DecodeContext:
         return pad_rows(heads[0] if len(heads) == 1 else torch.cat(heads), self.count)
 
     def cross_attention(self, index: int, q: torch.Tensor, attn: MultiHeadAttention) -> torch.Tensor:
+        if self.decoder.cross_kernel is not None and not self.prefill:
+            keys_t, values = self.decoder.tables.cross[index]
+            blocks, counts = self.decoder.cross_reads
+            heads = self.decoder.cross_kernel(q[:self.active], keys_t[:, None], values[:, None], blocks,
+                                              counts[:self.active])
+            return pad_rows(heads, self.count)
         views = self.views if self.prefill else self.live
         keys_t, values = views.cross[index]
         q = q if self.prefill else q[:self.active]
@@ -856,6 +862,13 @@ class RowDecoder:
         if self.sparse:
             self._sparse_reads()
         self.tables = RowTables(self.model, rows, self.device, self.dtype)
+        # A frames prior's step on CPU: its frame cross-attention through the kernel too, each row over its
+        # frames' grid as one block (the tables hold the keys transposed, as the kernel reads a block).
+        self.cross_kernel = None
+        if self.tables.cross and self.kernel is not None:
+            cross, grid = self.model.attn_stack.attn_nets[0].enc_attn, self.tables.cross[0][0].shape[-1]
+            self.cross_kernel = row_attention(self.dtype, cross.d_k, cross.d_v, grid)
+            self.cross_reads = (torch.zeros(1, 1, dtype=torch.long), torch.full((rows,), grid, dtype=torch.long))
         with torch.no_grad():  # code -> input feature, once; the last entry is the start-of-sequence vector
             features = self.model.fc_in(self.model.vqvae.codebook.embeddings.to(self.dtype))
             self.token_features = torch.cat([features, self.model.attn_stack.right_shift.sos[None].to(self.dtype)])
@@ -1054,35 +1067,9 @@ class RowDecoder:
         # (while the prior's products are the compiled ones: another decoder of it, chosen at another thread
         # count, may have set others, and a seed must give the same codes in both)
         if self.compiled_step is not None and self.model.decode_products.compiled:
-            return self.step_compiled(self.compiled_step)
+            return self.compiled_step.step(self.active)
         count = self.tile * math.ceil(self.active / self.tile)
         return self._step(count, self.read_groups(), self.active)[:self.active]
-
-    def step_compiled(self, step: RowStep) -> torch.Tensor:
-        """`step` through the compiled step: the active rows' input features, then their layers in one call
-        (a frames prior's: two a layer, its frame cross-attention between them)."""
-        active = self.active
-        if self.tables.gate is None and self.tables.aligned is None:
-            return step.from_tokens(active)
-        positions = self.positions[:active]
-        x = self.token_features[self.tokens[:active]] + self.position_features[positions]
-        if self.tables.aligned is not None:
-            x = x + self.tables.aligned[torch.arange(active, device=self.device), positions]
-        if self.sparse:
-            blocks, counts = self.read_index.index_select(0, positions), self.read_counts.index_select(0, positions)
-        else:
-            blocks, counts = self.all_blocks, positions + 1
-        frames = self._frames_block(active) if self.tables.gate is not None else None
-        logits = step(x, blocks, counts, positions, frames)
-        self.positions[:active] = (positions + 1).clamp_(max=self.seq_len - 1)
-        return logits
-
-    def _frames_block(self, active: int) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """frames(index, x): layer index's frame cross-attention block over the active rows' x (active, D),
-        as the layer-by-layer step computes it (what the compiled step calls between its halves)."""
-        context = DecodeContext(self, slice(0, active), self.read_groups(), active=active)
-        layers = self.model.attn_stack.attn_nets
-        return lambda index, x: layers[index].read_frames(x[:, None], context, index)[:, 0]
 
     def reset_rows(self, rows: int) -> None:
         """Rows [0, rows) as a fresh decoder has them (no conditioning, empty caches, position 0); none active."""

@@ -1,12 +1,14 @@
-"""A decoding step's layers on CPU in one compiled call (row_step.c), where the step's products, norms and
-self-attention are all compiled kernels (float32). A frames prior's step calls C twice a layer, its
-frame cross-attention between the halves as AttentionBlock.read_frames computes it.
+"""A decoding step on CPU in one compiled call (row_step.c), where the step's products, norms and attention
+(a frames prior's cross-attention too) are all compiled kernels (float32): from the rows' codes and
+positions to their logits, the positions moved on.
 
 The layer-by-layer step calls some thirty kernels from Python, each behind a few microseconds of
-Python, ctypes and tensor allocation, and puts residual sums, views and head splits between them in
-torch: at one guided sample of the shipped prior that glue was most of the step, not the arithmetic.
-row_step.c makes the same kernel calls in the same order from C, through a plan built once per decoder
-(its weights, gains, caches and scratch memory, by address).
+Python, ctypes and tensor allocation, and puts the input gathers, residual sums, views and head splits
+between them in torch: at one guided sample of the shipped prior that glue was most of the step, not
+the arithmetic. row_step.c makes the same kernel calls in the same order from C, through a plan built
+once per decoder (its weights, gains, caches, frames tables and scratch memory, by address). A frames
+prior's step had kept its cross-attention in torch between two C calls a layer: 0.66 ms of a 1.1 ms
+step of the shipped frames prior with its class guide, against 0.23 of 0.45 ms now.
 
 A plan is only used after it gave bit for bit the logits and cache entries of the layer-by-layer step on
 the decoder it serves (steps of random rows at positions across blocks, each conditioned its own way):
@@ -36,6 +38,7 @@ RowDecoder = Any  # models.decoding.RowDecoder, which imports this module
 
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("row_step.c")
+FLAGS = ("-ffp-contract=off",)  # its sums and the gate round as torch's operations do
 CHECK_STEPS = 3
 
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
@@ -47,7 +50,9 @@ _AGREED: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, bool]] = weakref.W
 
 class _Layer(ctypes.Structure):
     _fields_ = [(name, _pointer) for name in ("attn_g", "attn_b", "fc_g", "fc_b", "qkv_w", "qkv_b", "out_w",
-                                              "out_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "keys", "values")]
+                                              "out_b", "fc1_w", "fc1_b", "fc2_w", "fc2_b", "keys", "values",
+                                              "cross_g", "cross_b", "cross_q_w", "cross_q_b", "cross_out_w",
+                                              "cross_out_b", "frame_keys", "frame_values")]
 
 
 class _Plan(ctypes.Structure):
@@ -58,16 +63,26 @@ class _Plan(ctypes.Structure):
                 *[(name, _pointer) for name in ("final_g", "final_b", "logits_w", "logits_b", "h", "qkv", "att",
                                                 "proj", "mlp", "token_features", "position_features")],
                 *[(name, _size) for name in ("n_tokens", "seq_len", "n_blocks", "read_width")],
-                *[(name, _pointer) for name in ("read_index", "read_counts", "x", "blocks", "counts")]]
+                *[(name, _pointer) for name in ("read_index", "read_counts", "x", "blocks", "counts",
+                                                "cross_attend")],
+                *[(name, _size) for name in ("cross_d_v", "frame_key_row", "frame_value_row")],
+                *[(name, _pointer) for name in ("cross_blocks", "cross_counts", "gate", "aligned")]]
+
 
 BAD_TOKEN = -3  # step_tokens' code for a code or position without a feature
 
 
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _products(linear) -> tuple[int, int | None]:
+    return _address(linear.compiled.weight_t), _address(linear.compiled.bias)
+
+
 class RowStep:
-    """A decoder's step through row_step.c: call(x, blocks, counts, positions, frames) with x (R, D) the
-    rows' input features (contiguous float32, overwritten), blocks (R, b) or (1, b) and counts (R,) what
-    each row reads (as RowAttention takes them), positions (R,) where each writes, and for a frames prior
-    frames(index, x) -> x, layer index's cross-attention block; the logits (R, n_codes)."""
+    """A decoder's step through row_step.c: step(rows) computes the step of its first `rows` rows from their
+    codes and positions (decoder.tokens, decoder.positions), and moves their positions on."""
 
     def __init__(self, library: ctypes.CDLL, decoder: RowDecoder):
         model, tables = decoder.model, decoder.tables
@@ -75,54 +90,58 @@ class RowStep:
         attn = layers[0].attn
         capacity, dim = decoder.positions.shape[0], model.config.hidden_dim
         hidden = layers[0].mlp_linears[0].weight_t.shape[1]
-        self.library, self.n_codes, self.dim = library, model.fc_out.weight_t.shape[1], dim
-        heads_width = attn.n_head * attn.d_v
-        self._scratch = [torch.empty(capacity, width) for width in
-                         (dim, 2 * attn.n_head * attn.d_k + heads_width, heads_width, dim, hidden)]
-
-        def address(t: torch.Tensor | None) -> int | None:
-            return None if t is None else t.data_ptr()
-
-        def products(linear) -> tuple[int, int | None]:
-            return address(linear.compiled.weight_t), address(linear.compiled.bias)
-
+        self.library, self.n_codes = library, model.fc_out.weight_t.shape[1]
+        # the attention's output: the self-attention's, or a cross-attention's (frames of another width)
+        heads_width = attn.n_head * max(attn.d_v, decoder.cross_kernel.d_v if tables.cross else 0)
+        width = decoder.read_index.shape[1] if decoder.sparse else decoder.n_blocks
+        # scratch (h, qkv, att, proj, mlp, x), and the rows' reads; kept alive while the plan holds them
+        self._scratch = [torch.empty(capacity, columns) for columns in
+                         (dim, 2 * attn.n_head * attn.d_k + heads_width, heads_width, dim, hidden, dim)]
+        self._reads = (torch.empty(capacity, width, dtype=torch.int64), torch.empty(capacity, dtype=torch.int64))
+        self._features = (decoder.token_features.contiguous(), decoder.position_features.contiguous())
         self._layers = (_Layer * len(layers))()
         for index, (layer, entry) in enumerate(zip(layers, self._layers)):
-            entry.attn_g, entry.attn_b = map(address, tables.norms[index, "pre_attn_norm"])
-            entry.fc_g, entry.fc_b = map(address, tables.norms[index, "pre_fc_norm"])
-            entry.qkv_w, entry.qkv_b = products(layer.attn.qkv)
-            entry.out_w, entry.out_b = products(layer.attn.fc)
-            (entry.fc1_w, entry.fc1_b), (entry.fc2_w, entry.fc2_b) = map(products, layer.mlp_linears)
-            entry.keys, entry.values = address(decoder.keys[index]), address(decoder.values[index])
-        ops = decoder.ops
+            entry.attn_g, entry.attn_b = map(_address, tables.norms[index, "pre_attn_norm"])
+            entry.fc_g, entry.fc_b = map(_address, tables.norms[index, "pre_fc_norm"])
+            entry.qkv_w, entry.qkv_b = _products(layer.attn.qkv)
+            entry.out_w, entry.out_b = _products(layer.attn.fc)
+            (entry.fc1_w, entry.fc1_b), (entry.fc2_w, entry.fc2_b) = map(_products, layer.mlp_linears)
+            entry.keys, entry.values = _address(decoder.keys[index]), _address(decoder.values[index])
+            if tables.cross:
+                entry.cross_g, entry.cross_b = map(_address, tables.norms[index, "pre_enc_norm"])
+                entry.cross_q_w, entry.cross_q_b = _products(layer.enc_attn.w_qs)
+                entry.cross_out_w, entry.cross_out_b = _products(layer.enc_attn.fc)
+                entry.frame_keys, entry.frame_values = map(_address, tables.cross[index])
         plan = self._plan = _Plan()
-        plan.linear, plan.norm = (ctypes.cast(f, _pointer).value for f in (ops.linear, ops.row_norm))
+        plan.linear, plan.norm = (ctypes.cast(f, _pointer).value for f in (decoder.ops.linear, decoder.ops.row_norm))
         plan.attend = ctypes.cast(decoder.kernel.function, _pointer).value
         plan.layers, plan.dim, plan.heads, plan.d_k, plan.d_v = len(layers), dim, attn.n_head, attn.d_k, attn.d_v
         plan.hidden, plan.n_codes = hidden, self.n_codes
         plan.key_row, plan.value_row = decoder.keys[0].stride(0), decoder.values[0].stride(0)
         plan.scale, plan.layer = decoder.kernel.scale, self._layers
-        plan.final_g, plan.final_b = map(address, tables.norms[None, "norm"])
-        plan.logits_w, plan.logits_b = products(model.fc_out)
-        plan.h, plan.qkv, plan.att, plan.proj, plan.mlp = map(address, self._scratch)
-        # step_tokens' inputs: what RowDecoder.step_compiled gathers in torch otherwise
-        self._features = (decoder.token_features.contiguous(), decoder.position_features.contiguous())
-        plan.token_features, plan.position_features = map(address, self._features)
+        plan.final_g, plan.final_b = map(_address, tables.norms[None, "norm"])
+        plan.logits_w, plan.logits_b = _products(model.fc_out)
+        plan.h, plan.qkv, plan.att, plan.proj, plan.mlp, plan.x = map(_address, self._scratch)
+        plan.token_features, plan.position_features = map(_address, self._features)
         plan.n_tokens, plan.seq_len, plan.n_blocks = decoder.token_features.shape[0], decoder.seq_len, decoder.n_blocks
-        width = decoder.read_index.shape[1] if decoder.sparse else decoder.n_blocks
         plan.read_width = width
-        plan.read_index, plan.read_counts = ((address(decoder.read_index), address(decoder.read_counts))
+        plan.read_index, plan.read_counts = ((_address(decoder.read_index), _address(decoder.read_counts))
                                              if decoder.sparse else (None, None))
-        self._reads = (torch.empty(capacity, dim), torch.empty(capacity, width, dtype=torch.int64),
-                       torch.empty(capacity, dtype=torch.int64))
-        plan.x, plan.blocks, plan.counts = map(address, self._reads)
+        plan.blocks, plan.counts = map(_address, self._reads)
+        if tables.cross:
+            cross = decoder.cross_kernel
+            plan.cross_attend = ctypes.cast(cross.function, _pointer).value
+            plan.cross_d_v = cross.d_v
+            plan.frame_key_row, plan.frame_value_row = tables.cross[0][0].stride(0), tables.cross[0][1].stride(0)
+            plan.cross_blocks, plan.cross_counts = map(_address, decoder.cross_reads)
+            plan.gate = _address(tables.gate)
+        plan.aligned = _address(tables.aligned)
         self._tokens, self._positions = decoder.tokens, decoder.positions
         self._capacity, self._entries = capacity, decoder.n_blocks * decoder.block
         self._plan_ref = ctypes.byref(plan)
 
-    def from_tokens(self, rows: int) -> torch.Tensor:
-        """The step of the decoder's first `rows` rows from their codes and positions (a prior without frames
-        or aligned frames): their logits (rows, n_codes); their positions move on by one."""
+    def step(self, rows: int) -> torch.Tensor:
+        """The step of the decoder's first `rows` rows: their logits (rows, n_codes)."""
         if not 0 < rows <= self._capacity:
             raise ValueError(f"row step takes 1 to {self._capacity} rows, given {rows}")
         logits = torch.empty(rows, self.n_codes)
@@ -134,36 +153,6 @@ class RowStep:
         raise_for_failure(failed, self._entries)
         return logits
 
-    def __call__(self, x: torch.Tensor, blocks: torch.Tensor, counts: torch.Tensor, positions: torch.Tensor,
-                 frames: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        rows = x.shape[0]
-        # The kernels read and write raw memory at offsets computed from these: what does not match them
-        # must not reach them.
-        if not (x.dtype == torch.float32 and x.shape == (rows, self.dim) and x.is_contiguous()
-                and rows <= self._capacity and blocks.dtype == counts.dtype == positions.dtype == torch.int64
-                and blocks.dim() == 2 and blocks.shape[0] in (1, rows) and blocks.stride(1) == 1
-                and counts.shape == positions.shape == (rows,) and counts.is_contiguous()
-                and positions.is_contiguous()):
-            raise ValueError(f"row step takes x ({rows} <= {self._capacity}, {self.dim}) float32 contiguous and "
-                             f"int64 reads, given x {tuple(x.shape)} {x.dtype}, blocks {tuple(blocks.shape)}, "
-                             f"counts {tuple(counts.shape)}, positions {tuple(positions.shape)}")
-        logits = torch.empty(rows, self.n_codes)
-        reads = (blocks.data_ptr(), blocks.stride(0) if blocks.shape[0] > 1 else 0, counts.data_ptr(),
-                 positions.data_ptr())
-        library, plan = self.library, self._plan_ref
-        if frames is None:
-            raise_for_failure(library.step_rows(plan, x.data_ptr(), rows, *reads, logits.data_ptr()), self._entries)
-            return logits
-        for index in range(self._plan.layers):
-            raise_for_failure(library.attend_half(plan, index, x.data_ptr(), rows, *reads), self._entries)
-            x = frames(index, x)
-            if not (x.dtype == torch.float32 and x.shape == (rows, self.dim) and x.is_contiguous()):
-                raise ValueError(f"row step: the frames block gave {tuple(x.shape)} {x.dtype}, not contiguous "
-                                 f"float32 ({rows}, {self.dim})")
-            library.mlp_half(plan, index, x.data_ptr(), rows)
-        library.logits_out(plan, x.data_ptr(), rows, logits.data_ptr())
-        return logits
-
 
 def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -> RowStep | None:
     """The decoder's compiled step, or None where its step is not all compiled kernels, the library cannot
@@ -173,7 +162,8 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
     model = decoder.model
     if "row_step" not in kernels.ENABLED or not (
             decoder.ops is not None and decoder.kernel is not None and decoder.kernel.dtype == torch.float32
-            and decoder.tile == 1 and not decoder.cuda_graph
+            and decoder.tile == 1 and not decoder.cuda_graph and (not decoder.tables.cross or (
+                decoder.cross_kernel is not None and decoder.cross_kernel.dtype == torch.float32))
             and getattr(model, "decode_products", None) is not None and model.decode_products.compiled):
         return None
     library = _library()
@@ -192,18 +182,12 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     try:
-        library = ctypes.CDLL(str(kernels.build(SOURCE)))
+        library = ctypes.CDLL(str(kernels.build(SOURCE, FLAGS)))
     except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
         log.warning("row step library unavailable (%s); decoding steps layer by layer", error)
         return None
-    reads = [_pointer, _size, _pointer, _pointer]  # blocks, block_row, counts, positions
-    for name, argtypes, restype in (("step_rows", [_pointer, _pointer, _size, *reads, _pointer], ctypes.c_int),
-                                    ("attend_half", [_pointer, _size, _pointer, _size, *reads], ctypes.c_int),
-                                    ("mlp_half", [_pointer, _size, _pointer, _size], None),
-                                    ("logits_out", [_pointer, _pointer, _size, _pointer], None),
-                                    ("step_tokens", [_pointer, _pointer, _pointer, _size, _pointer], ctypes.c_int)):
-        function = getattr(library, name)
-        function.argtypes, function.restype = argtypes, restype
+    library.step_tokens.argtypes = [_pointer, _pointer, _pointer, _size, _pointer]
+    library.step_tokens.restype = ctypes.c_int
     return library
 
 
@@ -234,7 +218,7 @@ def _agrees(decoder: RowDecoder, step: RowStep, layered_step: Callable[[int], to
         found = []
         for codes in tokens:
             decoder.tokens[:rows] = codes
-            found.append(decoder.step_compiled(step) if compiled else layered_step(rows))
+            found.append(step.step(rows) if compiled else layered_step(rows))
         return [*found, decoder.keys[:, :rows, read].clone(), decoder.values[:, :rows, read].clone()]
 
     try:

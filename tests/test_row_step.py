@@ -69,8 +69,7 @@ def test_a_plan_that_differs_is_not_used_and_the_check_leaves_the_decoder_fresh(
             return logits
         return step
 
-    for name in ("__call__", "from_tokens"):  # from_tokens: a prior without frames
-        monkeypatch.setattr(row_step.RowStep, name, off_by_a_bit(getattr(row_step.RowStep, name)))
+    monkeypatch.setattr(row_step.RowStep, "step", off_by_a_bit(row_step.RowStep.step))
     other = random_gpt(*STEP_CASES["class-full"], seed=6)  # a prior whose plan has not been checked yet
     with caplog.at_level(logging.WARNING, logger="models.row_step"):
         assert RowDecoder(other, rows=4).compiled_step is None
@@ -92,11 +91,12 @@ def test_the_compiled_step_refuses_inputs_it_was_not_planned_for(favour_products
     favour_products("compiled")
     gpt = random_gpt(*STEP_CASES["class-full"], seed=5)
     decoder = RowDecoder(gpt, rows=2)
-    step, dim = decoder.compiled_step, gpt.config.hidden_dim
-    reads = (decoder.all_blocks, torch.ones(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match="row step takes"):
-        step(torch.zeros(3, dim), *reads)  # more rows than the decoder holds
-    with pytest.raises(ValueError, match="row step takes"):
-        step(torch.zeros(2, dim + 1), decoder.all_blocks, *(t[:2] for t in reads[1:]))
-    with pytest.raises(ValueError, match="row step takes"):
-        step(torch.zeros(2, dim, dtype=torch.float64), decoder.all_blocks, *(t[:2] for t in reads[1:]))
+    step = decoder.compiled_step
+    for rows in (0, 3):  # none, or more than the decoder holds
+        with pytest.raises(ValueError, match="row step takes 1 to 2 rows"):
+            step.step(rows)
+    for tokens, positions in (([decoder.sos + 1, 0], [0, 0]), ([-1, 0], [0, 0]), ([0, 0], [0, decoder.seq_len])):
+        decoder.tokens[:2], decoder.positions[:2] = torch.tensor(tokens), torch.tensor(positions)
+        with pytest.raises(ValueError, match="a code beyond"):
+            step.step(2)
+        assert decoder.positions[:2].tolist() == positions  # nothing stepped
