@@ -14,6 +14,11 @@ from service_stack import serving, write_bundle
 from test_service_api import eight_concurrent_jobs, submit, wait
 
 
+# Videos 4x the bundle's 16 frames for the jobs others join or share with: long enough to be still running
+# when the next job comes, however fast the steps.
+LONG = 64
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("batching")
@@ -37,7 +42,7 @@ def started_steps(api, job_id, at_least: float, timeout_s: float = 60) -> None:
 def test_a_job_joining_a_running_one_has_the_video_it_has_alone(stack):
     with httpx.Client(base_url=stack.url, timeout=30) as api:
         alone = wait(api, submit(api, mode="class", class_label=2, seed=42).json()["id"])
-        busy = submit(api, mode="unconditional", seed=7, num_samples=3).json()["id"]
+        busy = submit(api, mode="unconditional", seed=7, num_samples=3, num_frames=LONG).json()["id"]
         started_steps(api, busy, 0.2)
         joined = wait(api, submit(api, mode="class", class_label=2, seed=42).json()["id"])
         assert wait(api, busy)["status"] == "succeeded"
@@ -49,7 +54,7 @@ def test_a_job_joining_a_running_one_has_the_video_it_has_alone(stack):
 def test_canceling_one_job_leaves_the_others_videos_unchanged(stack):
     with httpx.Client(base_url=stack.url, timeout=30) as api:
         alone = wait(api, submit(api, mode="class", class_label=4, seed=9).json()["id"])
-        doomed = submit(api, mode="unconditional", seed=3, num_samples=2).json()["id"]
+        doomed = submit(api, mode="unconditional", seed=3, num_samples=2, num_frames=LONG).json()["id"]
         kept = submit(api, mode="class", class_label=4, seed=9).json()["id"]
         started_steps(api, doomed, 0.1)
         assert api.post(f"/v1/jobs/{doomed}/cancel").status_code == 200
