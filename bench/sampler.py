@@ -55,7 +55,8 @@ CONFIGS = {
 # The reference implementation's sample loop over the sampler of commit 93b7a0d, float32, bair-like (the
 # decoding-engine issue's measurement, both on the same checkpoint in one run): batch 1 and batch 8.
 REFERENCE_OVER_BASELINE = {1: 2.0, 8: 2.5}
-CPU_KERNELS = {"all": ("row_attention", "row_ops", "row_step"), "layered": ("row_attention", "row_ops"),
+CPU_KERNELS = {"all": ("row_attention", "row_ops", "row_step", "row_draw"),
+               "torch-draw": ("row_attention", "row_ops", "row_step"), "layered": ("row_attention", "row_ops"),
                "attention": ("row_attention",), "none": ()}
 
 
@@ -287,8 +288,9 @@ def main() -> None:
     parser.add_argument("--cuda-graph", choices=["on", "off"], default="on", help="CUDA: capture the step or not")
     parser.add_argument("--kernels", nargs="+", default=["all"], choices=list(CPU_KERNELS),
                         help="CPU: the compiled kernels the decoder may use (where they can be built): all, "
-                             "layered (all but the compiled step: the kernels called layer by layer), the row "
-                             "attention alone (products and norms through torch), or none")
+                             "torch-draw (all but the compiled draw), layered (the kernels called layer by layer, "
+                             "the draw in torch), the row attention alone (products and norms through torch), "
+                             "or none")
     parser.add_argument("--in-process", action="store_true", help="run the cases here, not one process each")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # what older checkouts' runs pass
     args = parser.parse_args()

@@ -1028,13 +1028,22 @@ class RowDecoder:
         self._prefill_row(place, codes.to(self.device))
 
     def release(self, row_ids: list[int]) -> None:
-        """Free rows: the rows after each move up a place, so places keep the order rows came in (oldest
-        first: furthest along, see read_groups)."""
+        """Free rows. Where every row reads its own entries whatever its place (the attention kernel; the
+        CUDA graph's whole reads), the last active row moves into each freed place: one move of a row's
+        cache, where moving the rows after it up a place had moved up to all of them (at saturation 26
+        moves of 2.4 MB a job for the shipped prior, 5% of the engine's time). Otherwise the rows after it
+        move up, so places keep the order rows came in (oldest first: furthest along, see read_groups)."""
         for row_id in row_ids:
-            place = self.place(row_id)
-            for source in range(place + 1, self.active):
-                self._move(source, source - 1)
-            self.ids.pop(place)
+            place, last = self.place(row_id), self.active - 1
+            if self.kernel is not None or self.cuda_graph:
+                if place != last:
+                    self._move(last, place)
+                    self.ids[place] = self.ids[last]
+                self.ids.pop()
+            else:
+                for source in range(place + 1, self.active):
+                    self._move(source, source - 1)
+                self.ids.pop(place)
             self.active -= 1
             self.positions[self.active] = 0  # a place past the active rows may still be computed (see step)
 
