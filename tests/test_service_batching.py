@@ -13,7 +13,6 @@ import pytest
 from service_stack import serving, write_bundle
 from test_service_api import eight_concurrent_jobs, submit, wait
 
-
 # Videos 4x the bundle's 16 frames for the jobs others join or share with: long enough to be still running
 # when the next job comes, however fast the steps.
 LONG = 64
