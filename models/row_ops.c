@@ -5,7 +5,12 @@
    in the same order for every row, whatever the row count: rows never change each other's bits
    (row_ops.py checks this at load).
 
-   row_linear: y = x @ W + bias (then GeLU2 where asked), W (K, N) row-major (DecodeLinear's weight_t).
+   row_linear: y = x @ W + bias (then GeLU2 where asked), W (K, N) (DecodeLinear's weight_t) packed by
+   column blocks (RowLinear packs it; row_vector_width gives VL): each block of 2 * VL columns (then one of
+   VL where one is left) as its own (K, width) row-major strip, then the columns past the last whole
+   vector as a (K, rest) one. A block's weights are then one contiguous run: read in place from (K, N),
+   each k jumped N floats ahead, a page apart for the wide layers, and a large prior's weights came from
+   memory at a third of the rate a contiguous read gets.
    Each output is summed over k in order, then its bias added: in the vector blocks by fused multiply-adds
    where the CPU has FMA, in the columns past the last whole vector by a multiply then an add (as the
    compiler leaves that loop). Which a column gets depends on its index alone, never on the rows. GeLU2
@@ -57,10 +62,11 @@ static void gelu2_span(float *out, int64_t n) {
     for (; i < n; i++) out[i] = gelu2(out[i]);
 }
 
-/* Rows xs[0..ROWS) times NV vectors of columns from c, each sum in the same order whatever ROWS and NV. */
+/* Rows xs[0..ROWS) times the NV vectors of a column block (wb: its (K, NV * VL) strip), each sum in the
+   same order whatever ROWS and NV. */
 #define COLUMNS(ROWS, NV)                                                                                    \
-    static void columns_##ROWS##_##NV(const float *const *xs, const float *w, int64_t k_dim, int64_t n_dim,  \
-                                      int64_t c, vec sums[][2]) {                                            \
+    static void columns_##ROWS##_##NV(const float *const *xs, const float *wb, int64_t k_dim,                \
+                                      vec sums[][2]) {                                                       \
         vec acc[ROWS][NV]; /* local, so that the compiler keeps them in registers */                         \
         const float *rows[ROWS];                                                                             \
         for (int r = 0; r < ROWS; r++) {                                                                     \
@@ -69,7 +75,7 @@ static void gelu2_span(float *out, int64_t n) {
         }                                                                                                    \
         for (int64_t k = 0; k < k_dim; k++) {                                                                \
             vec ws[NV];                                                                                      \
-            for (int v = 0; v < NV; v++) ws[v] = loadv(w + k * n_dim + c + v * VL);                          \
+            for (int v = 0; v < NV; v++) ws[v] = loadv(wb + k * NV * VL + v * VL);                            \
             for (int r = 0; r < ROWS; r++) {                                                                 \
                 vec x = rows[r][k] - (vec){0}; /* a broadcast: x - 0 is x */                                 \
                 for (int v = 0; v < NV; v++) acc[r][v] += x * ws[v];                                         \
@@ -89,15 +95,17 @@ COLUMNS(2, 1)
 COLUMNS(1, 2)
 COLUMNS(1, 1)
 
-static void columns(int rows, int nv, const float *const *xs, const float *w, int64_t k_dim, int64_t n_dim,
-                    int64_t c, vec sums[][2]) {
-    if (rows == RB) (nv == 2 ? columns_RB_2 : columns_RB_1)(xs, w, k_dim, n_dim, c, sums);
+static void columns(int rows, int nv, const float *const *xs, const float *wb, int64_t k_dim, vec sums[][2]) {
+    if (rows == RB) (nv == 2 ? columns_RB_2 : columns_RB_1)(xs, wb, k_dim, sums);
 #if RB == 8
-    else if (rows == 4) (nv == 2 ? columns_4_2 : columns_4_1)(xs, w, k_dim, n_dim, c, sums);
+    else if (rows == 4) (nv == 2 ? columns_4_2 : columns_4_1)(xs, wb, k_dim, sums);
 #endif
-    else if (rows == 2) (nv == 2 ? columns_2_2 : columns_2_1)(xs, w, k_dim, n_dim, c, sums);
-    else (nv == 2 ? columns_1_2 : columns_1_1)(xs, w, k_dim, n_dim, c, sums);
+    else if (rows == 2) (nv == 2 ? columns_2_2 : columns_2_1)(xs, wb, k_dim, sums);
+    else (nv == 2 ? columns_1_2 : columns_1_1)(xs, wb, k_dim, sums);
 }
+
+/* The packed layout's vector width (see row_linear). */
+int row_vector_width(void) { return VL; }
 
 /* Row block rb: whole blocks of RB rows, then one of each smaller power of two that is left. */
 static void row_block(int64_t rb, int64_t rows, int64_t *first, int *count) {
@@ -117,14 +125,15 @@ static void row_block(int64_t rb, int64_t rows, int64_t *first, int *count) {
         }
 }
 
-static float column(const float *x, const float *w, int64_t k_dim, int64_t n_dim, int64_t c) {
+/* Column j of a (K, width) strip. */
+static float column(const float *x, const float *strip, int64_t k_dim, int64_t width, int64_t j) {
     float sum = 0.0f;
-    for (int64_t k = 0; k < k_dim; k++) sum += x[k] * w[k * n_dim + c];
+    for (int64_t k = 0; k < k_dim; k++) sum += x[k] * strip[k * width + j];
     return sum;
 }
 
-/* x: rows of k_dim floats, x_row apart; w (k_dim, n_dim); bias (n_dim) or NULL; y: rows of n_dim floats,
-   y_row apart; gelu: apply GeLU2 to each output. */
+/* x: rows of k_dim floats, x_row apart; w (k_dim, n_dim) packed (see the top); bias (n_dim) or NULL; y: rows
+   of n_dim floats, y_row apart; gelu: apply GeLU2 to each output. */
 void row_linear(const float *x, int64_t x_row, const float *w, const float *bias, float *y, int64_t y_row,
                 int64_t rows, int64_t k_dim, int64_t n_dim, int gelu) {
     /* column blocks: 2 vectors each, then one of 1 vector where one is left; then columns one at a time */
@@ -140,7 +149,7 @@ void row_linear(const float *x, int64_t x_row, const float *w, const float *bias
             const float *xs[RB];
             for (int r = 0; r < count; r++) xs[r] = x + (first + r) * x_row;
             vec sums[RB][2];
-            columns(count, nv, xs, w, k_dim, n_dim, c, sums);
+            columns(count, nv, xs, w + c * k_dim, k_dim, sums);  /* the blocks before hold c columns */
             for (int v = 0; v < nv; v++) {
                 vec b = bias ? loadv(bias + c + v * VL) : (vec){0};
                 for (int r = 0; r < count; r++)
@@ -154,7 +163,8 @@ void row_linear(const float *x, int64_t x_row, const float *w, const float *bias
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = vector_cols; c < n_dim; c++) {
-                float sum = column(x + r * x_row, w, k_dim, n_dim, c);
+                float sum = column(x + r * x_row, w + vector_cols * k_dim, k_dim, n_dim - vector_cols,
+                                   c - vector_cols);
                 sum = bias ? sum + bias[c] : sum;
                 y[r * y_row + c] = gelu ? gelu2(sum) : sum;
             }

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import logging
 import subprocess
 from pathlib import Path
@@ -41,7 +42,7 @@ class RowLinear:
     (N,) or None (checked once here). Called with x (R, 1, K) float32 on CPU (each row's K values
     contiguous), it returns x @ weight_t + bias as (R, 1, N), through GeLU2 where `gelu`."""
 
-    def __init__(self, function: ctypes._CFuncPtr, weight_t: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, function: ctypes._CFuncPtr, weight_t: torch.Tensor, bias: torch.Tensor | None, width: int):
         # The kernel reads raw memory at offsets it computes from these shapes: what does not match them must
         # not reach it.
         if not (weight_t.dtype == torch.float32 and weight_t.is_cpu and weight_t.dim() == 2
@@ -53,7 +54,8 @@ class RowLinear:
                              f"{None if bias is None else (tuple(bias.shape), bias.dtype)}")
         self.function, self.weight_t, self.bias = function, weight_t, bias  # kept alive while bound
         self.k_dim, self.n_dim = weight_t.shape
-        self._weights = ctypes.c_void_p(weight_t.data_ptr())
+        self.packed = pack_columns(weight_t, width)  # what the kernel reads (row_ops.c), one block a run
+        self._weights = ctypes.c_void_p(self.packed.data_ptr())
         self._bias = None if bias is None else ctypes.c_void_p(bias.data_ptr())
 
     def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
@@ -71,6 +73,20 @@ class RowLinear:
         return y
 
 
+def pack_columns(weight_t: torch.Tensor, width: int) -> torch.Tensor:
+    """weight_t (K, N) as row_linear reads it: each block of 2 * width columns (then one of width where one
+    is left) as its own (K, block) strip, then the columns past the last whole vector as a (K, rest) one,
+    all in one flat tensor."""
+    n_dim = weight_t.shape[1]
+    pairs = n_dim // (2 * width)
+    edges = [i * 2 * width for i in range(pairs + 1)]
+    if n_dim - edges[-1] >= width:
+        edges.append(edges[-1] + width)
+    if edges[-1] < n_dim:
+        edges.append(n_dim)
+    return torch.cat([weight_t[:, a:b].flatten() for a, b in itertools.pairwise(edges)])
+
+
 class RowOps:
     """The compiled library: bind(weight_t, bias) gives a linear's products (RowLinear); norm(x, g, b) the
     reference's layer norm of rows x (R, 1, D) with gains and biases g, b (R, 1, D) or (D,)."""
@@ -83,9 +99,10 @@ class RowOps:
         self.row_norm = library.row_norm
         self.row_norm.argtypes = [pointer, size] * 4 + [size, size]
         self.row_norm.restype = None
+        self.width = library.row_vector_width()
 
     def bind(self, weight_t: torch.Tensor, bias: torch.Tensor | None) -> RowLinear:
-        return RowLinear(self.linear, weight_t, bias)
+        return RowLinear(self.linear, weight_t, bias, self.width)
 
     def norm(self, x: torch.Tensor, g: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         rows, dim = x.shape[0], x.shape[-1]

@@ -77,7 +77,7 @@ def _address(t: torch.Tensor | None) -> int | None:
 
 
 def _products(linear) -> tuple[int, int | None]:
-    return _address(linear.compiled.weight_t), _address(linear.compiled.bias)
+    return _address(linear.compiled.packed), _address(linear.compiled.bias)
 
 
 class RowStep:

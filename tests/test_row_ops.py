@@ -15,6 +15,7 @@ from test_generality import CASES
 from models import kernels, row_ops
 from models.decoding import RowDecoder, row_gelu2
 from models.layers import LayerNorm
+from models.row_ops import pack_columns
 
 
 def ops() -> row_ops.RowOps:
@@ -42,6 +43,15 @@ def test_products_equal_torch_and_a_row_keeps_its_bits_whatever_its_companions(n
         for first in range(0, 13 - count + 1, 3):
             part = linear(x[first:first + count], gelu)
             assert torch.equal(part, got[first:first + count]), f"rows {first}..{first + count} changed"
+
+
+def test_packed_weights_hold_each_column_block_as_one_strip():
+    """What row_linear reads: blocks of two vectors of columns, one of one vector, then the rest, each (K,
+    width) contiguous (here vectors of 8: three blocks of 16 columns, one of 8, a last column)."""
+    weight_t = torch.arange(3 * 57, dtype=torch.float32).view(3, 57)
+    packed = pack_columns(weight_t, 8)
+    strips = [(0, 16), (16, 32), (32, 48), (48, 56), (56, 57)]
+    assert torch.equal(packed, torch.cat([weight_t[:, a:b].flatten() for a, b in strips]))
 
 
 def test_products_read_strided_rows_and_take_no_bias():
