@@ -390,7 +390,7 @@ class DecodeEngine:
             uniforms=torch.nn.utils.rnn.pad_sequence([s.uniforms for s in live], batch_first=True).to(device),
             drawn=tensor([s.drawn for s in live], torch.long),
             main_rows=tensor([p for p, _ in rows], torch.long), main_owner=tensor([i for _, i in rows], torch.long),
-            truncated=any(s.request.top_k is not None or s.request.top_p not in (None, 1, 1.0) for s in live))
+            truncated=any(_truncated(s.request) for s in live))
         steered = [i for i, s in enumerate(live) if s.guide_rows]
         if steered:
             plan.guided = tensor(steered, torch.long)
@@ -407,8 +407,7 @@ class DecodeEngine:
     def _compile_draw(self, plan: _Plan) -> None:
         """Give the plan its compiled draw (every CPU plan of float32 logits: which way a sample is drawn
         must not depend on what shares its steps)."""
-        filtered = [i for i, s in enumerate(plan.live) if s.request.top_k is not None
-                    or s.request.top_p not in (None, 1, 1.0)]
+        filtered = [i for i, s in enumerate(plan.live) if _truncated(s.request)]
         plan.filtered = torch.tensor(filtered, dtype=torch.long) if filtered else None
         guide = None if plan.guided is None else {
             "guided": plan.guided, "class": plan.guide_class, "none": plan.guide_none, "rows": plan.guide_rows,
@@ -418,6 +417,11 @@ class DecodeEngine:
         plan.compiled = RowDraw(self._draw_library, self.gpt.n_codes, plan.main, plan.companion, plan.scales,
                                 plan.temperature, drawn_here, plan.uniforms, plan.drawn, self.main.tokens,
                                 plan.main_rows, plan.main_owner, guide)
+
+
+def _truncated(request: SampleRequest) -> bool:
+    """Whether the sample draws from a top-k or top-p of its codes."""
+    return request.top_k is not None or request.top_p not in (None, 1, 1.0)
 
 
 def check_class_guidance(gpt: VideoGPT, class_guidance: object) -> None:
