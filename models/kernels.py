@@ -8,7 +8,9 @@ torch's operations.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -48,6 +50,16 @@ def build(source: Path, defines: tuple[str, ...] = ()) -> Path:
         raise BuildError(f"{' '.join(command)} failed: {done.stderr.strip()[-400:]}")
     partial.replace(target)
     return target
+
+
+def load(source: Path, defines: tuple[str, ...], log: logging.Logger, what: str, instead: str) -> ctypes.CDLL | None:
+    """The library of source (build), loaded; None where it cannot be built or loaded, after a warning on
+    the caller's `log` that `what` is unavailable, why, and what does its work `instead`."""
+    try:
+        return ctypes.CDLL(str(build(source, defines)))
+    except (OSError, subprocess.SubprocessError, BuildError) as error:
+        log.warning("%s unavailable (%s); %s", what, error, instead)
+        return None
 
 
 def _cpu() -> str:

@@ -20,7 +20,6 @@ import ctypes
 import functools
 import logging
 import math
-import subprocess
 from pathlib import Path
 
 import torch
@@ -124,11 +123,9 @@ def row_attention(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAtte
 
 @functools.cache
 def _checked(dtype: torch.dtype, d_k: int, d_v: int, block: int) -> RowAttention | None:
-    try:
-        defines = (f"-DELEM_BF16={ELEMENTS[dtype]}", f"-DDK={d_k}", f"-DDV={d_v}", f"-DBLOCK={block}")
-        library = ctypes.CDLL(str(kernels.build(SOURCE, defines)))
-    except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
-        log.warning("row attention kernel unavailable (%s); decoding attends with torch's operations", error)
+    defines = (f"-DELEM_BF16={ELEMENTS[dtype]}", f"-DDK={d_k}", f"-DDV={d_v}", f"-DBLOCK={block}")
+    library = kernels.load(SOURCE, defines, log, "row attention kernel", "decoding attends with torch's operations")
+    if library is None:
         return None
     function = library.attend_rows
     pointer, size = ctypes.c_void_p, ctypes.c_int64

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import subprocess
 from pathlib import Path
 
 import torch
@@ -120,10 +119,8 @@ def row_draw() -> ctypes.CDLL | None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        library = ctypes.CDLL(str(kernels.build(SOURCE, FLAGS)))
-    except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
-        log.warning("row draw library unavailable (%s); the engine draws with torch", error)
+    library = kernels.load(SOURCE, FLAGS, log, "row draw library", "the engine draws with torch")
+    if library is None:
         return None
     library.draw_codes.argtypes = [_pointer, _pointer, _size, _pointer, _size, _pointer, ctypes.c_int]
     library.draw_codes.restype = ctypes.c_int

@@ -24,7 +24,6 @@ import ctypes
 import functools
 import itertools
 import logging
-import subprocess
 from pathlib import Path
 
 import torch
@@ -136,11 +135,10 @@ def row_ops() -> RowOps | None:
 
 @functools.cache
 def _checked() -> RowOps | None:
-    try:
-        ops = RowOps(ctypes.CDLL(str(kernels.build(SOURCE))))
-    except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
-        log.warning("row ops kernels unavailable (%s); decoding multiplies and normalizes with torch", error)
+    library = kernels.load(SOURCE, (), log, "row ops kernels", "decoding multiplies and normalizes with torch")
+    if library is None:
         return None
+    ops = RowOps(library)
     error = _check(ops)
     if error is None:
         log.warning("row ops kernels give a row other bits beside other rows; not used")

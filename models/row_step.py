@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
-import subprocess
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -181,10 +180,8 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        library = ctypes.CDLL(str(kernels.build(SOURCE, FLAGS)))
-    except (OSError, subprocess.SubprocessError, kernels.BuildError) as error:
-        log.warning("row step library unavailable (%s); decoding steps layer by layer", error)
+    library = kernels.load(SOURCE, FLAGS, log, "row step library", "decoding steps layer by layer")
+    if library is None:
         return None
     library.step_tokens.argtypes = [_pointer, _pointer, _pointer, _size, _pointer]
     library.step_tokens.restype = ctypes.c_int
