@@ -201,7 +201,7 @@ class AttentionBlock(nn.Module):
 
     def read_frames(self, x: torch.Tensor, ctx: SequenceContext, index: int) -> torch.Tensor:
         """x after the frame cross-attention and its residual (a frames prior's layer, between its
-        self-attention and its MLP; the compiled step, models/row_step.py, calls it between its halves)."""
+        self-attention and its MLP)."""
         h = ctx.normalize(self.pre_enc_norm, x, index)
         heads = ctx.cross_attention(index, self.enc_attn.queries(h), self.enc_attn)
         return x + ctx.gate_frames(self.post_enc_dp(self.enc_attn.combine(heads)))

@@ -59,6 +59,7 @@ class RowDraw:
                 and uniforms.is_contiguous() and drawn.dtype == torch.int64 and drawn.shape == (samples,)
                 and drawn.is_contiguous() and main_tokens.dtype == torch.int64 and main_tokens.is_contiguous()
                 and drawn_here.shape == scales.shape == temperature.shape == (samples,)
+                and (companion is None or companion.shape == (samples,))
                 and main_rows.shape == main_owner.shape and int(main_owner.max()) < samples
                 and int(main_rows.max()) < main_tokens.shape[0]):
             raise ValueError("row draw takes per-sample plans of one length, float64 uniforms and int64 counters "
@@ -79,10 +80,14 @@ class RowDraw:
         plan.main_count = main_rows.shape[0]
         self.steered = 0 if guide is None else guide["guided"].shape[0]
         if guide is not None:
-            parts = [_long(guide[name]) for name in ("guided", "class", "none", "rows", "owner", "tokens")]
-            if not (int(parts[0].max()) < samples and int(parts[4].max()) < samples
-                    and int(parts[3].max()) < parts[5].shape[0] and parts[3].shape == parts[4].shape):
-                raise ValueError("row draw: a guide's rows beyond its samples or its tokens")
+            # the tokens are written: checked, never converted (a copy would take the codes, not the guide)
+            tokens = guide["tokens"]
+            parts = [*(_long(guide[name]) for name in ("guided", "class", "none", "rows", "owner")), tokens]
+            if not (tokens.dtype == torch.int64 and tokens.is_contiguous() and int(parts[0].max()) < samples
+                    and int(parts[4].max()) < samples and int(parts[3].max()) < tokens.shape[0]
+                    and parts[3].shape == parts[4].shape):
+                raise ValueError("row draw: a guide's rows beyond its samples or its tokens, or tokens not int64 "
+                                 "contiguous")
             scales = guide["scales"].float().contiguous()
             self._kept += [*parts, scales]
             plan.steered, plan.guide_count = self.steered, parts[3].shape[0]

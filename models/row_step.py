@@ -161,8 +161,8 @@ def row_step(decoder: RowDecoder, layered_step: Callable[[int], torch.Tensor]) -
     model = decoder.model
     if "row_step" not in kernels.ENABLED or not (
             decoder.ops is not None and decoder.kernel is not None and decoder.kernel.dtype == torch.float32
-            and decoder.tile == 1 and not decoder.cuda_graph and (not decoder.tables.cross or (
-                decoder.cross_kernel is not None and decoder.cross_kernel.dtype == torch.float32))
+            and decoder.tile == 1 and not decoder.cuda_graph
+            and (not decoder.tables.cross or decoder.cross_kernel is not None)  # built in the decoder's dtype
             and getattr(model, "decode_products", None) is not None and model.decode_products.compiled):
         return None
     library = _library()

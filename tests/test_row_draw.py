@@ -126,6 +126,8 @@ def test_what_does_not_fit_the_plan_is_refused(library):
     with pytest.raises(ValueError, match="beyond"):
         compiled(torch.zeros(10, N_CODES), None)  # a steered plan without its guide's logits
     assert plan.drawn.tolist() == [0] * 5 and not bool(main_tokens.any())  # nothing drawn
+    with pytest.raises(ValueError, match="tokens not int64"):  # written to: a converted copy would hide them
+        _compiled(library, plan, main_tokens, guide_tokens.int())
     plan.main_owner = plan.main_owner + 3
     with pytest.raises(ValueError, match="every row within"):
         _compiled(library, plan, main_tokens, guide_tokens)
