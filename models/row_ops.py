@@ -113,7 +113,7 @@ class RowOps:
                              f"b {tuple(b.shape)}")
         y = torch.empty(rows, 1, dim, dtype=torch.float32)
         self.row_norm(x.data_ptr(), x.stride(0), g.data_ptr(), _row_stride(g), b.data_ptr(), _row_stride(b),
-                   y.data_ptr(), dim, rows, dim)
+                      y.data_ptr(), dim, rows, dim)
         return y
 
 
