@@ -4,9 +4,9 @@ The gateway decodes uploads with it, the worker encodes mp4s, the training data 
 """
 
 from .decode import DecodeError, DecodeLimits, pad_frames, read_frames
-from .encode import MP4_CONTENT_TYPE, png_bytes, tile, upscale, write_mp4, write_png
+from .encode import MP4_CONTENT_TYPE, png_bytes, tile, write_mp4, write_png
 
 __all__ = [
     "MP4_CONTENT_TYPE", "DecodeError", "DecodeLimits", "pad_frames", "png_bytes", "read_frames", "tile",
-    "upscale", "write_mp4", "write_png",
+    "write_mp4", "write_png",
 ]

@@ -48,6 +48,22 @@ def test_odd_sizes_are_padded_to_even(tmp_path):
     assert probe(tmp_path / "odd.mp4")[1].shape == (3, 16, 22, 3)
 
 
+def test_upscaling_is_nearest_neighbour_and_pads_odd_sides(tmp_path):
+    frames = np.zeros((4, 5, 7, 3), dtype=np.uint8)
+    frames[:, ::2, ::2] = 255  # a grid of single bright pixels: any blending would show between them
+    out = write_mp4(frames, tmp_path / "crisp.mp4", fps=4, scale=3)
+    assert (out["width"], out["height"]) == (22, 16)  # 21 x 15, padded to even sides
+    decoded = probe(tmp_path / "crisp.mp4")[1].astype(int)
+    assert decoded.shape == (4, 16, 22, 3)
+    blocks = decoded[:, :15, :21].reshape(4, 5, 3, 7, 3, 3)
+    bright = blocks[:, ::2, :, ::2].mean(axis=(0, 1, 3, 5))  # each of the 3x3 pixels of a bright block
+    dark = blocks[:, 1::2, :, 1::2].mean(axis=(0, 1, 3, 5))
+    assert bright.min() > 200 and dark.max() < 60  # every pixel of a block takes its source pixel's value
+    assert decoded[:, 15:].mean() < 20 and decoded[:, :, 21:].mean() < 20  # the padding is black
+    with pytest.raises(ValueError, match="scale >= 1"):
+        write_mp4(frames, tmp_path / "bad.mp4", fps=4, scale=0)
+
+
 def test_tile_places_samples_in_a_grid():
     videos = np.stack([np.full((2, 4, 4, 3), 10 * (i + 1), dtype=np.uint8) for i in range(3)])
     grid = tile(videos, gap=1)
