@@ -18,9 +18,8 @@ from models import SamplingCancelled, VideoGPT, sample, sample_seed
 
 from . import metrics
 from .claimed import ClaimedJob
-from .outputs import OutputWriter, finish_canceled, output_scale, video_frames
+from .outputs import OutputWriter, decode_videos, finish_canceled, output_scale
 
-DECODE_CHUNK = 16
 PROGRESS_EVERY_S = 0.2
 
 
@@ -124,16 +123,14 @@ def run_batch(gpt: VideoGPT, jobs: list[ClaimedJob], store: JobStore, writer: Ou
     sampling_s = time.time() - watch.started
     shared = record_sampling(writer.model, codes, sampling_s, len(jobs))
     decoded = time.time()
-    with torch.no_grad():
-        videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
-                            for i in range(0, len(codes), DECODE_CHUNK)])
+    videos = decode_videos(gpt.vqvae, codes)
     decode_s = time.time() - decoded
     metrics.DECODE.labels(writer.model).observe(decode_s)
     watch.drop_canceled()  # no encoding for a job canceled by now
     encodes, first = {}, 0
     for job in jobs:
         if job.id in watch.live:
-            encodes[job.id] = writer.encode(job, video_frames(videos[first:first + job.n]))
+            encodes[job.id] = writer.encode(job, videos[first:first + job.n])
         first += job.n
     for job in jobs:
         if job.id in encodes:

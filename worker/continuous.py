@@ -22,7 +22,7 @@ from jobs.settings import ServiceSettings
 from jobs.store import JobStore
 from models import InputError, VideoGPT
 
-from . import metrics
+from . import encoder, metrics
 from .batch import output_writer
 from .claimed import load_claimed
 from .finisher import Finisher
@@ -64,6 +64,9 @@ class ContinuousServer:
         writers = {name: output_writer(self.store, runtime.backend.storage, gpt, settings.upscale)
                    for name, gpt in runtime.models.items()}
         self.finisher = Finisher(self.store, writers, self._done)
+        # A CPU engine's thread is its bottleneck at saturation: the finishing processes decode its codes
+        encoder.use_decoders({name: lane.gpt.vqvae for name, lane in self.lanes.items()
+                              if lane.engine.device.type == "cpu"})
         self._rates = {name: (time.monotonic(), lane.engine.steps) for name, lane in self.lanes.items()}
         on_cpu = all(lane.engine.device.type == "cpu" for lane in self.lanes.values())
         self._threads = torch.get_num_threads() if on_cpu else 0

@@ -1,7 +1,8 @@
 """Finished jobs of a continuously batching worker, turned into stored mp4s: the VQ-VAE decodes their
-codes on the engine's thread (`decode`, between two steps: torch's CPU thread pool belongs to the thread
-that uses it, and a second one slowed the steps 4x), then ffmpeg encodes the videos, storage takes them and
-the record says succeeded on a thread of their own while the engine steps on.
+codes and ffmpeg encodes the videos in the finishing processes (worker/encoder.py; on a GPU worker the VQ-VAE
+decodes here, on the engine's thread, between two steps: torch's thread pool belongs to the thread that
+uses it, and on the CPU a second one slowed the steps 4x), then storage takes them and the record says
+succeeded on a thread of their own while the engine steps on.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from jobs.store import JobStore
 from models import VideoGPT
 
-from . import metrics
+from . import encoder, metrics
 from .lane import LaneJob
-from .outputs import OutputWriter, finish_canceled, video_frames
+from .outputs import OutputWriter, decode_videos, finish_canceled
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 16
@@ -35,14 +36,21 @@ class Finisher:
         self._lock = threading.Lock()
 
     def submit(self, model: str, gpt: VideoGPT, lane_job: LaneJob, shared_metrics: dict[str, float]) -> None:
-        """Decode the job's codes here and now, then encode and store them in the background."""
+        """Start the job's videos (decoded in the finishing processes where they hold the model's VQ-VAE, else
+        here and now) and store them in the background."""
+        job, writer = lane_job.job, self.writers[model]
+        codes = [lane_job.codes[i] for i in range(job.n)]
         try:
-            videos, decode_s = decode(model, gpt, lane_job)
+            if encoder.decodes(model):
+                encodes = writer.decode_and_encode(job, codes)
+            else:
+                videos, decode_s = decode(model, gpt, codes)
+                shared_metrics = {**shared_metrics, "decode_seconds": round(decode_s, 4)}
+                encodes = writer.encode(job, videos)
         except Exception as exc:  # the job must end terminal, whatever broke
             self._fail(model, lane_job, exc)
             return
-        future = self._pool.submit(self._finish, model, lane_job, videos, {**shared_metrics,
-                                                                           "decode_seconds": round(decode_s, 4)})
+        future = self._pool.submit(self._finish, model, lane_job, encodes, shared_metrics)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._forget)
@@ -60,14 +68,14 @@ class Finisher:
         """Finish what was handed over, then stop."""
         self._pool.shutdown(wait=True)
 
-    def _finish(self, model: str, lane_job: LaneJob, videos: list, shared_metrics: dict[str, float]) -> None:
-        job = lane_job.job
+    def _finish(self, model: str, lane_job: LaneJob, encodes: list[Future], shared_metrics: dict[str, float]) -> None:
+        job, writer = lane_job.job, self.writers[model]
         try:
             if self.store.cancel_requested(job.id):
+                writer.discard(encodes)
                 finish_canceled(self.store, job)
-                return
-            writer = self.writers[model]
-            writer.succeed(job, writer.encode(job, videos), shared_metrics)
+            else:
+                writer.succeed(job, encodes, shared_metrics)
         except redis.exceptions.RedisError:
             log.exception("Redis failed while finishing job %s; it is retried once its lease ends", job.id,
                           extra={"job_id": job.id})
@@ -86,14 +94,10 @@ class Finisher:
         self.done(model, job.id)
 
 
-@torch.no_grad()
-def decode(model: str, gpt: VideoGPT, lane_job: LaneJob) -> tuple[list, float]:
-    """The job's videos as uint8 frames, and the seconds the VQ-VAE took."""
-    job = lane_job.job
-    codes = torch.stack([lane_job.codes[i] for i in range(job.n)])  # the VQ-VAE moves them to its device
+def decode(model: str, gpt: VideoGPT, codes: list[torch.Tensor]) -> tuple[list, float]:
+    """A job's videos as uint8 frames, decoded here, and the seconds the VQ-VAE took."""
     started = time.time()
-    videos = torch.cat([gpt.vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
-                        for i in range(0, job.n, DECODE_CHUNK)])
+    videos = decode_videos(gpt.vqvae, torch.stack(codes))  # the VQ-VAE moves them to its device
     seconds = time.time() - started
     metrics.DECODE.labels(model).observe(seconds)
-    return video_frames(videos), seconds
+    return videos, seconds

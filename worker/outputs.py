@@ -31,11 +31,22 @@ def output_scale(resolution: int, configured: int) -> int:
     return configured if configured > 0 else max(1, 256 // resolution)
 
 
+DECODE_CHUNK = 16  # samples the VQ-VAE decodes at once: its activations grow with them
+
+
 def video_frames(videos: torch.Tensor) -> list[np.ndarray]:
     """Decoded videos (n, 3, T, H, W) as uint8 frames (T, H, W, 3), each: on the thread that runs torch.
     (torch's CPU thread pool belongs to the thread that uses it: a second thread running torch ops starts a
     second pool, and the two, spinning, slowed the decoding step 4x; the encoders get numpy only.)"""
     return [to_uint8_frames(video) for video in videos]
+
+
+@torch.no_grad()
+def decode_videos(vqvae: torch.nn.Module, codes: torch.Tensor) -> list[np.ndarray]:
+    """Code grids (n, t, h, w) decoded by the VQ-VAE into videos of uint8 frames (T, H, W, 3)."""
+    videos = torch.cat([vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
+                        for i in range(0, len(codes), DECODE_CHUNK)])
+    return video_frames(videos)
 
 
 class OutputWriter:
@@ -55,24 +66,48 @@ class OutputWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _path(self, job: ClaimedJob, index: int) -> Path:
+        return Path(self._tmp.name) / f"{job.id}-{index}.mp4"
+
     def encode(self, job: ClaimedJob, videos: list[np.ndarray]) -> list[Future]:
         """Start encoding a job's videos (uint8 frames, see video_frames); one future per video."""
-        return [encoder.encode(frames, Path(self._tmp.name) / f"{job.id}-{i}.mp4", float(job.request.fps), self.scale)
+        return [encoder.encode(frames, self._path(job, i), float(job.request.fps), self.scale)
                 for i, frames in enumerate(videos)]
 
+    def decode_and_encode(self, job: ClaimedJob, codes: list[torch.Tensor]) -> list[Future]:
+        """Start decoding and encoding a job's videos from their codes, in the finishing processes
+        (encoder.use_decoders); one future per video."""
+        # as numpy: torch pickles a tensor for another process into shared memory, ~0.7 ms a tensor
+        return [encoder.decode_and_encode(self.model, grid.cpu().numpy(), self._path(job, i), float(job.request.fps),
+                                          self.scale)
+                for i, grid in enumerate(codes)]
+
+    def discard(self, encodes: list[Future]) -> None:
+        """Remove the files of encodes no one will store (their job was canceled meanwhile)."""
+        for future in encodes:
+            try:
+                future.result().path.unlink(missing_ok=True)
+            except Exception:  # nothing to remove
+                pass
+
     def succeed(self, job: ClaimedJob, encodes: list[Future], shared_metrics: dict[str, float]) -> None:
-        """Store the encoded videos and mark the job succeeded with its outputs and timings."""
-        encode_s = store_s = 0.0
+        """Store the encoded videos and mark the job succeeded with its outputs and timings (the decoding
+        seconds are the processes' where they decoded, else shared_metrics' decode_seconds)."""
+        encode_s = store_s = decode_s = 0.0
         outputs = []
-        for i, encode in enumerate(encodes):
-            path, info, seconds = encode.result()
-            encode_s += seconds
+        for i, future in enumerate(encodes):
+            encoded: encoder.Encoded = future.result()
+            encode_s += encoded.encode_s
+            decode_s += encoded.decode_s
             t1 = time.time()
             key = f"{job.id}/{i}.mp4"
-            self.storage.put(key, path, MP4_CONTENT_TYPE)
-            path.unlink(missing_ok=True)
+            self.storage.put(key, encoded.path, MP4_CONTENT_TYPE)
+            encoded.path.unlink(missing_ok=True)
             store_s += time.time() - t1
-            outputs.append({"key": key, **info})
+            outputs.append({"key": key, **encoded.info})
+        if decode_s:
+            shared_metrics = {**shared_metrics, "decode_seconds": round(decode_s, 4)}
+            metrics.DECODE.labels(self.model).observe(decode_s)
         job.metrics.update({"queue_seconds": round(job.claimed_at - job.created_at, 4), **shared_metrics,
                             "encode_seconds": round(encode_s, 4), "store_seconds": round(store_s, 4)})
         metrics.QUEUE_WAIT.labels(self.model).observe(job.metrics["queue_seconds"])
