@@ -33,6 +33,7 @@ from .controls import check_sampling, check_seed, draw, drawn_class, uniform_str
 from .decoding import RowDecoder
 from .errors import InputError
 from .gpt import Conditioning, VideoGPT
+from .layout import causal_mask
 from .limits import MAX_GUIDANCE, is_guidance_scale
 from .row_draw import RowDraw, row_draw
 
@@ -417,6 +418,16 @@ class DecodeEngine:
         plan.compiled = RowDraw(self._draw_library, self.gpt.n_codes, plan.main, plan.companion, plan.scales,
                                 plan.temperature, drawn_here, plan.uniforms, plan.drawn, self.main.tokens,
                                 plan.main_rows, plan.main_owner, guide)
+
+
+def step_read_bytes(prior: VideoGPT) -> float:
+    """The KV-cache bytes a row's step reads, averaged over a video: every layer's keys and values at the
+    positions its attention may see (on average half the video for full attention; a sparse prior's blocks)."""
+    c = prior.config
+    mask = causal_mask(prior.latent_shape, c.attn_type, c.sparse_block_size, c.sparse_local_blocks)
+    positions = mask.sum().item() / mask.shape[0]
+    element = 4 if getattr(prior, "decode_precision", "float32") == "float32" else 2  # int8 caches bfloat16
+    return 2 * c.layers * c.hidden_dim * element * positions
 
 
 def _truncated(request: SampleRequest) -> bool:
