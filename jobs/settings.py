@@ -85,7 +85,9 @@ class ServiceSettings(BaseSettings):
     batch_size: int = Field(8, ge=1, description="static: most samples decoded together")
     batch_wait_s: float = Field(0.2, ge=0, description="static: how long a batch waits for companions")
     engine_slots: int | None = Field(None, ge=1, description="continuous: KV-cache rows of each model's engine "
-                                     "(default: room for VGS_BATCH_SIZE samples; a guided sample takes two)")
+                                     "(default: room for VGS_BATCH_SIZE samples, a guided sample taking two; on a "
+                                     "CPU no more than keep a step's cache reads within a third of its "
+                                     "last-level cache)")
     upscale: int = Field(0, ge=0, description="integer upscaling of outputs; 0: up to about 256 pixels")
     heartbeat_s: float = Field(5.0, gt=0, description="worker heartbeat period; a worker is up for 3 periods")
     lease_s: float = Field(30.0, gt=0, description="a running job whose worker has not renewed its lease for "

@@ -1,4 +1,4 @@
-"""Finished videos to stored mp4s and terminal job records: encode (ffmpeg, in the encoding processes of
+"""Finished videos to stored mp4s and terminal job records: encode (ffmpeg, in the finishing processes of
 worker/encoder.py), store, succeed."""
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def decode_videos(vqvae: torch.nn.Module, codes: torch.Tensor) -> list[np.ndarra
 
 
 class OutputWriter:
-    """Encodes videos into a scratch folder (the encoding processes run several at once), then stores them
+    """Encodes videos into a scratch folder (the finishing processes run several at once), then stores them
     and marks their job succeeded."""
 
     def __init__(self, store: JobStore, storage: Storage, model: str, scale: int):

@@ -74,7 +74,7 @@ class WorkerRuntime:
         """Publish the models, and start beating (heartbeat, leases, reaper, webhooks)."""
         for gpt in self.models.values():
             self.backend.catalog.publish_model(model_info(gpt, self.settings))
-        encoder.warm_up(Path(tempfile.gettempdir()))  # the encoding processes start now, not with a first job
+        encoder.warm_up(Path(tempfile.gettempdir()))  # the finishing processes start now, not with a first job
         self.presence.start()
         self.presence.state = "idle"
 
