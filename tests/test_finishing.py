@@ -12,7 +12,7 @@ import torch
 
 from models import load_vqvae
 from worker import encoder
-from worker.outputs import decode_videos
+from worker.videos import decode_videos
 
 SHIPPED = "weights/moving-digits"
 

@@ -18,7 +18,8 @@ from models import SamplingCancelled, VideoGPT, sample, sample_seed
 
 from . import metrics
 from .claimed import ClaimedJob
-from .outputs import OutputWriter, decode_videos, finish_canceled, output_scale
+from .outputs import OutputWriter, finish_canceled, output_scale
+from .videos import decode_videos
 
 PROGRESS_EVERY_S = 0.2
 

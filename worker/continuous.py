@@ -263,10 +263,11 @@ def engine_slots(gpt, configured: int | None, batch_size: int, cache_bytes: int 
     last-level cache) no more samples than keep what a step reads of the KV cache within a third of it.
 
     A CPU step reads every row's cache; past the cache it streams from memory. On a 32 MB L3 (AMD EPYC, one
-    thread) the shipped prior's step took 0.146 / 0.136 / 0.162 / 0.171 / 0.192 ms per guided sample at
-    3 / 4 / 5 / 6 / 8 samples (the step reads 2.4 MB a sample on average, its full cache is twice that):
-    the best, 4, is the most within a third; the rest of the cache holds the weights, the activations and
-    the other processes' data. 8 samples instead cost the worker 15% of its capacity under load.
+    thread, as under load) the shipped prior's step took 0.146 / 0.136-0.150 / 0.162 / 0.171-0.175 /
+    0.192-0.219 ms per guided sample at 3 / 4 / 5 / 6 / 8 samples (a step reads 2.4 MB a sample on
+    average, its full cache is twice that): the best, 4, is the most within a third; the rest of the cache
+    holds the weights, the activations and the other processes' data. With 8 the worker's capacity under
+    load was 1.01-1.10x static batching's, with 4 1.20-1.38x (docs/models.md).
     """
     if configured:
         return configured

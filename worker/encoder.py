@@ -67,7 +67,7 @@ def _write(frames: np.ndarray, path: Path, fps: float, scale: int) -> Encoded:
 def _decode_and_write(model: str, codes: np.ndarray, path: Path, fps: float, scale: int) -> Encoded:
     import torch  # imported in the processes that decode only
 
-    from .outputs import decode_videos
+    from .videos import decode_videos
 
     started = time.time()
     frames = decode_videos(_decoders[model], torch.from_numpy(codes)[None])[0]

@@ -21,10 +21,10 @@ from models import VideoGPT
 
 from . import encoder, metrics
 from .lane import LaneJob
-from .outputs import OutputWriter, decode_videos, finish_canceled
+from .outputs import OutputWriter, finish_canceled
+from .videos import decode_videos
 
 log = logging.getLogger(__name__)
-DECODE_CHUNK = 16
 
 
 class Finisher:

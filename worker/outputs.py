@@ -18,7 +18,6 @@ import torch
 from jobs.storage import Storage
 from jobs.store import JobStore, now_iso
 from media import MP4_CONTENT_TYPE
-from models.data.frames import to_uint8_frames
 
 from . import encoder, metrics
 from .claimed import ClaimedJob
@@ -29,24 +28,6 @@ log = logging.getLogger(__name__)
 def output_scale(resolution: int, configured: int) -> int:
     """The integer upscale of outputs: the configured one, or (0) the largest that stays within 256 pixels."""
     return configured if configured > 0 else max(1, 256 // resolution)
-
-
-DECODE_CHUNK = 16  # samples the VQ-VAE decodes at once: its activations grow with them
-
-
-def video_frames(videos: torch.Tensor) -> list[np.ndarray]:
-    """Decoded videos (n, 3, T, H, W) as uint8 frames (T, H, W, 3), each: on the thread that runs torch.
-    (torch's CPU thread pool belongs to the thread that uses it: a second thread running torch ops starts a
-    second pool, and the two, spinning, slowed the decoding step 4x; the encoders get numpy only.)"""
-    return [to_uint8_frames(video) for video in videos]
-
-
-@torch.no_grad()
-def decode_videos(vqvae: torch.nn.Module, codes: torch.Tensor) -> list[np.ndarray]:
-    """Code grids (n, t, h, w) decoded by the VQ-VAE into videos of uint8 frames (T, H, W, 3)."""
-    videos = torch.cat([vqvae.decode_long(codes[i:i + DECODE_CHUNK]).float().cpu()
-                        for i in range(0, len(codes), DECODE_CHUNK)])
-    return video_frames(videos)
 
 
 class OutputWriter:
@@ -70,7 +51,7 @@ class OutputWriter:
         return Path(self._tmp.name) / f"{job.id}-{index}.mp4"
 
     def encode(self, job: ClaimedJob, videos: list[np.ndarray]) -> list[Future]:
-        """Start encoding a job's videos (uint8 frames, see video_frames); one future per video."""
+        """Start encoding a job's videos (uint8 frames, see videos.decode_videos); one future per video."""
         return [encoder.encode(frames, self._path(job, i), float(job.request.fps), self.scale)
                 for i, frames in enumerate(videos)]
 
