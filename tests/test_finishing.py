@@ -4,6 +4,10 @@ thread, into the same frames the worker's own VQ-VAE gives."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
@@ -79,3 +83,32 @@ def test_other_decoders_restart_the_processes(decoding, tmp_path):
     encoder.warm_up(tmp_path)
     assert finishing_pids() and not set(finishing_pids()) & before
     assert not encoder.decodes("shipped") and encoder.decodes("again")
+
+
+def test_the_processes_end_with_a_worker_killed_outright(tmp_path):
+    script = tmp_path / "killed_worker.py"  # not worker.py: the package of that name
+    script.write_text(
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from worker import encoder\n"
+        "if __name__ == '__main__':\n"
+        f"    encoder.warm_up(Path({str(tmp_path)!r}))\n"
+        "    print('up', flush=True)\n"
+        "    time.sleep(600)\n")
+    worker = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "up"
+        with open(f"/proc/{worker.pid}/task/{worker.pid}/children") as f:
+            finishing = [int(pid) for pid in f.read().split()]
+        finishing = [pid for pid in finishing if os.getpgid(pid) != os.getpgid(worker.pid)]
+        assert len(finishing) == encoder.ENCODE_PROCESSES
+    finally:
+        worker.kill()  # SIGKILL: the worker cannot shut its pool down
+        worker.wait()
+    deadline = time.monotonic() + 10 * encoder.PARENT_CHECK_S
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+              for pid in finishing):
+        assert time.monotonic() < deadline, "the finishing processes outlived their worker"
+        time.sleep(0.1)
