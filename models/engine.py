@@ -35,6 +35,7 @@ from .errors import InputError
 from .gpt import Conditioning, VideoGPT
 from .layout import causal_mask
 from .limits import MAX_GUIDANCE, is_guidance_scale
+from .precision import DTYPES
 from .row_draw import RowDraw, row_draw
 
 
@@ -426,7 +427,7 @@ def step_read_bytes(prior: VideoGPT) -> float:
     c = prior.config
     mask = causal_mask(prior.latent_shape, c.attn_type, c.sparse_block_size, c.sparse_local_blocks)
     positions = mask.sum().item() / mask.shape[0]
-    element = 4 if getattr(prior, "decode_precision", "float32") == "float32" else 2  # int8 caches bfloat16
+    element = DTYPES[getattr(prior, "decode_precision", "float32")].itemsize  # the cache's (int8's: bfloat16)
     return 2 * c.layers * c.hidden_dim * element * positions
 
 
