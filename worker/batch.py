@@ -19,7 +19,6 @@ from models import SamplingCancelled, VideoGPT, sample, sample_seed
 from . import metrics
 from .claimed import ClaimedJob
 from .outputs import OutputWriter, finish_canceled, output_scale
-from .videos import decode_videos
 
 PROGRESS_EVERY_S = 0.2
 
@@ -123,10 +122,7 @@ def run_batch(gpt: VideoGPT, jobs: list[ClaimedJob], store: JobStore, writer: Ou
         metrics.SLOTS_IN_USE.labels(writer.model).set(0)
     sampling_s = time.time() - watch.started
     shared = record_sampling(writer.model, codes, sampling_s, len(jobs))
-    decoded = time.time()
-    videos = decode_videos(gpt.vqvae, codes)
-    decode_s = time.time() - decoded
-    metrics.DECODE.labels(writer.model).observe(decode_s)
+    videos, decode_s = writer.decode(gpt.vqvae, codes)
     watch.drop_canceled()  # no encoding for a job canceled by now
     encodes, first = {}, 0
     for job in jobs:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -19,10 +18,9 @@ import torch
 from jobs.store import JobStore
 from models import VideoGPT
 
-from . import encoder, metrics
+from . import encoder
 from .lane import LaneJob
 from .outputs import OutputWriter, finish_canceled
-from .videos import decode_videos
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class Finisher:
             if encoder.decodes(model):
                 encodes = writer.decode_and_encode(job, codes)
             else:
-                videos, decode_s = decode(model, gpt, codes)
+                videos, decode_s = writer.decode(gpt.vqvae, torch.stack(codes))  # the VQ-VAE moves them to its device
                 shared_metrics = {**shared_metrics, "decode_seconds": round(decode_s, 4)}
                 encodes = writer.encode(job, videos)
         except Exception as exc:  # the job must end terminal, whatever broke
@@ -92,12 +90,3 @@ class Finisher:
         except redis.exceptions.RedisError:
             pass
         self.done(model, job.id)
-
-
-def decode(model: str, gpt: VideoGPT, codes: list[torch.Tensor]) -> tuple[list, float]:
-    """A job's videos as uint8 frames, decoded here, and the seconds the VQ-VAE took."""
-    started = time.time()
-    videos = decode_videos(gpt.vqvae, torch.stack(codes))  # the VQ-VAE moves them to its device
-    seconds = time.time() - started
-    metrics.DECODE.labels(model).observe(seconds)
-    return videos, seconds

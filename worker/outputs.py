@@ -21,6 +21,7 @@ from media import MP4_CONTENT_TYPE
 
 from . import encoder, metrics
 from .claimed import ClaimedJob
+from .videos import decode_videos
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,17 @@ class OutputWriter:
     def _path(self, job: ClaimedJob, index: int) -> Path:
         return Path(self._tmp.name) / f"{job.id}-{index}.mp4"
 
+    def decode(self, vqvae: torch.nn.Module, codes: torch.Tensor) -> tuple[list[np.ndarray], float]:
+        """Code grids (n, t, h, w) decoded here into videos of uint8 frames, and the seconds the VQ-VAE
+        took (into the decode histogram)."""
+        started = time.time()
+        videos = decode_videos(vqvae, codes)
+        seconds = time.time() - started
+        metrics.DECODE.labels(self.model).observe(seconds)
+        return videos, seconds
+
     def encode(self, job: ClaimedJob, videos: list[np.ndarray]) -> list[Future]:
-        """Start encoding a job's videos (uint8 frames, see videos.decode_videos); one future per video."""
+        """Start encoding a job's videos (uint8 frames, see decode); one future per video."""
         return [encoder.encode(frames, self._path(job, i), float(job.request.fps), self.scale)
                 for i, frames in enumerate(videos)]
 
