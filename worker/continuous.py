@@ -60,19 +60,18 @@ class ContinuousServer:
     def __init__(self, runtime: Host, slots: int | None = None):
         self.runtime, self.store = runtime, runtime.jobs
         settings = runtime.settings
-        cache = last_level_cache_bytes()
+        on_cpu = {name for name, gpt in runtime.models.items() if gpt.fc_in.weight.device.type == "cpu"}
+        cache = last_level_cache_bytes() if on_cpu else None
         self.lanes = {name: ModelLane(name, gpt, slots or engine_slots(
-            gpt, settings.engine_slots, settings.batch_size, cache if gpt.fc_in.weight.device.type == "cpu" else None),
+            gpt, settings.engine_slots, settings.batch_size, cache if name in on_cpu else None),
             window_stride(gpt, settings.window_stride)) for name, gpt in runtime.models.items()}
         writers = {name: output_writer(self.store, runtime.backend.storage, gpt, settings.upscale)
                    for name, gpt in runtime.models.items()}
         self.finisher = Finisher(self.store, writers, self._done)
         # A CPU engine's thread is its bottleneck at saturation: the finishing processes decode its codes
-        encoder.use_decoders({name: lane.gpt.vqvae for name, lane in self.lanes.items()
-                              if lane.engine.device.type == "cpu"})
+        encoder.use_decoders({name: runtime.models[name].vqvae for name in on_cpu})
         self._rates = {name: (time.monotonic(), lane.engine.steps) for name, lane in self.lanes.items()}
-        on_cpu = all(lane.engine.device.type == "cpu" for lane in self.lanes.values())
-        self._threads = torch.get_num_threads() if on_cpu else 0
+        self._threads = torch.get_num_threads() if len(on_cpu) == len(self.lanes) else 0
 
     def close(self) -> None:
         self.finisher.close()
